@@ -1,0 +1,25 @@
+//! The one place that knows the binary encoding of what persists (log entries, snapshots) and,
+//! later, of what crosses the wire. bincode is pinned to 2.0.1 (3.x does not compile); keeping it
+//! behind these two functions makes it replaceable.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Largest value we will decode (a snapshot of a very large ledger still fits).
+const LIMIT: usize = 1 << 30;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| e.to_string())
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (v, used) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    if used != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - used));
+    }
+    Ok(v)
+}

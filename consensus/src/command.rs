@@ -1,0 +1,140 @@
+//! What goes into the Raft log, and what applying it returns.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::{Capacity, Hardware, NodeId, TaskId, UnixMillis};
+use crate::resources::{GpuGrant, Shortfall};
+use crate::task::{Outcome, TaskSpec, TaskState};
+
+/// Most tasks one submit may carry; larger batches are split by the client.
+pub const MAX_SUBMIT_BATCH: usize = 10_000;
+
+/// A worker announcing itself (at every start, and when its capacity changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    pub id: NodeId,
+    pub hardware: Hardware,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub boot_id: u64,
+    pub version: String,
+}
+
+/// A placement proposed by the planner; the ledger re-checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskId,
+    /// The attempt this creates (the task's current attempt + 1).
+    pub attempt: u32,
+    pub worker: NodeId,
+    pub gpus: Vec<GpuGrant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    RegisterWorker {
+        worker: WorkerRegistration,
+        at: UnixMillis,
+    },
+    Submit {
+        request_id: String,
+        tasks: Vec<TaskSpec>,
+        at: UnixMillis,
+    },
+    Assign {
+        assignments: Vec<Assignment>,
+        at: UnixMillis,
+    },
+    TaskStarted {
+        task: TaskId,
+        attempt: u32,
+        worker: NodeId,
+        pid: u32,
+        at: UnixMillis,
+    },
+    TaskFinished {
+        task: TaskId,
+        attempt: u32,
+        worker: NodeId,
+        outcome: Outcome,
+        at: UnixMillis,
+    },
+    Cancel {
+        task: TaskId,
+        at: UnixMillis,
+    },
+    /// Several independent commands in one log entry (group commit); each is applied on its own.
+    Batch(Vec<Command>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Raft's own entries (blank, membership) carry no command.
+    Noop,
+    WorkerRegistered {
+        /// Tasks whose attempt was lost because the worker restarted.
+        lost: Vec<TaskId>,
+    },
+    Submitted {
+        tasks: Vec<TaskId>,
+        /// The request id was seen before: nothing new was created.
+        duplicate: bool,
+    },
+    Assigned {
+        results: Vec<Result<(), Rejected>>,
+    },
+    Started,
+    Finished {
+        state: TaskState,
+    },
+    CancelRequested {
+        state: TaskState,
+    },
+    Batch(Vec<Result<Applied, Rejected>>),
+}
+
+/// Why the ledger refused a command. Refusals are deterministic results, not failures: every
+/// replica refuses the same command in the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum Rejected {
+    #[error("invalid task spec: {0}")]
+    InvalidSpec(String),
+    #[error("task {0} does not exist")]
+    UnknownTask(TaskId),
+    #[error("worker {0} is not registered")]
+    UnknownWorker(NodeId),
+    #[error("task {task} is {state}, not pending")]
+    NotPending { task: TaskId, state: TaskState },
+    #[error("attempt {got} of task {task} is stale (current is {current})")]
+    StaleAttempt {
+        task: TaskId,
+        got: u32,
+        current: u32,
+    },
+    #[error("task {task} attempt {attempt} is not on worker {worker}")]
+    WrongWorker {
+        task: TaskId,
+        attempt: u32,
+        worker: NodeId,
+    },
+    #[error("worker {worker} is draining and takes no new tasks")]
+    WorkerDraining { worker: NodeId },
+    #[error("does not fit worker {worker}: {shortfall}")]
+    DoesNotFit {
+        worker: NodeId,
+        shortfall: Shortfall,
+    },
+    #[error("task {task} already finished as {state}")]
+    AlreadyFinished { task: TaskId, state: TaskState },
+    #[error("invalid transition for task {task}: {detail}")]
+    InvalidTransition { task: TaskId, detail: String },
+    #[error("capacity of worker {worker} cannot shrink below what is reserved on it")]
+    CapacityBelowReserved { worker: NodeId },
+    #[error("submit carries {0} tasks; the most one request may carry is {MAX_SUBMIT_BATCH}")]
+    BatchTooLarge(usize),
+    #[error("a nested batch is not allowed")]
+    NestedBatch,
+}

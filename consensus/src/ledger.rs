@@ -1,0 +1,556 @@
+//! The ledger: replicated state and the deterministic [`Ledger::apply`].
+//!
+//! Invariants (checked by [`Ledger::check_invariants`] in tests and property tests):
+//! 1. no worker is over-committed on cpu, memory, disk, GPU share or GPU memory;
+//! 2. an exclusive GPU carries exactly one grant;
+//! 3. every Assigned/Running task holds exactly one reservation, for its current attempt, and
+//!    nothing else holds one;
+//! 4. the derived indices (pending queue, per-worker tasks, allocation sums) match the tasks.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    Applied, Assignment, Command, MAX_SUBMIT_BATCH, Rejected, WorkerRegistration,
+};
+use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
+use crate::resources::{self, Allocated, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
+use crate::task::{Attempt, Outcome, Task, TaskSpec, TaskState};
+
+/// Resources held by one attempt of one task on one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub worker: NodeId,
+    pub requirements: Requirements,
+    pub gpus: Vec<GpuGrant>,
+    pub since: UnixMillis,
+}
+
+/// Key of the pending queue: highest priority first, then submission order.
+type PendingKey = (i64, TaskId);
+
+fn pending_key(task: &Task) -> PendingKey {
+    (-(task.spec.priority as i64), task.id)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    workers: BTreeMap<NodeId, Worker>,
+    tasks: BTreeMap<TaskId, Task>,
+    reservations: BTreeMap<TaskId, Reservation>,
+    pending: BTreeSet<PendingKey>,
+    worker_tasks: BTreeMap<NodeId, BTreeSet<TaskId>>,
+    requests: BTreeMap<String, Vec<TaskId>>,
+    next_task: u64,
+}
+
+/// Checks what the ledger can check of a spec on its own (the API checks more, with nicer words).
+pub fn validate_spec(spec: &TaskSpec) -> Result<(), Rejected> {
+    let bad = |m: &str| Err(Rejected::InvalidSpec(m.to_string()));
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return bad("the command is empty");
+    }
+    if spec.argv.iter().any(|a| a.contains('\0')) {
+        return bad("the command contains a NUL byte");
+    }
+    if spec.name.len() > 256 {
+        return bad("the name is longer than 256 bytes");
+    }
+    match spec.requirements.gpu {
+        GpuRequest::Whole { count } if count == 0 || count > 1024 => {
+            return bad("whole GPU count must be 1..=1024");
+        }
+        GpuRequest::Shared { milli, .. } if milli == 0 || milli >= WHOLE_GPU_MILLI => {
+            return bad("a GPU share must be between 0.001 and 0.999");
+        }
+        _ => {}
+    }
+    if spec.timeout_ms == Some(0) {
+        return bad("the timeout must be positive");
+    }
+    Ok(())
+}
+
+impl Ledger {
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn worker(&self, id: NodeId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.get(&id)
+    }
+
+    /// All tasks, oldest first.
+    pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Pending tasks in the order they should be considered.
+    pub fn pending(&self) -> impl Iterator<Item = &Task> {
+        self.pending.iter().filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Tasks assigned to or running on a worker.
+    pub fn active_on(&self, worker: NodeId) -> impl Iterator<Item = &Task> {
+        self.worker_tasks
+            .get(&worker)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
+        self.reservations.values()
+    }
+
+    pub fn request(&self, request_id: &str) -> Option<&[TaskId]> {
+        self.requests.get(request_id).map(Vec::as_slice)
+    }
+
+    /// Applies one command. `index` is the command's Raft log index; it stamps the tasks it
+    /// changes (their `rev`) and is the only "time" apply knows besides the command's own.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Applied, Rejected> {
+        match cmd {
+            Command::Batch(cmds) => Ok(Applied::Batch(
+                cmds.iter()
+                    .map(|c| match c {
+                        Command::Batch(_) => Err(Rejected::NestedBatch),
+                        c => self.apply(index, c),
+                    })
+                    .collect(),
+            )),
+            Command::RegisterWorker { worker, at } => self.register(index, worker, *at),
+            Command::Submit {
+                request_id,
+                tasks,
+                at,
+            } => self.submit(index, request_id, tasks, *at),
+            Command::Assign { assignments, at } => Ok(Applied::Assigned {
+                results: assignments
+                    .iter()
+                    .map(|a| self.assign(index, a, *at))
+                    .collect(),
+            }),
+            Command::TaskStarted {
+                task,
+                attempt,
+                worker,
+                pid,
+                at,
+            } => {
+                let t = self.current(*task, *attempt, *worker)?;
+                if t.state != TaskState::Assigned {
+                    return Err(Rejected::InvalidTransition {
+                        task: *task,
+                        detail: format!("started while {}", t.state),
+                    });
+                }
+                let t = self.tasks.get_mut(task).expect("checked above");
+                t.state = TaskState::Running;
+                t.rev = index;
+                let a = t.attempts.last_mut().expect("active task has an attempt");
+                a.started_at = Some(*at);
+                a.pid = Some(*pid);
+                Ok(Applied::Started)
+            }
+            Command::TaskFinished {
+                task,
+                attempt,
+                worker,
+                outcome,
+                at,
+            } => {
+                self.current(*task, *attempt, *worker)?;
+                if !outcome.state.is_final() {
+                    return Err(Rejected::InvalidTransition {
+                        task: *task,
+                        detail: format!("an attempt cannot end as {}", outcome.state),
+                    });
+                }
+                let state = self.end_attempt(index, *task, outcome.clone(), *at);
+                Ok(Applied::Finished { state })
+            }
+            Command::Cancel { task, at } => {
+                let t = self
+                    .tasks
+                    .get_mut(task)
+                    .ok_or(Rejected::UnknownTask(*task))?;
+                match t.state {
+                    TaskState::Pending => {
+                        self.pending.remove(&pending_key(t));
+                        t.state = TaskState::Cancelled;
+                        t.cancel_requested = true;
+                        t.finished_at = Some(*at);
+                        t.rev = index;
+                        Ok(Applied::CancelRequested {
+                            state: TaskState::Cancelled,
+                        })
+                    }
+                    s if s.is_active() => {
+                        // The worker kills the process and reports; the reservation is held until then.
+                        t.cancel_requested = true;
+                        t.rev = index;
+                        Ok(Applied::CancelRequested { state: s })
+                    }
+                    s => Err(Rejected::AlreadyFinished {
+                        task: *task,
+                        state: s,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The task's current attempt, checked against a report from `worker` about `attempt`.
+    fn current(&self, task: TaskId, attempt: u32, worker: NodeId) -> Result<&Task, Rejected> {
+        let t = self.tasks.get(&task).ok_or(Rejected::UnknownTask(task))?;
+        if attempt != t.attempt {
+            return Err(Rejected::StaleAttempt {
+                task,
+                got: attempt,
+                current: t.attempt,
+            });
+        }
+        if t.state.is_final() {
+            return Err(Rejected::AlreadyFinished {
+                task,
+                state: t.state,
+            });
+        }
+        if !t.state.is_active() {
+            return Err(Rejected::InvalidTransition {
+                task,
+                detail: format!("a report about a {} task", t.state),
+            });
+        }
+        match self.reservations.get(&task) {
+            Some(r) if r.worker == worker && r.attempt == attempt => Ok(t),
+            _ => Err(Rejected::WrongWorker {
+                task,
+                attempt,
+                worker,
+            }),
+        }
+    }
+
+    fn register(
+        &mut self,
+        index: u64,
+        reg: &WorkerRegistration,
+        at: UnixMillis,
+    ) -> Result<Applied, Rejected> {
+        let mut lost = Vec::new();
+        if let Some(w) = self.workers.get(&reg.id) {
+            if w.boot_id == reg.boot_id {
+                let a = &w.allocated;
+                let c = &reg.capacity;
+                let gpus_ok = a.gpus.keys().all(|i| c.gpus.iter().any(|g| g.index == *i));
+                if a.cpu > c.cpu || a.memory > c.memory || a.disk > c.disk || !gpus_ok {
+                    return Err(Rejected::CapacityBelowReserved { worker: reg.id });
+                }
+            } else {
+                // A new boot: the processes of every attempt it held are gone, and so is
+                // everything reserved for them.
+                lost = self.active_on(reg.id).map(|t| t.id).collect();
+                for id in &lost {
+                    self.end_attempt(index, *id, Outcome::lost("worker restarted"), at);
+                }
+            }
+        }
+        let prev = self.workers.get(&reg.id);
+        let worker = Worker {
+            id: reg.id,
+            hardware: reg.hardware.clone(),
+            capacity: reg.capacity.clone(),
+            labels: reg.labels.clone(),
+            state: prev.map_or(WorkerState::Active, |w| w.state),
+            boot_id: reg.boot_id,
+            version: reg.version.clone(),
+            registered_at: prev.map_or(at, |w| w.registered_at),
+            allocated: prev.map(|w| w.allocated.clone()).unwrap_or_default(),
+        };
+        self.workers.insert(reg.id, worker);
+        Ok(Applied::WorkerRegistered { lost })
+    }
+
+    fn submit(
+        &mut self,
+        index: u64,
+        request_id: &str,
+        specs: &[TaskSpec],
+        at: UnixMillis,
+    ) -> Result<Applied, Rejected> {
+        if let Some(ids) = self.requests.get(request_id) {
+            return Ok(Applied::Submitted {
+                tasks: ids.clone(),
+                duplicate: true,
+            });
+        }
+        if specs.is_empty() {
+            return Err(Rejected::InvalidSpec("no task to submit".into()));
+        }
+        if specs.len() > MAX_SUBMIT_BATCH {
+            return Err(Rejected::BatchTooLarge(specs.len()));
+        }
+        for (i, s) in specs.iter().enumerate() {
+            validate_spec(s).map_err(|e| match e {
+                Rejected::InvalidSpec(m) if specs.len() > 1 => {
+                    Rejected::InvalidSpec(format!("task #{i}: {m}"))
+                }
+                e => e,
+            })?;
+        }
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            self.next_task += 1;
+            let id = TaskId(self.next_task);
+            let task = Task {
+                id,
+                spec: spec.clone(),
+                request_id: request_id.to_string(),
+                state: TaskState::Pending,
+                attempt: 0,
+                attempts: Vec::new(),
+                submitted_at: at,
+                finished_at: None,
+                cancel_requested: false,
+                rev: index,
+            };
+            self.pending.insert(pending_key(&task));
+            self.tasks.insert(id, task);
+            ids.push(id);
+        }
+        if !request_id.is_empty() {
+            self.requests.insert(request_id.to_string(), ids.clone());
+        }
+        Ok(Applied::Submitted {
+            tasks: ids,
+            duplicate: false,
+        })
+    }
+
+    fn assign(&mut self, index: u64, a: &Assignment, at: UnixMillis) -> Result<(), Rejected> {
+        let t = self
+            .tasks
+            .get(&a.task)
+            .ok_or(Rejected::UnknownTask(a.task))?;
+        if t.state != TaskState::Pending {
+            return Err(Rejected::NotPending {
+                task: a.task,
+                state: t.state,
+            });
+        }
+        if a.attempt != t.attempt + 1 {
+            return Err(Rejected::StaleAttempt {
+                task: a.task,
+                got: a.attempt,
+                current: t.attempt,
+            });
+        }
+        let w = self
+            .workers
+            .get(&a.worker)
+            .ok_or(Rejected::UnknownWorker(a.worker))?;
+        if w.state != WorkerState::Active {
+            return Err(Rejected::WorkerDraining { worker: a.worker });
+        }
+        let req = &t.spec.requirements;
+        resources::verify(&w.capacity, &w.allocated, &w.labels, req, &a.gpus).map_err(
+            |shortfall| Rejected::DoesNotFit {
+                worker: a.worker,
+                shortfall,
+            },
+        )?;
+        let reservation = Reservation {
+            task: a.task,
+            attempt: a.attempt,
+            worker: a.worker,
+            requirements: req.clone(),
+            gpus: a.gpus.clone(),
+            since: at,
+        };
+        let key = pending_key(t);
+        self.workers
+            .get_mut(&a.worker)
+            .expect("checked above")
+            .allocated
+            .add(req, &a.gpus);
+        self.pending.remove(&key);
+        self.worker_tasks
+            .entry(a.worker)
+            .or_default()
+            .insert(a.task);
+        self.reservations.insert(a.task, reservation);
+        let t = self.tasks.get_mut(&a.task).expect("checked above");
+        t.state = TaskState::Assigned;
+        t.attempt = a.attempt;
+        t.rev = index;
+        t.attempts.push(Attempt {
+            number: a.attempt,
+            worker: a.worker,
+            gpus: a.gpus.clone(),
+            assigned_at: at,
+            started_at: None,
+            pid: None,
+            finished_at: None,
+            outcome: None,
+        });
+        Ok(())
+    }
+
+    /// Ends the current attempt of an active task: releases its reservation, records the outcome
+    /// and either re-queues the task (retries left) or finishes it. Returns the new task state.
+    fn end_attempt(
+        &mut self,
+        index: u64,
+        id: TaskId,
+        outcome: Outcome,
+        at: UnixMillis,
+    ) -> TaskState {
+        if let Some(r) = self.reservations.remove(&id) {
+            if let Some(w) = self.workers.get_mut(&r.worker) {
+                w.allocated.remove(&r.requirements, &r.gpus);
+            }
+            if let Some(set) = self.worker_tasks.get_mut(&r.worker) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.worker_tasks.remove(&r.worker);
+                }
+            }
+        }
+        let t = self.tasks.get_mut(&id).expect("caller checked the task");
+        let ended = outcome.state;
+        if let Some(a) = t.attempts.last_mut() {
+            a.finished_at = Some(at);
+            a.outcome = Some(outcome);
+        }
+        t.rev = index;
+        let retry = matches!(
+            ended,
+            TaskState::Failed | TaskState::TimedOut | TaskState::Lost
+        ) && !t.cancel_requested
+            && t.attempt <= t.spec.retries;
+        if retry {
+            t.state = TaskState::Pending;
+            let key = pending_key(t);
+            self.pending.insert(key);
+        } else {
+            t.state = if t.cancel_requested {
+                TaskState::Cancelled
+            } else {
+                ended
+            };
+            t.finished_at = Some(at);
+        }
+        t.state
+    }
+
+    /// Re-derives every index and sum and compares; `Err` names the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut alloc: BTreeMap<NodeId, Allocated> = BTreeMap::new();
+        for r in self.reservations.values() {
+            let t = self
+                .tasks
+                .get(&r.task)
+                .ok_or(format!("reservation for unknown task {}", r.task))?;
+            if !t.state.is_active() || t.attempt != r.attempt {
+                return Err(format!(
+                    "task {} is {} but holds a reservation",
+                    t.id, t.state
+                ));
+            }
+            alloc
+                .entry(r.worker)
+                .or_default()
+                .add(&r.requirements, &r.gpus);
+            for g in &r.gpus {
+                if g.exclusive
+                    && self.reservations.values().any(|o| {
+                        o.task != r.task
+                            && o.worker == r.worker
+                            && o.gpus.iter().any(|x| x.index == g.index)
+                    })
+                {
+                    return Err(format!(
+                        "exclusive GPU {} of {} is shared",
+                        g.index, r.worker
+                    ));
+                }
+            }
+        }
+        for t in self.tasks.values() {
+            if t.state.is_active() != self.reservations.contains_key(&t.id) {
+                return Err(format!(
+                    "task {} is {} and reservation mismatch",
+                    t.id, t.state
+                ));
+            }
+            if (t.state == TaskState::Pending) != self.pending.contains(&pending_key(t)) {
+                return Err(format!("pending index disagrees for task {}", t.id));
+            }
+        }
+        if self.pending.len()
+            != self
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Pending)
+                .count()
+        {
+            return Err("pending index has extra entries".into());
+        }
+        for w in self.workers.values() {
+            let want = alloc.remove(&w.id).unwrap_or_default();
+            if w.allocated != want {
+                return Err(format!(
+                    "allocation sum of {} is {:?}, reservations say {:?}",
+                    w.id, w.allocated, want
+                ));
+            }
+            let c = &w.capacity;
+            if want.cpu > c.cpu || want.memory > c.memory || want.disk > c.disk {
+                return Err(format!("worker {} is over-committed", w.id));
+            }
+            for (i, u) in &want.gpus {
+                let g = c
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == *i)
+                    .ok_or(format!("grant on missing GPU {i}"))?;
+                if u.milli > WHOLE_GPU_MILLI || u.memory > g.memory {
+                    return Err(format!("GPU {i} of {} is over-committed", w.id));
+                }
+            }
+            let on: BTreeSet<TaskId> = self
+                .reservations
+                .values()
+                .filter(|r| r.worker == w.id)
+                .map(|r| r.task)
+                .collect();
+            if on != self.worker_tasks.get(&w.id).cloned().unwrap_or_default() {
+                return Err(format!("per-worker task index of {} disagrees", w.id));
+            }
+        }
+        if let Some((id, _)) = alloc.into_iter().next() {
+            return Err(format!("reservation on unregistered worker {id}"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

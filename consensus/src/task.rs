@@ -1,0 +1,174 @@
+//! Tasks, their attempts and their lifecycle.
+//!
+//! ```text
+//! Pending -> Assigned -> Running -> Succeeded | Failed | TimedOut | Cancelled | Lost
+//!    ^                                  |        (attempt ends; retries left?)
+//!    +----------- attempt + 1 ----------+
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Bytes, NodeId, TaskId, UnixMillis};
+use crate::resources::{GpuGrant, Requirements};
+
+/// What the user asked to run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    /// Program and arguments, run directly (no shell).
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub requirements: Requirements,
+    /// The task's own labels (for filtering and, later, prediction).
+    pub labels: BTreeMap<String, String>,
+    /// Wall-clock limit of one attempt, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Further attempts after the first one fails, times out or is lost.
+    pub retries: u32,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Pending,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::TimedOut,
+        TaskState::Cancelled,
+        TaskState::Lost,
+    ];
+
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            TaskState::Pending | TaskState::Assigned | TaskState::Running
+        )
+    }
+
+    /// Holds a reservation on a worker.
+    pub fn is_active(self) -> bool {
+        matches!(self, TaskState::Assigned | TaskState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::TimedOut => "timed_out",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s.to_ascii_lowercase().replace('-', "_"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown task state {s:?}; use one of: {}",
+                    TaskState::ALL.map(|t| t.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+/// How one attempt ended, as measured by the worker that ran it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// One of the final states.
+    pub state: TaskState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub peak_rss: Bytes,
+    pub cpu_time_ms: u64,
+    /// Why, in words, when the exit code does not say it (spawn error, timeout, lost worker).
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    pub fn lost(message: impl Into<String>) -> Self {
+        Outcome {
+            state: TaskState::Lost,
+            exit_code: None,
+            signal: None,
+            peak_rss: Bytes(0),
+            cpu_time_ms: 0,
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// One try at running a task on one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Counts from 1.
+    pub number: u32,
+    pub worker: NodeId,
+    pub gpus: Vec<GpuGrant>,
+    pub assigned_at: UnixMillis,
+    pub started_at: Option<UnixMillis>,
+    pub pid: Option<u32>,
+    pub finished_at: Option<UnixMillis>,
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    /// The client request that submitted it (submits are idempotent per request id).
+    pub request_id: String,
+    pub state: TaskState,
+    /// Number of the current (or last) attempt; 0 until first assigned.
+    pub attempt: u32,
+    pub attempts: Vec<Attempt>,
+    pub submitted_at: UnixMillis,
+    pub finished_at: Option<UnixMillis>,
+    pub cancel_requested: bool,
+    /// Raft log index of the last change, for watching (`?since=`).
+    pub rev: u64,
+}
+
+impl Task {
+    pub fn current_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.number == self.attempt)
+    }
+
+    /// Failed at least once and then succeeded.
+    pub fn retried(&self) -> bool {
+        self.attempts.len() > 1
+    }
+}
