@@ -1,1 +1,17 @@
+//! testmesh: one binary per host that turns GPU/CPU hosts into one pool for test and benchmark
+//! jobs. This library holds every part of the node (`runtime` wires them) and the CLI.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod monitor;
+pub mod planner;
+pub mod runtime;
+pub mod units;
+pub mod writer;
+
+pub use error::Error;

@@ -102,7 +102,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta("vote", vote)
+        self.put_meta("vote", vote, Durability::Immediate)
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
@@ -111,7 +111,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.put_meta("committed", &committed)
+        // Only an optimisation for restarts (re-apply without waiting for a new commit), so it
+        // rides on the next durable log append instead of costing an fsync of its own.
+        self.put_meta("committed", &committed, Durability::None)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -1,0 +1,348 @@
+//! Runs the tasks the ledger assigns to this node as real processes.
+//!
+//! Each attempt runs in its own process group with `CUDA_VISIBLE_DEVICES` set to its reserved
+//! GPU indices, stdout and stderr in `<data-dir>/logs/<task>.<attempt>.{stdout,stderr}`. A
+//! timeout or a cancel sends SIGTERM to the whole group, then SIGKILL after a grace period; when
+//! the main process exits, whatever it left in its group is killed too. Exits, peak RSS and CPU
+//! time come from `wait4` (see [`sys`]). Reports go through the group-commit [`Batcher`].
+
+mod sys;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use testmesh_consensus::store::LedgerReader;
+use testmesh_consensus::task::{Outcome, TaskSpec, TaskState};
+use testmesh_consensus::{Bytes, Command, NodeId, TaskId};
+use tokio::sync::watch;
+
+pub use sys::kill_orphans;
+
+use crate::clock;
+use crate::writer::Batcher;
+
+/// Path of one attempt's log file; `stream` is `stdout` or `stderr`.
+pub fn log_path(data_dir: &Path, task: TaskId, attempt: u32, stream: &str) -> PathBuf {
+    data_dir
+        .join("logs")
+        .join(format!("{}.{attempt}.{stream}", task.0))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ending {
+    TimedOut,
+    Cancelled,
+}
+
+struct Run {
+    attempt: u32,
+    pid: u32,
+    deadline: Option<Instant>,
+    kill_at: Option<Instant>,
+    ending: Option<Ending>,
+}
+
+/// What the agent needs to start one attempt, copied out of the ledger.
+struct Start {
+    task: TaskId,
+    attempt: u32,
+    spec: TaskSpec,
+    gpus: Vec<u32>,
+}
+
+pub struct Agent {
+    node: NodeId,
+    data_dir: PathBuf,
+    kill_grace: Duration,
+    reader: LedgerReader,
+    batcher: Batcher,
+    children: sys::Children,
+    running: HashMap<TaskId, Run>,
+    by_pid: HashMap<u32, TaskId>,
+    /// Attempts reported finished whose report may not be applied yet.
+    reported: HashMap<TaskId, u32>,
+}
+
+impl Agent {
+    pub fn new(node: NodeId, data_dir: PathBuf, reader: LedgerReader, batcher: Batcher) -> Self {
+        Agent {
+            node,
+            data_dir,
+            kill_grace: Duration::from_secs(3),
+            reader,
+            batcher,
+            children: sys::Children::default(),
+            running: HashMap::new(),
+            by_pid: HashMap::new(),
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Runs until `shutdown` flips to true; then kills every running task group.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let logs = self.data_dir.join("logs");
+        if let Err(e) = std::fs::create_dir_all(&logs) {
+            tracing::error!("cannot create {}: {e}", logs.display());
+        }
+        let mut exits = sys::start(self.children.clone());
+        let mut applied = self.reader.watch();
+        self.sync().await;
+        loop {
+            let next = self
+                .running
+                .values()
+                .filter_map(|r| match (r.kill_at, r.ending) {
+                    (Some(k), _) => Some(k),
+                    (None, None) => r.deadline,
+                    _ => None,
+                })
+                .min();
+            let sleep = async {
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                r = applied.changed() => {
+                    if r.is_err() { break; }
+                    self.sync().await;
+                }
+                Some(exit) = exits.recv() => self.on_exit(exit).await,
+                _ = sleep => self.on_deadlines(),
+            }
+        }
+        for r in self.running.values() {
+            sys::signal_group(r.pid, sys::SIGKILL);
+        }
+        tracing::info!(
+            "agent stopped; killed {} running task(s)",
+            self.running.len()
+        );
+    }
+
+    /// Starts what is newly assigned here, kills what was cancelled or taken away.
+    async fn sync(&mut self) {
+        let mut starts = Vec::new();
+        let mut cancels = Vec::new();
+        let mut unstarted_cancels = Vec::new();
+        let mut active: HashMap<TaskId, u32> = HashMap::new();
+        {
+            let ledger = self.reader.read();
+            for t in ledger.active_on(self.node) {
+                active.insert(t.id, t.attempt);
+                if self.reported.get(&t.id) == Some(&t.attempt) {
+                    continue;
+                }
+                match self.running.get(&t.id) {
+                    Some(r) if r.attempt == t.attempt => {
+                        if t.cancel_requested && r.ending.is_none() {
+                            cancels.push(t.id);
+                        }
+                    }
+                    Some(_) => {}
+                    None if t.state == TaskState::Assigned && t.cancel_requested => {
+                        unstarted_cancels.push((t.id, t.attempt));
+                    }
+                    None if t.state == TaskState::Assigned => starts.push(Start {
+                        task: t.id,
+                        attempt: t.attempt,
+                        spec: t.spec.clone(),
+                        gpus: t
+                            .current_attempt()
+                            .map(|a| a.gpus.iter().map(|g| g.index).collect())
+                            .unwrap_or_default(),
+                    }),
+                    // Running in the ledger but not here: a previous boot ran it. The worker
+                    // re-registration marks it lost; nothing to do.
+                    None => {}
+                }
+            }
+        }
+        self.reported.retain(|id, att| active.get(id) == Some(att));
+        // Runs the ledger no longer gives us (lost, re-queued elsewhere): kill them.
+        let gone: Vec<TaskId> = self
+            .running
+            .iter()
+            .filter(|(id, r)| active.get(id) != Some(&r.attempt))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(r) = self.running.get(&id) {
+                sys::signal_group(r.pid, sys::SIGKILL);
+            }
+        }
+        let now = clock::instant();
+        for id in cancels {
+            if let Some(r) = self.running.get_mut(&id) {
+                r.ending = Some(Ending::Cancelled);
+                r.kill_at = Some(now + self.kill_grace);
+                sys::signal_group(r.pid, sys::SIGTERM);
+            }
+        }
+        for (task, attempt) in unstarted_cancels {
+            self.reported.insert(task, attempt);
+            self.report_end(
+                task,
+                attempt,
+                Outcome {
+                    state: TaskState::Cancelled,
+                    exit_code: None,
+                    signal: None,
+                    peak_rss: Bytes(0),
+                    cpu_time_ms: 0,
+                    message: Some("cancelled before it started".into()),
+                },
+            )
+            .await;
+        }
+        for s in starts {
+            self.start(s).await;
+        }
+    }
+
+    async fn start(&mut self, s: Start) {
+        match self.spawn(&s) {
+            Ok(pid) => {
+                self.children.spawned();
+                let now = clock::instant();
+                self.running.insert(
+                    s.task,
+                    Run {
+                        attempt: s.attempt,
+                        pid,
+                        deadline: s.spec.timeout_ms.map(|ms| now + Duration::from_millis(ms)),
+                        kill_at: None,
+                        ending: None,
+                    },
+                );
+                self.by_pid.insert(pid, s.task);
+                self.batcher
+                    .send(Command::TaskStarted {
+                        task: s.task,
+                        attempt: s.attempt,
+                        worker: self.node,
+                        pid,
+                        at: clock::now(),
+                    })
+                    .await;
+            }
+            Err(message) => {
+                tracing::debug!("task {} attempt {}: {message}", s.task, s.attempt);
+                let err_log = log_path(&self.data_dir, s.task, s.attempt, "stderr");
+                let _ = std::fs::write(err_log, format!("testmesh: {message}\n"));
+                self.reported.insert(s.task, s.attempt);
+                self.report_end(
+                    s.task,
+                    s.attempt,
+                    Outcome {
+                        state: TaskState::Failed,
+                        exit_code: None,
+                        signal: None,
+                        peak_rss: Bytes(0),
+                        cpu_time_ms: 0,
+                        message: Some(message),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    fn spawn(&self, s: &Start) -> Result<u32, String> {
+        let open = |stream: &str| {
+            let p = log_path(&self.data_dir, s.task, s.attempt, stream);
+            File::create(&p).map_err(|e| format!("cannot create log file {}: {e}", p.display()))
+        };
+        let out = open("stdout")?;
+        let err = open("stderr")?;
+        let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
+        let mut cmd = std::process::Command::new(&s.spec.argv[0]);
+        cmd.args(&s.spec.argv[1..])
+            .envs(&s.spec.env)
+            .env("TESTMESH_TASK_ID", s.task.to_string())
+            .env("TESTMESH_ATTEMPT", s.attempt.to_string())
+            .env("TESTMESH_NODE_ID", self.node.to_string())
+            // Without reserved GPUs the task must see none, not all of them.
+            .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if let Some(dir) = &s.spec.workdir {
+            cmd.current_dir(dir);
+        }
+        // The Child handle is dropped without waiting: the reaper thread collects the exit.
+        cmd.spawn()
+            .map(|c| c.id())
+            .map_err(|e| format!("cannot start {:?}: {e}", s.spec.argv[0]))
+    }
+
+    async fn on_exit(&mut self, exit: sys::Exit) {
+        let Some(task) = self.by_pid.remove(&exit.pid) else {
+            return;
+        };
+        let Some(run) = self.running.remove(&task) else {
+            return;
+        };
+        // Whatever the task left behind in its group goes with it.
+        sys::signal_group(exit.pid, sys::SIGKILL);
+        let (state, message) = match (run.ending, exit.code) {
+            (Some(Ending::TimedOut), _) => (TaskState::TimedOut, Some("timed out".to_string())),
+            (Some(Ending::Cancelled), _) => (TaskState::Cancelled, Some("cancelled".to_string())),
+            (None, Some(0)) => (TaskState::Succeeded, None),
+            (None, Some(c)) => (TaskState::Failed, Some(format!("exited with code {c}"))),
+            (None, None) => (
+                TaskState::Failed,
+                Some(format!("killed by signal {}", exit.signal.unwrap_or(0))),
+            ),
+        };
+        self.reported.insert(task, run.attempt);
+        self.report_end(
+            task,
+            run.attempt,
+            Outcome {
+                state,
+                exit_code: exit.code,
+                signal: exit.signal,
+                peak_rss: Bytes(exit.max_rss_bytes),
+                cpu_time_ms: exit.cpu_time.as_millis() as u64,
+                message,
+            },
+        )
+        .await;
+    }
+
+    fn on_deadlines(&mut self) {
+        let now = clock::instant();
+        for (id, r) in self.running.iter_mut() {
+            if r.kill_at.is_some_and(|k| k <= now) {
+                tracing::debug!("task {id}: grace period over, SIGKILL");
+                sys::signal_group(r.pid, sys::SIGKILL);
+                r.kill_at = None;
+            } else if r.ending.is_none() && r.deadline.is_some_and(|d| d <= now) {
+                tracing::debug!("task {id}: timed out, SIGTERM");
+                r.ending = Some(Ending::TimedOut);
+                r.kill_at = Some(now + self.kill_grace);
+                sys::signal_group(r.pid, sys::SIGTERM);
+            }
+        }
+    }
+
+    async fn report_end(&self, task: TaskId, attempt: u32, outcome: Outcome) {
+        self.batcher
+            .send(Command::TaskFinished {
+                task,
+                attempt,
+                worker: self.node,
+                outcome,
+                at: clock::now(),
+            })
+            .await;
+    }
+}

@@ -1,0 +1,101 @@
+//! The HTTP API under `/api/v1`, plus `/healthz`. Reads come from this node's replica; writes go
+//! through Raft and need `Authorization: Bearer <token>`.
+
+mod dto;
+mod error;
+mod tasks;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::header::AUTHORIZATION;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use testmesh_consensus::NodeId;
+use testmesh_consensus::store::LedgerReader;
+use tokio::sync::watch;
+
+pub use dto::{
+    Amount, LogChunk, StatusView, SubmitRequest, SubmitResponse, TaskList, TaskRequest, TaskView,
+    WorkerView, to_spec,
+};
+pub use error::ApiError;
+
+use crate::monitor::HostSample;
+use crate::writer::Writer;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 << 20;
+
+pub struct Inner {
+    pub node: NodeId,
+    pub reader: LedgerReader,
+    pub writer: Writer,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub started: Instant,
+    pub host: watch::Receiver<HostSample>,
+}
+
+pub type AppState = Arc<Inner>;
+
+/// Compares in constant time, so the token cannot be guessed byte by byte from timings.
+fn token_matches(given: &str, want: &str) -> bool {
+    let (a, b) = (given.as_bytes(), want.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Extractor for handlers that change the ledger: checks `Authorization: Bearer <token>`.
+pub struct Authorized;
+
+impl axum::extract::FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, ApiError> {
+        let given = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(t) if token_matches(t.trim(), &st.token) => Ok(Authorized),
+            Some(_) => Err(ApiError::Unauthorized(
+                "wrong API token: use the one in <data-dir>/api-token of the node (--token or TESTMESH_TOKEN)".into(),
+            )),
+            None => Err(ApiError::Unauthorized(
+                "this request changes the ledger and needs 'Authorization: Bearer <token>'; the token is in <data-dir>/api-token of the node (--token or TESTMESH_TOKEN)".into(),
+            )),
+        }
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see docs/api.md for the routes under /api/v1".into())
+}
+
+/// The API router; the node mounts the dashboard beside it.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/status", get(tasks::status))
+        .route("/api/v1/workers", get(tasks::workers))
+        .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))
+        .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/api/v1/tasks/{id}", get(tasks::get_one))
+        .route("/api/v1/tasks/{id}/logs", get(tasks::logs))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,398 @@
+//! Handlers of `/api/v1`.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use testmesh_consensus::command::MAX_SUBMIT_BATCH;
+use testmesh_consensus::ledger::Ledger;
+use testmesh_consensus::task::{Task, TaskState};
+use testmesh_consensus::{Applied, Command, TaskId};
+
+use super::dto::*;
+use super::error::{ApiError, ApiJson, ApiQuery};
+use super::{AppState, Authorized};
+use crate::planner::{self, ClusterView};
+use crate::{agent, clock, units};
+
+/// Longest a request may wait for a change.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Pending reasons are worked out per task; skip them for very long lists.
+const MAX_REASONS: usize = 500;
+
+fn parse_wait(w: &Option<String>) -> Result<Option<Duration>, ApiError> {
+    w.as_deref()
+        .map(|w| units::parse_duration(w).map(|d| d.min(MAX_WAIT)))
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("wait: {e}")))
+}
+
+/// Re-evaluates `f` on every ledger change until it returns `Some` or `wait` passes; then
+/// returns its last value (computed once more at the deadline).
+async fn poll<T>(
+    st: &AppState,
+    wait: Option<Duration>,
+    f: impl Fn(&Ledger, u64) -> Option<T>,
+) -> Option<T> {
+    let mut changes = st.reader.watch();
+    let deadline = wait.map(|w| clock::tokio_instant() + w);
+    loop {
+        changes.mark_unchanged();
+        let rev = st.reader.applied_index();
+        if let Some(v) = f(&st.reader.read(), rev) {
+            return Some(v);
+        }
+        let Some(deadline) = deadline else {
+            return None;
+        };
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn view(ledger: &Ledger, t: &Task, reasons: bool) -> TaskView {
+    let pending_reason = (reasons && t.state == TaskState::Pending).then(|| {
+        let v = ClusterView::from_ledger(ledger, 0);
+        planner::why_pending(&v, &t.spec.requirements)
+    });
+    TaskView {
+        task: t.clone(),
+        pending_reason,
+    }
+}
+
+fn parse_id(id: &str) -> Result<TaskId, ApiError> {
+    id.parse::<u64>()
+        .map(TaskId)
+        .map_err(|_| ApiError::BadRequest(format!("task id {id:?} is not a number")))
+}
+
+pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
+    let m = st.writer.raft().metrics().borrow().clone();
+    let ledger = st.reader.read();
+    let mut tasks = BTreeMap::new();
+    for t in ledger.tasks() {
+        *tasks.entry(t.state.to_string()).or_insert(0) += 1;
+    }
+    Json(StatusView {
+        node_id: st.node.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        role: format!("{:?}", m.state).to_lowercase(),
+        leader: m.current_leader.map(|l| l.to_string()),
+        term: m.current_term,
+        last_applied: m.last_applied.map_or(0, |l| l.index),
+        workers: ledger.workers().count(),
+        tasks,
+        uptime_secs: crate::clock::instant().duration_since(st.started).as_secs(),
+        host: st.host.borrow().clone(),
+    })
+}
+
+pub async fn workers(State(st): State<AppState>) -> Json<Vec<WorkerView>> {
+    let ledger = st.reader.read();
+    Json(
+        ledger
+            .workers()
+            .map(|w| WorkerView {
+                worker: w.clone(),
+                active_tasks: ledger.active_on(w.id).count(),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Comma-separated states.
+    state: Option<String>,
+    name: Option<String>,
+    /// KEY=VALUE
+    label: Option<String>,
+    /// Comma-separated task ids.
+    ids: Option<String>,
+    /// Only tasks changed after this revision (ascending); with `wait`, blocks until there are some.
+    since: Option<u64>,
+    wait: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let states: Option<Vec<TaskState>> = q
+        .state
+        .as_deref()
+        .map(|s| s.split(',').map(str::parse).collect::<Result<_, _>>())
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
+    let label = q
+        .label
+        .as_deref()
+        .map(units::parse_key_value)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(format!("label: {e}")))?;
+    let ids: Option<Vec<TaskId>> = q
+        .ids
+        .as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|i| parse_id(i.trim()))
+                .collect::<Result<_, _>>()
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100).min(100_000);
+    let wait = parse_wait(&q.wait)?;
+    let matches = |t: &Task| {
+        states.as_ref().is_none_or(|s| s.contains(&t.state))
+            && q.name.as_ref().is_none_or(|n| &t.spec.name == n)
+            && label
+                .as_ref()
+                .is_none_or(|(k, v)| t.spec.labels.get(k) == Some(v))
+            && q.since.is_none_or(|s| t.rev > s)
+    };
+    let collect = |ledger: &Ledger, rev: u64| {
+        let found: Vec<&Task> = match &ids {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| ledger.task(*id))
+                .filter(|t| matches(t))
+                .take(limit)
+                .collect(),
+            None if q.since.is_some() => {
+                ledger.tasks().filter(|t| matches(t)).take(limit).collect()
+            }
+            None => ledger
+                .tasks()
+                .rev()
+                .filter(|t| matches(t))
+                .take(limit)
+                .collect(),
+        };
+        let reasons = found.len() <= MAX_REASONS;
+        let tasks: Vec<TaskView> = found
+            .into_iter()
+            .map(|t| view(ledger, t, reasons))
+            .collect();
+        (wait.is_none() || !tasks.is_empty()).then_some(TaskList { rev, tasks })
+    };
+    let result = poll(&st, wait, &collect).await;
+    Ok(Json(result.unwrap_or_else(|| TaskList {
+        rev: st.reader.applied_index(),
+        tasks: Vec::new(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetQuery {
+    /// Wait until the task changes after this revision.
+    since: Option<u64>,
+    wait: Option<String>,
+}
+
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<GetQuery>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = parse_id(&id)?;
+    let wait = parse_wait(&q.wait)?;
+    let since = q.since.unwrap_or(0);
+    let found = poll(&st, wait, |l, _| match l.task(id) {
+        None => Some(None),
+        Some(t) if t.rev > since || wait.is_none() => Some(Some(view(l, t, true))),
+        Some(_) => None,
+    })
+    .await;
+    match found {
+        Some(Some(v)) => Ok(Json(v)),
+        Some(None) => Err(ApiError::NotFound(format!(
+            "task {id} does not exist; list tasks with GET /api/v1/tasks"
+        ))),
+        // Waited without a change: answer with the task as it is.
+        None => {
+            let l = st.reader.read();
+            l.task(id)
+                .map(|t| Json(view(&l, t, true)))
+                .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    stream: Option<String>,
+    attempt: Option<u32>,
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub async fn logs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Json<LogChunk>, ApiError> {
+    let id = parse_id(&id)?;
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return Err(ApiError::BadRequest(format!(
+            "stream {stream:?} is neither stdout nor stderr"
+        )));
+    }
+    let (attempt, ended) = {
+        let l = st.reader.read();
+        let t = l
+            .task(id)
+            .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))?;
+        let n = q.attempt.unwrap_or(t.attempt);
+        if n == 0 {
+            // Never ran yet: nothing to show, more may come.
+            return Ok(Json(LogChunk {
+                task: id,
+                attempt: 0,
+                stream,
+                offset: 0,
+                next_offset: 0,
+                data: String::new(),
+                complete: t.state.is_final(),
+            }));
+        }
+        let a = t.attempts.iter().find(|a| a.number == n).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "task {id} has no attempt {n} (it has {})",
+                t.attempts.len()
+            ))
+        })?;
+        (n, a.outcome.is_some())
+    };
+    let offset = q.offset.unwrap_or(0);
+    let limit = q.limit.unwrap_or(1 << 20).min(8 << 20);
+    let path = agent::log_path(&st.data_dir, id, attempt, &stream);
+    let read = || -> std::io::Result<(Vec<u8>, u64)> {
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(offset.min(len)))?;
+        let mut buf = Vec::new();
+        f.take(limit).read_to_end(&mut buf)?;
+        Ok((buf, len))
+    };
+    let (data, len) = read()
+        .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
+    let next_offset = offset.min(len) + data.len() as u64;
+    Ok(Json(LogChunk {
+        task: id,
+        attempt,
+        stream,
+        offset,
+        next_offset,
+        data: String::from_utf8_lossy(&data).into_owned(),
+        complete: ended && next_offset >= len,
+    }))
+}
+
+pub async fn submit(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    ApiJson(req): ApiJson<SubmitRequest>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    if req.tasks.is_empty() {
+        return Err(ApiError::BadRequest(
+            "tasks is empty: submit at least one task".into(),
+        ));
+    }
+    if req.tasks.len() > MAX_SUBMIT_BATCH {
+        return Err(ApiError::TooLarge(format!(
+            "{} tasks in one request; split them into requests of at most {MAX_SUBMIT_BATCH}",
+            req.tasks.len()
+        )));
+    }
+    let many = req.tasks.len() > 1;
+    let mut specs = Vec::with_capacity(req.tasks.len());
+    for (i, t) in req.tasks.iter().enumerate() {
+        let spec = to_spec(t)
+            .map_err(|e| ApiError::BadRequest(if many { format!("task #{i}: {e}") } else { e }))?;
+        specs.push(spec);
+    }
+    if !req.allow_unschedulable {
+        let ledger = st.reader.read();
+        // Specs repeat in big batches: check each distinct requirement once.
+        let mut checked = std::collections::HashSet::new();
+        for (i, s) in specs.iter().enumerate() {
+            if checked.insert(&s.requirements) {
+                planner::could_ever_fit(
+                    ledger.workers().map(|w| (&w.capacity, &w.labels)),
+                    &s.requirements,
+                )
+                .map_err(|e| {
+                    ApiError::Unprocessable(if many { format!("task #{i}: {e}") } else { e })
+                })?;
+            }
+        }
+    }
+    let request_id = match req.request_id {
+        Some(r) if r.is_empty() || r.len() > 128 => {
+            return Err(ApiError::BadRequest(
+                "request_id must be 1-128 characters".into(),
+            ));
+        }
+        Some(r) => r,
+        None => hex::encode(rand::random::<[u8; 16]>()),
+    };
+    let r = st
+        .writer
+        .write(Command::Submit {
+            request_id,
+            tasks: specs,
+            at: clock::now(),
+        })
+        .await??;
+    match r {
+        Applied::Submitted { tasks, duplicate } => {
+            let code = if duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((code, Json(SubmitResponse { tasks, duplicate })))
+        }
+        other => Err(ApiError::Unavailable(format!(
+            "unexpected ledger answer {other:?}"
+        ))),
+    }
+}
+
+pub async fn cancel(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    match st
+        .writer
+        .write(Command::Cancel {
+            task: id,
+            at: clock::now(),
+        })
+        .await??
+    {
+        Applied::CancelRequested { state } => {
+            Ok(Json(serde_json::json!({ "task": id, "state": state })))
+        }
+        other => Err(ApiError::Unavailable(format!(
+            "unexpected ledger answer {other:?}"
+        ))),
+    }
+}

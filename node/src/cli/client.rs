@@ -1,0 +1,115 @@
+//! The HTTP client the CLI uses to talk to any node.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Node to talk to
+    #[arg(
+        long,
+        env = "TESTMESH_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub server: String,
+    /// API token for commands that change something [default: read from <data-dir>/api-token]
+    #[arg(long, env = "TESTMESH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Data dir of a local node, to read its API token from
+    #[arg(
+        long = "data-dir",
+        env = "TESTMESH_DATA_DIR",
+        default_value = "testmesh-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    token_hint: String,
+}
+
+impl Client {
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let base = args.server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(anyhow!(
+                "--server {base:?} must start with http:// (e.g. http://127.0.0.1:7070)"
+            ));
+        }
+        let token_file = args.data_dir.join("api-token");
+        let token = args.token.clone().or_else(|| {
+            std::fs::read_to_string(&token_file)
+                .ok()
+                .map(|s| s.trim().to_string())
+        });
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .context("building the HTTP client")?,
+            base,
+            token,
+            token_hint: token_file.display().to_string(),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!("cannot reach testmesh at {}: is `testmesh node` running there? (set --server or TESTMESH_SERVER)", self.base)
+            } else {
+                anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the response")?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            return Err(anyhow!("{message} (HTTP {})", status.as_u16()));
+        }
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected response from {}", self.base))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            anyhow!(
+                "no API token: pass --token, set TESTMESH_TOKEN, or run where {} exists",
+                self.token_hint
+            )
+        })?;
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+}

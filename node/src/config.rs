@@ -1,0 +1,192 @@
+//! One config pipeline: flags and `TESTMESH_*` environment (through clap) over an optional TOML
+//! file (`deny_unknown_fields`, versioned) over defaults, validated into an immutable
+//! [`NodeConfig`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use testmesh_consensus::{Bytes, MilliCpu};
+
+use crate::error::Error;
+use crate::units;
+
+pub const DEFAULT_DATA_DIR: &str = "testmesh-data";
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
+const CONFIG_VERSION: u32 = 1;
+
+/// `testmesh node` flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeArgs {
+    /// Where the ledger, logs, node identity and API token live [default: ./testmesh-data]
+    #[arg(long, env = "TESTMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the HTTP API and dashboard [default: 127.0.0.1:7070]
+    #[arg(long, env = "TESTMESH_HTTP")]
+    pub http: Option<String>,
+    /// TOML config file (flags override it)
+    #[arg(long, env = "TESTMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Worker label KEY=VALUE that tasks can require with --constraint (repeatable)
+    #[arg(long = "label", value_parser = units::parse_key_value)]
+    pub labels: Vec<(String, String)>,
+    /// CPU this worker offers, e.g. 4 or 1500m [default: all cores]
+    #[arg(long, value_parser = units::parse_cpu)]
+    pub cpus: Option<MilliCpu>,
+    /// Memory this worker offers, e.g. 8GiB [default: all memory]
+    #[arg(long, value_parser = units::parse_size)]
+    pub memory: Option<Bytes>,
+}
+
+/// The TOML file; every field optional, unknown fields are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    version: Option<u32>,
+    data_dir: Option<PathBuf>,
+    http: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    cpus: Option<String>,
+    memory: Option<String>,
+    /// Raft log entries between snapshots.
+    snapshot_every: Option<u64>,
+}
+
+/// Validated, immutable node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub cpus: Option<MilliCpu>,
+    pub memory: Option<Bytes>,
+    pub snapshot_every: u64,
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, Error> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io("cannot read config file", path, e))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    match file.version {
+        Some(CONFIG_VERSION) => Ok(file),
+        Some(v) => Err(Error::Config(format!(
+            "{}: config version {v} is not supported; this testmesh reads version {CONFIG_VERSION}",
+            path.display()
+        ))),
+        None => Err(Error::Config(format!(
+            "{}: add `version = {CONFIG_VERSION}` at the top of the file",
+            path.display()
+        ))),
+    }
+}
+
+impl NodeConfig {
+    pub fn build(args: &NodeArgs) -> Result<NodeConfig, Error> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let in_file = |what: &str, e: String| {
+            Error::Config(format!(
+                "{what} in {}: {e}",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            ))
+        };
+        let http_text = args
+            .http
+            .clone()
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP.to_string());
+        let http: SocketAddr = http_text.parse().map_err(|_| {
+            Error::Config(format!(
+                "--http {http_text:?} is not an address: use IP:PORT, e.g. 127.0.0.1:7070 or 0.0.0.0:7070"
+            ))
+        })?;
+        let mut labels = file.labels;
+        labels.extend(args.labels.iter().cloned());
+        for k in labels.keys() {
+            if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_whitespace() || c == '=') {
+                return Err(Error::Config(format!(
+                    "label key {k:?} must be 1-128 characters without spaces or '='"
+                )));
+            }
+        }
+        let cpus = match (args.cpus, file.cpus) {
+            (Some(c), _) => Some(c),
+            (None, Some(s)) => Some(units::parse_cpu(&s).map_err(|e| in_file("cpus", e))?),
+            _ => None,
+        };
+        let memory = match (args.memory, file.memory) {
+            (Some(m), _) => Some(m),
+            (None, Some(s)) => Some(units::parse_size(&s).map_err(|e| in_file("memory", e))?),
+            _ => None,
+        };
+        let snapshot_every = file.snapshot_every.unwrap_or(10_000);
+        if snapshot_every < 10 {
+            return Err(Error::Config("snapshot_every must be at least 10".into()));
+        }
+        Ok(NodeConfig {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            http,
+            labels,
+            cpus,
+            memory,
+            snapshot_every,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> Result<NodeConfig, Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        NodeConfig::build(&NodeArgs {
+            config: Some(p),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn defaults_and_file_values() {
+        let c = NodeConfig::build(&NodeArgs::default()).unwrap();
+        assert_eq!(c.http.to_string(), DEFAULT_HTTP);
+        let c = with_file("version = 1\ncpus = \"1500m\"\n[labels]\nzone = \"a\"\n").unwrap();
+        assert_eq!(c.cpus, Some(MilliCpu(1500)));
+        assert_eq!(c.labels["zone"], "a");
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_explained() {
+        let e = with_file("version = 1\nhttp_port = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `http_port`"), "{e}");
+        let e = with_file("cpus = \"2\"\n").unwrap_err().to_string();
+        assert!(e.contains("version = 1"), "{e}");
+        let e = with_file("version = 1\nmemory = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid size"), "{e}");
+    }
+
+    #[test]
+    fn bad_http_address() {
+        let e = NodeConfig::build(&NodeArgs {
+            http: Some("localhost".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("IP:PORT"));
+    }
+}

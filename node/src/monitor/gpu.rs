@@ -1,0 +1,102 @@
+use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use serde::{Deserialize, Serialize};
+use testmesh_consensus::Bytes;
+use testmesh_consensus::model::GpuInfo;
+
+/// One GPU's live state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub index: u32,
+    pub utilization_percent: u32,
+    pub memory_used: Bytes,
+    pub memory_total: Bytes,
+    pub temperature_c: u32,
+    pub power_mw: u32,
+}
+
+/// Where GPU information comes from (NVML on real hosts; nothing elsewhere).
+pub trait GpuProbe: Send {
+    fn inventory(&self) -> Vec<GpuInfo>;
+    fn sample(&self) -> Vec<GpuSample>;
+    /// Driver and CUDA versions, where known.
+    fn driver(&self) -> Option<String>;
+}
+
+/// A host without GPUs (or without the NVIDIA driver).
+pub struct NoGpus;
+
+impl GpuProbe for NoGpus {
+    fn inventory(&self) -> Vec<GpuInfo> {
+        Vec::new()
+    }
+    fn sample(&self) -> Vec<GpuSample> {
+        Vec::new()
+    }
+    fn driver(&self) -> Option<String> {
+        None
+    }
+}
+
+/// NVML through nvml-wrapper. `Nvml` is kept for the life of the probe; devices are looked up
+/// by index on every call because `Device` borrows `Nvml`.
+pub struct NvmlProbe {
+    nvml: Nvml,
+}
+
+impl NvmlProbe {
+    /// NVML if the driver is present, otherwise a probe with no GPUs. No driver is normal.
+    pub fn open() -> Box<dyn GpuProbe> {
+        match Nvml::init() {
+            Ok(nvml) => Box::new(NvmlProbe { nvml }),
+            Err(e) => {
+                tracing::debug!("no NVIDIA GPUs: NVML is not available ({e})");
+                Box::new(NoGpus)
+            }
+        }
+    }
+}
+
+impl GpuProbe for NvmlProbe {
+    fn inventory(&self) -> Vec<GpuInfo> {
+        let n = self.nvml.device_count().unwrap_or(0);
+        (0..n)
+            .filter_map(|i| {
+                let d = self.nvml.device_by_index(i).ok()?;
+                Some(GpuInfo {
+                    index: i,
+                    uuid: d.uuid().unwrap_or_default(),
+                    model: d.name().unwrap_or_default(),
+                    memory: Bytes(d.memory_info().map(|m| m.total).unwrap_or(0)),
+                })
+            })
+            .collect()
+    }
+
+    fn sample(&self) -> Vec<GpuSample> {
+        let n = self.nvml.device_count().unwrap_or(0);
+        (0..n)
+            .filter_map(|i| {
+                let d = self.nvml.device_by_index(i).ok()?;
+                let mem = d.memory_info().ok();
+                Some(GpuSample {
+                    index: i,
+                    utilization_percent: d.utilization_rates().map(|u| u.gpu).unwrap_or(0),
+                    memory_used: Bytes(mem.as_ref().map_or(0, |m| m.used)),
+                    memory_total: Bytes(mem.as_ref().map_or(0, |m| m.total)),
+                    temperature_c: d.temperature(TemperatureSensor::Gpu).unwrap_or(0),
+                    power_mw: d.power_usage().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    fn driver(&self) -> Option<String> {
+        let driver = self.nvml.sys_driver_version().ok()?;
+        let cuda = self.nvml.sys_cuda_driver_version().ok();
+        Some(match cuda {
+            Some(c) => format!("{driver} (CUDA {}.{})", c / 1000, (c % 1000) / 10),
+            None => driver,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Pure decision logic: functions over a snapshot of the cluster that return actions. No I/O,
+//! no clock, no tokio. The control loop (`crate::control`) feeds them and carries out what they
+//! return. See README.md beside this file for the problem statement and invariants.
+
+pub mod scheduler;
+
+pub use scheduler::{
+    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, schedule, why_pending,
+};

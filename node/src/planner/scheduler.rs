@@ -1,0 +1,230 @@
+//! Priority-ordered best-fit placement with backfill; see README.md.
+
+use std::collections::{BTreeMap, HashMap};
+
+use testmesh_consensus::command::Assignment;
+use testmesh_consensus::ledger::Ledger;
+use testmesh_consensus::model::{Capacity, WorkerState};
+use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements, Shortfall};
+use testmesh_consensus::{NodeId, TaskId};
+
+/// A worker as the planner sees it; `allocated` is a running copy updated as tasks are placed.
+#[derive(Debug, Clone)]
+pub struct WorkerView<'a> {
+    pub id: NodeId,
+    pub capacity: &'a Capacity,
+    pub labels: &'a BTreeMap<String, String>,
+    pub allocated: Allocated,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PendingView<'a> {
+    pub id: TaskId,
+    /// The attempt an assignment would create.
+    pub next_attempt: u32,
+    pub requirements: &'a Requirements,
+}
+
+/// A snapshot of what scheduling needs, borrowed from the ledger.
+#[derive(Debug, Clone)]
+pub struct ClusterView<'a> {
+    pub workers: Vec<WorkerView<'a>>,
+    pub pending: Vec<PendingView<'a>>,
+}
+
+impl<'a> ClusterView<'a> {
+    /// Active workers and pending tasks of the ledger, at most `max_pending` of them.
+    pub fn from_ledger(ledger: &'a Ledger, max_pending: usize) -> Self {
+        ClusterView {
+            workers: ledger
+                .workers()
+                .filter(|w| w.state == WorkerState::Active)
+                .map(|w| WorkerView {
+                    id: w.id,
+                    capacity: &w.capacity,
+                    labels: &w.labels,
+                    allocated: w.allocated.clone(),
+                })
+                .collect(),
+            pending: ledger
+                .pending()
+                .take(max_pending)
+                .map(|t| PendingView {
+                    id: t.id,
+                    next_attempt: t.attempt + 1,
+                    requirements: &t.spec.requirements,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Stop scanning after this many feasible workers and take the best of them.
+    pub feasible_to_score: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            feasible_to_score: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub assignments: Vec<Assignment>,
+    /// Tasks left pending, with the reason a user sees.
+    pub waiting: Vec<(TaskId, String)>,
+}
+
+/// Higher is better: how snugly the task fills what is free, minus a penalty for taking a host
+/// whose GPUs it leaves idle.
+fn score(req: &Requirements, cap: &Capacity, alloc: &Allocated) -> f64 {
+    let frac = |need: u64, total: u64, used: u64| {
+        let free = total.saturating_sub(used);
+        if need == 0 || free == 0 {
+            0.0
+        } else {
+            need as f64 / free as f64
+        }
+    };
+    let mut s =
+        frac(req.cpu.0, cap.cpu.0, alloc.cpu.0) + frac(req.memory.0, cap.memory.0, alloc.memory.0);
+    let free_gpus = cap.gpus.len().saturating_sub(alloc.gpus.len());
+    match req.gpu {
+        GpuRequest::None if free_gpus > 0 => s -= 1.0 + free_gpus as f64 / 8.0,
+        GpuRequest::Whole { count } if free_gpus > 0 => s += count as f64 / free_gpus as f64,
+        _ => {}
+    }
+    s
+}
+
+fn describe(shortfalls: &[(NodeId, Shortfall)], workers: usize) -> String {
+    if workers == 0 {
+        return "no active worker: start a node or undrain one".to_string();
+    }
+    let mut kinds: Vec<String> = Vec::new();
+    for (w, s) in shortfalls {
+        let k = format!("{s} on {w}");
+        if kinds.len() < 2
+            && !kinds
+                .iter()
+                .any(|x| x.split(" on ").next() == k.split(" on ").next())
+        {
+            kinds.push(k);
+        }
+    }
+    format!(
+        "waiting: fits none of {workers} active worker(s) now ({})",
+        kinds.join("; ")
+    )
+}
+
+/// Places pending tasks in priority order; see the module README for the properties.
+pub fn schedule(view: &mut ClusterView<'_>, opts: &Options) -> Plan {
+    let mut plan = Plan::default();
+    let mut failed: HashMap<&Requirements, String> = HashMap::new();
+    let n = view.workers.len();
+    let mut cursor = 0usize;
+    for task in &view.pending {
+        let req = task.requirements;
+        if let Some(reason) = failed.get(req) {
+            plan.waiting.push((task.id, reason.clone()));
+            continue;
+        }
+        let mut best: Option<(usize, f64, Vec<_>)> = None;
+        let mut feasible = 0;
+        let mut shortfalls = Vec::new();
+        for k in 0..n {
+            let i = (cursor + k) % n;
+            let w = &view.workers[i];
+            match resources::fit(w.capacity, &w.allocated, w.labels, req) {
+                Ok(grants) => {
+                    let s = score(req, w.capacity, &w.allocated);
+                    if best.as_ref().is_none_or(|(_, b, _)| s > *b) {
+                        best = Some((i, s, grants));
+                    }
+                    feasible += 1;
+                    if feasible >= opts.feasible_to_score {
+                        break;
+                    }
+                }
+                Err(s) => {
+                    if shortfalls.len() < 8 {
+                        shortfalls.push((w.id, s));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((i, _, gpus)) => {
+                let w = &mut view.workers[i];
+                w.allocated.add(req, &gpus);
+                plan.assignments.push(Assignment {
+                    task: task.id,
+                    attempt: task.next_attempt,
+                    worker: w.id,
+                    gpus,
+                });
+                cursor = (i + 1) % n.max(1);
+            }
+            None => {
+                let reason = describe(&shortfalls, n);
+                plan.waiting.push((task.id, reason.clone()));
+                failed.insert(req, reason);
+            }
+        }
+    }
+    plan
+}
+
+/// Why a pending task with `req` is still pending, given the workers as they are now.
+pub fn why_pending(view: &ClusterView<'_>, req: &Requirements) -> String {
+    let mut fits = 0;
+    let mut shortfalls = Vec::new();
+    for w in &view.workers {
+        match resources::fit(w.capacity, &w.allocated, w.labels, req) {
+            Ok(_) => fits += 1,
+            Err(s) => shortfalls.push((w.id, s)),
+        }
+    }
+    if fits > 0 {
+        format!(
+            "queued: fits {fits} worker(s) now; waits for the next round or for higher-priority tasks"
+        )
+    } else {
+        describe(&shortfalls, view.workers.len())
+    }
+}
+
+/// Whether `req` could run on some worker if it were empty; `Err` says why not, in words.
+pub fn could_ever_fit<'a>(
+    workers: impl Iterator<Item = (&'a Capacity, &'a BTreeMap<String, String>)>,
+    req: &Requirements,
+) -> Result<(), String> {
+    let mut seen = 0;
+    let mut why = None;
+    for (cap, labels) in workers {
+        seen += 1;
+        match resources::fit(cap, &Allocated::default(), labels, req) {
+            Ok(_) => return Ok(()),
+            Err(s) => {
+                why.get_or_insert(s);
+            }
+        }
+    }
+    match why {
+        None if seen == 0 => Ok(()), // nobody registered yet: wait for workers
+        Some(s) => Err(format!(
+            "no worker can ever run this task ({s} even when idle, checked {seen} worker(s)); lower the request, add a worker that has it, or queue it anyway with --allow-unschedulable (API: allow_unschedulable)"
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

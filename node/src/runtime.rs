@@ -1,0 +1,239 @@
+//! The composition root: builds every component of a node in a logged order, starts its loops
+//! and stops them on one shutdown signal (SIGINT or SIGTERM).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use testmesh_consensus::command::WorkerRegistration;
+use testmesh_consensus::raft::{self, NoPeers, Raft};
+use testmesh_consensus::{Applied, Command, NodeId};
+use tokio::sync::watch;
+
+use crate::agent::{self, Agent};
+use crate::api;
+use crate::clock;
+use crate::config::NodeConfig;
+use crate::control::Control;
+use crate::error::Error;
+use crate::monitor::{Monitor, NvmlProbe};
+use crate::writer::{Batcher, Writer};
+
+/// Reads a small file, or creates it with `make()` (mode 0600) if it does not exist.
+fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let value = make();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Error::io("cannot create", path, e))?;
+            writeln!(f, "{value}")
+                .and_then(|_| f.sync_all())
+                .map_err(|e| Error::io("cannot write", path, e))?;
+            Ok(value)
+        }
+        Err(e) => Err(Error::io("cannot read", path, e)),
+    }
+}
+
+/// Runs a node until SIGINT/SIGTERM.
+pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
+    let dir = &cfg.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create data dir", dir, e))?;
+    let node_hex = read_or_create(&dir.join("node-id"), || {
+        format!("{:016x}", rand::random::<u64>())
+    })?;
+    let node: NodeId = node_hex.parse().map_err(|_| {
+        Error::Config(format!(
+            "{} does not hold a node id (16 hex digits)",
+            dir.join("node-id").display()
+        ))
+    })?;
+    let token = read_or_create(&dir.join("api-token"), || {
+        hex::encode(rand::random::<[u8; 24]>())
+    })?;
+    tracing::info!(%node, data_dir = %dir.display(), "starting testmesh node");
+
+    let orphans = agent::kill_orphans(&node.to_string());
+    if orphans > 0 {
+        tracing::warn!(
+            "killed {orphans} task process group(s) left by an earlier run of this node"
+        );
+    }
+
+    let (log_store, state_machine, reader) =
+        testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
+    let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
+    let raft = Raft::new(
+        node,
+        Arc::new(raft_config),
+        NoPeers,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| Error::Raft(e.to_string()))?;
+    let members = BTreeMap::from([(
+        node,
+        BasicNode {
+            addr: cfg.http.to_string(),
+        },
+    )]);
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!("initialised a new single-node cluster"),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => {
+            tracing::debug!("cluster already initialised")
+        }
+        Err(e) => return Err(Error::Raft(format!("cannot initialise the cluster: {e}"))),
+    }
+    raft.wait(Some(Duration::from_secs(30)))
+        .current_leader(node, "single-node leader")
+        .await
+        .map_err(|e| Error::Raft(format!("no leader elected: {e}")))?;
+    let writer = Writer::new(raft.clone());
+
+    let mut monitor = Monitor::new(NvmlProbe::open());
+    let mut capacity = monitor.capacity(dir);
+    if let Some(c) = cfg.cpus {
+        capacity.cpu = c;
+    }
+    if let Some(m) = cfg.memory {
+        capacity.memory = m;
+    }
+    let registration = WorkerRegistration {
+        id: node,
+        hardware: monitor.hardware(),
+        capacity,
+        labels: cfg.labels.clone(),
+        boot_id: rand::random(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    match writer
+        .write(Command::RegisterWorker {
+            worker: registration,
+            at: clock::now(),
+        })
+        .await
+    {
+        Ok(Ok(Applied::WorkerRegistered { lost })) if !lost.is_empty() => {
+            tracing::warn!(
+                "{} task(s) were running when this node stopped; marked lost and re-queued where retries allow",
+                lost.len()
+            )
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(r)) => return Err(Error::Raft(format!("worker registration refused: {r}"))),
+        Err(e) => return Err(Error::Raft(format!("worker registration failed: {e}"))),
+    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (host_tx, host_rx) = watch::channel(monitor.sample());
+    let mut loops = tokio::task::JoinSet::new();
+    {
+        let mut shutdown = shutdown.clone();
+        loops.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tick.tick() => { host_tx.send_replace(monitor.sample()); }
+                }
+            }
+        });
+    }
+    let batcher = Batcher::spawn(writer.clone());
+    loops.spawn(Agent::new(node, dir.clone(), reader.clone(), batcher).run(shutdown.clone()));
+    loops.spawn(
+        Control {
+            node,
+            reader: reader.clone(),
+            writer: writer.clone(),
+            options: Default::default(),
+        }
+        .run(shutdown.clone()),
+    );
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cfg.http.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| Error::Bind {
+        addr: cfg.http.to_string(),
+        source,
+    })?;
+    let state = Arc::new(api::Inner {
+        node,
+        reader: reader.clone(),
+        writer: writer.clone(),
+        token,
+        data_dir: dir.clone(),
+        started: clock::instant(),
+        host: host_rx,
+    });
+    let app = api::router(state.clone())
+        .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));
+    // Tests and scripts that bind port 0 read the real address from here.
+    std::fs::write(dir.join("http.addr"), local.to_string())
+        .map_err(|e| Error::io("cannot write", dir.join("http.addr"), e))?;
+    println!(
+        "testmesh node {node} serving http://{local} (dashboard at /, API at /api/v1); API token in {}",
+        dir.join("api-token").display()
+    );
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    while loops.join_next().await.is_some() {}
+    let _ = raft.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// What the dashboard reads: this node's replica.
+struct DashboardSource(api::AppState);
+
+impl testmesh_dashboard::Source for DashboardSource {
+    fn overview(&self) -> testmesh_dashboard::Overview {
+        let st = &self.0;
+        let m = st.writer.raft().metrics().borrow().clone();
+        let l = st.reader.read();
+        let mut by_state = BTreeMap::new();
+        for t in l.tasks() {
+            *by_state.entry(t.state).or_insert(0usize) += 1;
+        }
+        testmesh_dashboard::Overview {
+            node: st.node.to_string(),
+            leader: m.current_leader.map(|n| n.to_string()),
+            term: m.current_term,
+            workers: l.workers().cloned().collect(),
+            tasks_by_state: by_state,
+            recent: l.tasks().rev().take(20).cloned().collect(),
+        }
+    }
+}
