@@ -1,1 +1,307 @@
-fn main() {}
+//! End to end through a real `testmesh node` process: real HTTP, real Raft log on disk, real
+//! child processes.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{TestNode, alive, wait_for};
+
+#[tokio::test]
+async fn runs_tasks_keeps_logs_and_records_results() {
+    let node = TestNode::start(&[]).await;
+    let ok = node
+        .submit(json!({"command": ["sh", "-c", "echo out; echo err >&2; echo \"gpus=[$CUDA_VISIBLE_DEVICES] id=$TESTMESH_TASK_ID\""]}))
+        .await;
+    let bad = node
+        .submit(json!({"command": ["sh", "-c", "exit 7"], "name": "seven"}))
+        .await;
+    let t = node.wait_state(ok, "succeeded").await;
+    assert_eq!(t["attempts"][0]["outcome"]["exit_code"], 0);
+    let t = node.wait_state(bad, "failed").await;
+    assert_eq!(t["attempts"][0]["outcome"]["exit_code"], 7);
+    assert_eq!(t["spec"]["name"], "seven");
+
+    let (_, out) = node.get(&format!("/api/v1/tasks/{ok}/logs")).await;
+    assert_eq!(
+        out["data"],
+        format!("out\ngpus=[] id={ok}\n"),
+        "no GPUs reserved: CUDA_VISIBLE_DEVICES is empty"
+    );
+    assert_eq!(out["complete"], true);
+    let (_, err) = node
+        .get(&format!("/api/v1/tasks/{ok}/logs?stream=stderr"))
+        .await;
+    assert_eq!(err["data"], "err\n");
+
+    // The CLI: --wait mirrors the exit code; tasks/logs/workers/status work.
+    let o = node.cli(&["submit", "--wait", "--", "sh", "-c", "echo via-cli; exit 3"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let id = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let o = node.cli(&["logs", &id]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "via-cli\n");
+    let o = node.cli(&["tasks", "--state", "failed"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("seven") && !table.contains("succeeded"),
+        "{table}"
+    );
+    let o = node.cli(&["workers", "--json"]);
+    let ws: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ws.as_array().unwrap().len(), 1);
+    assert!(ws[0]["capacity"]["cpu"].as_u64().unwrap() >= 1000);
+    let o = node.cli(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["role"], "leader");
+    assert_eq!(s["tasks"]["failed"], 2);
+}
+
+#[tokio::test]
+async fn measures_cpu_time_and_peak_memory() {
+    let node = TestNode::start(&[]).await;
+    // Busy for a moment and touch ~64 MiB.
+    let id = node
+        .submit(json!({"command": ["sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; head -c 67108864 /dev/zero | tail -c 1 >/dev/null"]}))
+        .await;
+    let t = node.wait_task(id, 60, |t| t["state"] == "succeeded").await;
+    let o = &t["attempts"][0]["outcome"];
+    assert!(o["cpu_time_ms"].as_u64().unwrap() > 10, "{o}");
+    assert!(o["peak_rss"].as_u64().unwrap() > 1 << 20, "{o}");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    let node = TestNode::start(&[]).await;
+    let pidfile = node.dir.path().join("bg.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let id = node
+        .submit(json!({"command": ["sh", "-c", script], "timeout": "1s"}))
+        .await;
+    let bg: u64 = wait_for(Duration::from_secs(20), || {
+        support::read(&pidfile).trim().parse().ok()
+    })
+    .await
+    .unwrap();
+    let t = node.wait_state(id, "timed_out").await;
+    assert_eq!(t["attempts"][0]["outcome"]["message"], "timed out");
+    assert!(
+        wait_for(Duration::from_secs(10), || (!alive(bg)).then_some(()))
+            .await
+            .is_some(),
+        "the background child survived the timeout"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_task_and_a_pending_one() {
+    let node = TestNode::start(&["--cpus", "1"]).await;
+    let running = node
+        .submit(json!({"command": ["sleep", "300"], "cpu": 1}))
+        .await;
+    let queued = node.submit(json!({"command": ["true"], "cpu": 1})).await;
+    let t = node.wait_state(running, "running").await;
+    let pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    // The second task waits, and says why.
+    let q = node.task(queued).await;
+    assert_eq!(q["state"], "pending");
+    assert!(
+        q["pending_reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs 1 cpu, 0 free"),
+        "{q}"
+    );
+
+    let (code, v) = node
+        .post(&format!("/api/v1/tasks/{queued}/cancel"), json!({}))
+        .await;
+    assert_eq!((code, v["state"].as_str()), (200, Some("cancelled")));
+    let (code, _) = node
+        .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(code, 200);
+    node.wait_state(running, "cancelled").await;
+    assert!(!alive(pid));
+    let (code, v) = node
+        .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(code, 409, "{v}");
+    let (_, ws) = node.get("/api/v1/workers").await;
+    assert_eq!(
+        ws[0]["allocated"]["cpu"], 0,
+        "cancelled tasks release their reservation"
+    );
+}
+
+#[tokio::test]
+async fn retries_then_fails_and_priorities_order_the_queue() {
+    let node = TestNode::start(&["--cpus", "1"]).await;
+    let flaky = node
+        .submit(json!({"command": ["sh", "-c", "exit 1"], "retries": 2}))
+        .await;
+    let t = node.wait_state(flaky, "failed").await;
+    assert_eq!(t["attempts"].as_array().unwrap().len(), 3);
+    assert_eq!(t["attempt"], 3);
+
+    // One slot: a blocker, then low and high priority; high must start first.
+    let gate = node.dir.path().join("gate");
+    let blocker = node.submit(json!({"command": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": 1})).await;
+    node.wait_state(blocker, "running").await;
+    let low = node
+        .submit(json!({"command": ["true"], "cpu": 1, "priority": 1}))
+        .await;
+    let high = node
+        .submit(json!({"command": ["true"], "cpu": 1, "priority": 10}))
+        .await;
+    std::fs::write(&gate, "").unwrap();
+    let l = node.wait_state(low, "succeeded").await;
+    let h = node.wait_state(high, "succeeded").await;
+    assert!(h["attempts"][0]["assigned_at"].as_u64() <= l["attempts"][0]["assigned_at"].as_u64());
+    assert!(
+        h["rev"].as_u64() < l["rev"].as_u64(),
+        "high priority finished first"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let node = TestNode::start(&[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/tasks", node.url);
+    let body = json!({"tasks": [{"command": ["true"]}]});
+    // Missing and wrong tokens.
+    let r = http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api-token")
+    );
+    let r = http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Malformed JSON, unknown fields, empty command, bad sizes, impossible requirements.
+    let cases = [
+        (json!("not an object"), 400, "invalid JSON"),
+        (
+            json!({"tasks": [{"command": ["true"], "cpus": 1}]}),
+            400,
+            "unknown field `cpus`",
+        ),
+        (json!({"tasks": [{"command": []}]}), 400, "command is empty"),
+        (json!({"tasks": []}), 400, "at least one task"),
+        (
+            json!({"tasks": [{"command": ["x"], "mem": "12 parsecs"}]}),
+            400,
+            "mem: invalid size",
+        ),
+        (
+            json!({"tasks": [{"command": ["x"], "timeout": "-1s"}]}),
+            400,
+            "timeout:",
+        ),
+        (
+            json!({"tasks": [{"command": ["x"], "gpus": 64}]}),
+            422,
+            "needs 64 whole GPU(s)",
+        ),
+        (
+            json!({"tasks": [{"command": ["x"]}, {"command": ["x"], "cpu": "many"}]}),
+            400,
+            "task #1: cpu",
+        ),
+    ];
+    for (body, code, text) in cases {
+        let (c, v) = node.post("/api/v1/tasks", body.clone()).await;
+        assert_eq!(c, code, "{body} -> {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(text),
+            "{body} -> {v}"
+        );
+    }
+    // Oversized body.
+    let big = "x".repeat(20 << 20);
+    let r = http
+        .post(&url)
+        .bearer_auth(&node.token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // CLI: unknown flag, malformed size and duration, empty command.
+    for args in [
+        &["submit", "--cpux", "1", "--", "true"][..],
+        &["submit", "--mem", "4XB", "--", "true"],
+        &["submit", "--timeout", "soon", "--", "true"],
+        &["submit", "--"],
+    ] {
+        let o = node.cli(args);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(!o.stderr.is_empty(), "{args:?} printed no error");
+    }
+    // Nothing was created by any of that.
+    let (_, l) = node.get("/api/v1/tasks").await;
+    assert_eq!(l["tasks"].as_array().unwrap().len(), 0, "{l}");
+    // ...but an impossible task can be queued on purpose, with its reason.
+    let (c, v) = node
+        .post(
+            "/api/v1/tasks",
+            json!({"tasks": [{"command": ["x"], "gpus": 64}], "allow_unschedulable": true}),
+        )
+        .await;
+    assert_eq!(c, 201, "{v}");
+    let t = node.task(v["tasks"][0].as_u64().unwrap()).await;
+    assert!(
+        t["pending_reason"]
+            .as_str()
+            .unwrap()
+            .contains("64 whole GPU"),
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn submits_are_idempotent_per_request_id() {
+    let node = TestNode::start(&[]).await;
+    let body = json!({"request_id": "ci-build-42", "tasks": [{"command": ["true"]}, {"command": ["true"]}]});
+    let (c1, a) = node.post("/api/v1/tasks", body.clone()).await;
+    let (c2, b) = node.post("/api/v1/tasks", body).await;
+    assert_eq!((c1, c2), (201, 200));
+    assert_eq!(a["tasks"], b["tasks"]);
+    assert_eq!(b["duplicate"], true);
+    let (_, l) = node.get("/api/v1/tasks").await;
+    assert_eq!(l["tasks"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn graceful_stop_kills_tasks_and_restart_requeues_them() {
+    let mut node = TestNode::start(&[]).await;
+    let id = node
+        .submit(json!({"command": ["sleep", "300"], "retries": 1}))
+        .await;
+    let t = node.wait_state(id, "running").await;
+    let pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    node.stop();
+    assert!(!alive(pid), "SIGTERM on the node stops its tasks");
+    node.spawn().await;
+    let t = node
+        .wait_task(id, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .await;
+    assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
+}

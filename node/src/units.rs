@@ -14,7 +14,7 @@ pub fn parse_cpu(s: &str) -> Result<MilliCpu, String> {
         m.parse::<u64>().map_err(|_| bad())?
     } else {
         let v: f64 = t.parse().map_err(|_| bad())?;
-        if !v.is_finite() || v < 0.0 || v > 1e6 {
+        if !v.is_finite() || !(0.0..=1e6).contains(&v) {
             return Err(bad());
         }
         (v * 1000.0).round() as u64

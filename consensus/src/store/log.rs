@@ -48,11 +48,15 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(write_err)?;
         let mut tx = self.db.begin_write().map_err(write_err)?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(write_err)?;
+        tx.set_durability(durability).map_err(write_err)?;
         {
             let mut table = tx.open_table(META).map_err(write_err)?;
             table.insert(key, bytes.as_slice()).map_err(write_err)?;

@@ -5,6 +5,9 @@
 //! snapshots are durable; at start it is rebuilt from the last snapshot plus the committed log,
 //! which openraft re-applies because the committed index is saved too.
 
+// openraft's trait methods return its (large) `StorageError`; our helpers return the same type.
+#![allow(clippy::result_large_err)]
+
 mod log;
 mod sm;
 

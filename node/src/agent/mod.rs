@@ -140,10 +140,10 @@ impl Agent {
                     continue;
                 }
                 match self.running.get(&t.id) {
-                    Some(r) if r.attempt == t.attempt => {
-                        if t.cancel_requested && r.ending.is_none() {
-                            cancels.push(t.id);
-                        }
+                    Some(r)
+                        if r.attempt == t.attempt && t.cancel_requested && r.ending.is_none() =>
+                    {
+                        cancels.push(t.id)
                     }
                     Some(_) => {}
                     None if t.state == TaskState::Assigned && t.cancel_requested => {

@@ -151,16 +151,12 @@ pub fn kill_orphans(node_id: &str) -> usize {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            if let Some(pgid) = rest
-                .split_whitespace()
-                .nth(2)
-                .and_then(|s| s.parse::<u32>().ok())
-            {
-                if pgid != me && pgid > 1 {
-                    groups.insert(pgid);
-                }
-            }
+        let pgid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|s| s.parse::<u32>().ok());
+        if let Some(pgid) = pgid.filter(|g| *g != me && *g > 1) {
+            groups.insert(pgid);
         }
     }
     for g in &groups {

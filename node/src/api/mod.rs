@@ -96,6 +96,3 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
-
-#[cfg(test)]
-mod tests;

@@ -46,9 +46,7 @@ async fn poll<T>(
         if let Some(v) = f(&st.reader.read(), rev) {
             return Some(v);
         }
-        let Some(deadline) = deadline else {
-            return None;
-        };
+        let deadline = deadline?;
         match tokio::time::timeout_at(deadline, changes.changed()).await {
             Ok(Ok(())) => continue,
             _ => return None,

@@ -1,0 +1,215 @@
+//! Shared helpers for the end-to-end tests: a real `testmesh node` process on a free loopback
+//! port with its own data dir, and a small HTTP client. Waits are on conditions with deadlines.
+
+#![allow(dead_code)]
+// Tests measure their own deadlines; the one-clock rule is for the product code.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_testmesh");
+
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    extra: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl TestNode {
+    pub async fn start(extra: &[&str]) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut n = TestNode {
+            dir,
+            child: None,
+            url: String::new(),
+            token: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+        };
+        n.spawn().await;
+        n
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub async fn spawn(&mut self) {
+        let data = self.data_dir();
+        let _ = std::fs::remove_file(data.join("http.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("node.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .arg("node")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--http", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env("TESTMESH_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start testmesh node");
+        self.child = Some(child);
+        let addr = wait_for(Duration::from_secs(30), || {
+            std::fs::read_to_string(data.join("http.addr")).ok()
+        })
+        .await
+        .unwrap_or_else(|| panic!("node did not start; log:\n{}", self.log()));
+        self.url = format!("http://{addr}");
+        self.token = std::fs::read_to_string(data.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to clean anything up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_free_sigterm(c.id());
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "node exited with {status}; log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits one task and returns its id.
+    pub async fn submit(&self, task: Value) -> u64 {
+        let (code, v) = self
+            .post("/api/v1/tasks", serde_json::json!({ "tasks": [task] }))
+            .await;
+        assert_eq!(code, 201, "{v}");
+        v["tasks"][0].as_u64().unwrap()
+    }
+
+    pub async fn task(&self, id: u64) -> Value {
+        let (code, v) = self.get(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(code, 200, "{v}");
+        v
+    }
+
+    /// Waits until the task satisfies `f`, or panics with the task after `secs`.
+    pub async fn wait_task(&self, id: u64, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let t = self.task(id).await;
+            if f(&t) {
+                return t;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "task {id} never got there: {t:#}\nnode log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: u64, state: &str) -> Value {
+        self.wait_task(id, 30, |t| t["state"] == state).await
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("TESTMESH_SERVER", &self.url)
+            .env("TESTMESH_TOKEN", &self.token)
+            .output()
+            .expect("run testmesh cli")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
