@@ -44,7 +44,16 @@ pub struct Ledger {
     pending: BTreeSet<PendingKey>,
     worker_tasks: BTreeMap<NodeId, BTreeSet<TaskId>>,
     requests: BTreeMap<String, Vec<TaskId>>,
+    /// Tasks by the log index of their last change, so that watchers cost O(changes).
+    by_rev: BTreeSet<(u64, TaskId)>,
     next_task: u64,
+}
+
+/// Moves a task to revision `index` in the change index.
+fn stamp(by_rev: &mut BTreeSet<(u64, TaskId)>, t: &mut Task, index: u64) {
+    by_rev.remove(&(t.rev, t.id));
+    t.rev = index;
+    by_rev.insert((index, t.id));
 }
 
 /// Checks what the ledger can check of a spec on its own (the API checks more, with nicer words).
@@ -55,6 +64,10 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), Rejected> {
     }
     if spec.argv.iter().any(|a| a.contains('\0')) {
         return bad("the command contains a NUL byte");
+    }
+    if spec.requirements.cpu.0 == 0 {
+        // Every task holds some cpu, so a worker with none free is full (the planner relies on it).
+        return bad("cpu must be at least 1m");
     }
     if spec.name.len() > 256 {
         return bad("the name is longer than 256 bytes");
@@ -99,6 +112,13 @@ impl Ledger {
     /// Pending tasks in the order they should be considered.
     pub fn pending(&self) -> impl Iterator<Item = &Task> {
         self.pending.iter().filter_map(|(_, id)| self.tasks.get(id))
+    }
+
+    /// Tasks changed after revision `rev`, oldest change first.
+    pub fn changed_since(&self, rev: u64) -> impl Iterator<Item = &Task> {
+        self.by_rev
+            .range((rev.saturating_add(1), TaskId(0))..)
+            .filter_map(|(_, id)| self.tasks.get(id))
     }
 
     pub fn pending_count(&self) -> usize {
@@ -162,7 +182,7 @@ impl Ledger {
                 }
                 let t = self.tasks.get_mut(task).expect("checked above");
                 t.state = TaskState::Running;
-                t.rev = index;
+                stamp(&mut self.by_rev, t, index);
                 let a = t.attempts.last_mut().expect("active task has an attempt");
                 a.started_at = Some(*at);
                 a.pid = Some(*pid);
@@ -196,7 +216,7 @@ impl Ledger {
                         t.state = TaskState::Cancelled;
                         t.cancel_requested = true;
                         t.finished_at = Some(*at);
-                        t.rev = index;
+                        stamp(&mut self.by_rev, t, index);
                         Ok(Applied::CancelRequested {
                             state: TaskState::Cancelled,
                         })
@@ -204,7 +224,7 @@ impl Ledger {
                     s if s.is_active() => {
                         // The worker kills the process and reports; the reservation is held until then.
                         t.cancel_requested = true;
-                        t.rev = index;
+                        stamp(&mut self.by_rev, t, index);
                         Ok(Applied::CancelRequested { state: s })
                     }
                     s => Err(Rejected::AlreadyFinished {
@@ -332,6 +352,7 @@ impl Ledger {
                 rev: index,
             };
             self.pending.insert(pending_key(&task));
+            self.by_rev.insert((index, id));
             self.tasks.insert(id, task);
             ids.push(id);
         }
@@ -399,7 +420,7 @@ impl Ledger {
         let t = self.tasks.get_mut(&a.task).expect("checked above");
         t.state = TaskState::Assigned;
         t.attempt = a.attempt;
-        t.rev = index;
+        stamp(&mut self.by_rev, t, index);
         t.attempts.push(Attempt {
             number: a.attempt,
             worker: a.worker,
@@ -439,7 +460,7 @@ impl Ledger {
             a.finished_at = Some(at);
             a.outcome = Some(outcome);
         }
-        t.rev = index;
+        stamp(&mut self.by_rev, t, index);
         let retry = matches!(
             ended,
             TaskState::Failed | TaskState::TimedOut | TaskState::Lost
@@ -503,6 +524,10 @@ impl Ledger {
             if (t.state == TaskState::Pending) != self.pending.contains(&pending_key(t)) {
                 return Err(format!("pending index disagrees for task {}", t.id));
             }
+        }
+        let revs: BTreeSet<(u64, TaskId)> = self.tasks.values().map(|t| (t.rev, t.id)).collect();
+        if revs != self.by_rev {
+            return Err("change index disagrees with task revisions".into());
         }
         if self.pending.len()
             != self

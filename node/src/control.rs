@@ -10,7 +10,7 @@ use testmesh_consensus::{Applied, Command, NodeId};
 use tokio::sync::watch;
 
 use crate::clock;
-use crate::planner::{self, ClusterView, Options};
+use crate::planner::{self, Options};
 use crate::writer::Writer;
 
 /// Most pending tasks considered per round (the rest wait for the next round).
@@ -48,8 +48,9 @@ impl Control {
             if ledger.pending_count() == 0 {
                 return;
             }
-            let mut view = ClusterView::from_ledger(&ledger, MAX_PENDING_PER_ROUND);
-            planner::schedule(&mut view, &self.options)
+            let mut workers = planner::workers_of(&ledger);
+            let queue = planner::pending_of(&ledger).take(MAX_PENDING_PER_ROUND);
+            planner::schedule_from(&mut workers, queue, &self.options)
         };
         if plan.assignments.is_empty() {
             return;

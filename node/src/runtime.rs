@@ -192,6 +192,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         dir.join("api-token").display()
     );
     let mut stop = shutdown.clone();
+    // Small request/response pairs: do not let Nagle's algorithm hold them back.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.changed().await;
     });

@@ -74,10 +74,14 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
     let m = st.writer.raft().metrics().borrow().clone();
     let ledger = st.reader.read();
-    let mut tasks = BTreeMap::new();
+    let mut counts: BTreeMap<TaskState, usize> = BTreeMap::new();
     for t in ledger.tasks() {
-        *tasks.entry(t.state.to_string()).or_insert(0) += 1;
+        *counts.entry(t.state).or_insert(0) += 1;
     }
+    let tasks = counts
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
     Json(StatusView {
         node_id: st.node.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -164,9 +168,11 @@ pub async fn list(
                 .filter(|t| matches(t))
                 .take(limit)
                 .collect(),
-            None if q.since.is_some() => {
-                ledger.tasks().filter(|t| matches(t)).take(limit).collect()
-            }
+            None if q.since.is_some() => ledger
+                .changed_since(q.since.unwrap_or(0))
+                .filter(|t| matches(t))
+                .take(limit)
+                .collect(),
             None => ledger
                 .tasks()
                 .rev()

@@ -12,7 +12,7 @@ use anyhow::bail;
 use serde::Serialize;
 use testmesh_consensus::TaskId;
 use testmesh_consensus::task::TaskState;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use super::client::{Client, ClientArgs};
 use super::tasks::RequirementArgs;
@@ -34,6 +34,10 @@ pub struct BenchArgs {
     pub batch: usize,
     #[command(flatten)]
     pub req: RequirementArgs,
+    /// Closed loop: each client waits for its batch to finish before submitting the next
+    /// (with --concurrency 1 --batch 1 this measures one task's submit→finish latency alone)
+    #[arg(long)]
+    pub closed_loop: bool,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,7 @@ pub struct Report {
     pub failed: usize,
     pub concurrency: usize,
     pub batch: usize,
+    pub closed_loop: bool,
     pub elapsed_secs: f64,
     pub tasks_per_sec: f64,
     pub latency_ms_p50: f64,
@@ -81,6 +86,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let start_rev = client.get::<TaskList>("/api/v1/tasks?limit=0").await?.rev;
 
     let submitted: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
+    let finished: Arc<Mutex<HashMap<TaskId, (Instant, TaskState)>>> = Arc::default();
+    let progress = Arc::new(Notify::new());
     let batches = a.tasks.div_ceil(a.batch);
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = clock::instant();
@@ -88,7 +95,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     for _ in 0..a.concurrency {
         let (client, next, submitted, req) =
             (client.clone(), next.clone(), submitted.clone(), req.clone());
-        let (n, b) = (a.tasks, a.batch);
+        let (finished, progress) = (finished.clone(), progress.clone());
+        let (n, b, closed) = (a.tasks, a.batch, a.closed_loop);
         submitters.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -103,33 +111,51 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 };
                 let sent = clock::instant();
                 let r: SubmitResponse = client.post("/api/v1/tasks", &body).await?;
-                let mut s = submitted.lock().await;
-                for id in r.tasks {
-                    s.insert(id, sent);
+                {
+                    let mut s = submitted.lock().await;
+                    for id in &r.tasks {
+                        s.insert(*id, sent);
+                    }
+                }
+                if closed {
+                    loop {
+                        let woken = progress.notified();
+                        let f = finished.lock().await;
+                        if r.tasks.iter().all(|id| f.contains_key(id)) {
+                            break;
+                        }
+                        drop(f);
+                        woken.await;
+                    }
                 }
             }
         });
     }
 
     // Watch for finished tasks of this run.
-    let mut finished: HashMap<TaskId, (Instant, TaskState)> = HashMap::new();
     let mut since = start_rev;
     let mut last_print = clock::instant();
-    while finished.len() < a.tasks {
+    let mut done = 0;
+    while done < a.tasks {
         let q = format!(
             "/api/v1/tasks?label=testmesh-bench%3D{run_id}&state=succeeded,failed,timed_out,cancelled,lost&since={since}&wait=10s&limit=100000"
         );
         let l: TaskList = client.get(&q).await?;
         let now = clock::instant();
         since = l.rev;
-        for v in l.tasks {
-            finished.entry(v.task.id).or_insert((now, v.task.state));
+        {
+            let mut f = finished.lock().await;
+            for v in l.tasks {
+                f.entry(v.task.id).or_insert((now, v.task.state));
+            }
+            done = f.len();
         }
+        progress.notify_waiters();
         while let Some(r) = submitters.try_join_next() {
             r??;
         }
         if now.duration_since(last_print) > Duration::from_secs(2) && !a.json {
-            eprintln!("bench: {}/{} finished", finished.len(), a.tasks);
+            eprintln!("bench: {done}/{} finished", a.tasks);
             last_print = now;
         }
     }
@@ -137,6 +163,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         r??;
     }
     let submitted = submitted.lock().await;
+    let finished = finished.lock().await;
     let end = finished.values().map(|(t, _)| *t).max().unwrap_or(t0);
     let mut lat: Vec<Duration> = finished
         .iter()
@@ -154,6 +181,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         failed: a.tasks - succeeded,
         concurrency: a.concurrency,
         batch: a.batch,
+        closed_loop: a.closed_loop,
         elapsed_secs: elapsed,
         tasks_per_sec: a.tasks as f64 / elapsed.max(1e-9),
         latency_ms_p50: percentile(&lat, 0.50),

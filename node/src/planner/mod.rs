@@ -5,5 +5,6 @@
 pub mod scheduler;
 
 pub use scheduler::{
-    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, schedule, why_pending,
+    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, pending_of, schedule,
+    schedule_from, why_pending, workers_of,
 };

@@ -32,29 +32,35 @@ pub struct ClusterView<'a> {
     pub pending: Vec<PendingView<'a>>,
 }
 
+/// The active workers of the ledger, as the planner sees them.
+pub fn workers_of(ledger: &Ledger) -> Vec<WorkerView<'_>> {
+    ledger
+        .workers()
+        .filter(|w| w.state == WorkerState::Active)
+        .map(|w| WorkerView {
+            id: w.id,
+            capacity: &w.capacity,
+            labels: &w.labels,
+            allocated: w.allocated.clone(),
+        })
+        .collect()
+}
+
+/// The pending queue of the ledger, in order, lazily.
+pub fn pending_of(ledger: &Ledger) -> impl Iterator<Item = PendingView<'_>> {
+    ledger.pending().map(|t| PendingView {
+        id: t.id,
+        next_attempt: t.attempt + 1,
+        requirements: &t.spec.requirements,
+    })
+}
+
 impl<'a> ClusterView<'a> {
     /// Active workers and pending tasks of the ledger, at most `max_pending` of them.
     pub fn from_ledger(ledger: &'a Ledger, max_pending: usize) -> Self {
         ClusterView {
-            workers: ledger
-                .workers()
-                .filter(|w| w.state == WorkerState::Active)
-                .map(|w| WorkerView {
-                    id: w.id,
-                    capacity: &w.capacity,
-                    labels: &w.labels,
-                    allocated: w.allocated.clone(),
-                })
-                .collect(),
-            pending: ledger
-                .pending()
-                .take(max_pending)
-                .map(|t| PendingView {
-                    id: t.id,
-                    next_attempt: t.attempt + 1,
-                    requirements: &t.spec.requirements,
-                })
-                .collect(),
+            workers: workers_of(ledger),
+            pending: pending_of(ledger).take(max_pending).collect(),
         }
     }
 }
@@ -125,11 +131,30 @@ fn describe(shortfalls: &[(NodeId, Shortfall)], workers: usize) -> String {
 
 /// Places pending tasks in priority order; see the module README for the properties.
 pub fn schedule(view: &mut ClusterView<'_>, opts: &Options) -> Plan {
+    let pending = std::mem::take(&mut view.pending);
+    let plan = schedule_from(&mut view.workers, pending.iter().copied(), opts);
+    view.pending = pending;
+    plan
+}
+
+/// [`schedule`] over a lazy queue: it stops reading the queue once no worker has cpu left
+/// (every task holds some cpu), so a long queue in front of a full cluster costs nothing.
+/// `Plan::waiting` lists the tasks it examined and could not place.
+pub fn schedule_from<'a>(
+    workers: &mut [WorkerView<'_>],
+    pending: impl IntoIterator<Item = PendingView<'a>>,
+    opts: &Options,
+) -> Plan {
     let mut plan = Plan::default();
     let mut failed: HashMap<&Requirements, String> = HashMap::new();
-    let n = view.workers.len();
+    let n = workers.len();
+    let has_cpu = |w: &WorkerView<'_>| w.allocated.cpu < w.capacity.cpu;
+    let mut open = workers.iter().filter(|w| has_cpu(w)).count();
     let mut cursor = 0usize;
-    for task in &view.pending {
+    for task in pending {
+        if open == 0 {
+            break;
+        }
         let req = task.requirements;
         if let Some(reason) = failed.get(req) {
             plan.waiting.push((task.id, reason.clone()));
@@ -140,7 +165,7 @@ pub fn schedule(view: &mut ClusterView<'_>, opts: &Options) -> Plan {
         let mut shortfalls = Vec::new();
         for k in 0..n {
             let i = (cursor + k) % n;
-            let w = &view.workers[i];
+            let w = &workers[i];
             match resources::fit(w.capacity, &w.allocated, w.labels, req) {
                 Ok(grants) => {
                     let s = score(req, w.capacity, &w.allocated);
@@ -161,15 +186,18 @@ pub fn schedule(view: &mut ClusterView<'_>, opts: &Options) -> Plan {
         }
         match best {
             Some((i, _, gpus)) => {
-                let w = &mut view.workers[i];
+                let w = &mut workers[i];
                 w.allocated.add(req, &gpus);
+                if !has_cpu(w) {
+                    open -= 1;
+                }
                 plan.assignments.push(Assignment {
                     task: task.id,
                     attempt: task.next_attempt,
                     worker: w.id,
                     gpus,
                 });
-                cursor = (i + 1) % n.max(1);
+                cursor = (i + 1) % n;
             }
             None => {
                 let reason = describe(&shortfalls, n);
