@@ -305,3 +305,78 @@ async fn graceful_stop_kills_tasks_and_restart_requeues_them() {
         .await;
     assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
 }
+
+#[tokio::test]
+async fn gpu_reservations_set_cuda_visible_devices() {
+    // Simulated GPUs (no NVIDIA hardware here): the placement and environment path is the real one.
+    let node = TestNode::start(&["--simulate-gpus", "2xSim A100:40GiB"]).await;
+    let gate = node.dir.path().join("gate");
+    let hold = |extra: serde_json::Value| {
+        let mut t = json!({"command": ["sh", "-c", format!("echo \"[$CUDA_VISIBLE_DEVICES]\"; while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": "10m"});
+        t.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let a = node.submit(hold(json!({"gpus": 1}))).await;
+    let b = node
+        .submit(hold(
+            json!({"gpus": 1, "gpu_model": "a100", "gpu_mem": "40GiB"}),
+        ))
+        .await;
+    let c = node.submit(hold(json!({"gpus": 1}))).await;
+    node.wait_state(a, "running").await;
+    node.wait_state(b, "running").await;
+    // Both GPUs are exclusively held: the third waits and says so.
+    let t = node.task(c).await;
+    assert_eq!(t["state"], "pending");
+    assert!(
+        t["pending_reason"]
+            .as_str()
+            .unwrap()
+            .contains("1 whole GPU(s), 0 matching free"),
+        "{t}"
+    );
+    let (_, ws) = node.get("/api/v1/workers").await;
+    assert_eq!(ws[0]["capacity"]["gpus"][1]["model"], "Sim A100");
+    let mut seen = Vec::new();
+    for id in [a, b] {
+        let out = wait_for(Duration::from_secs(10), || {
+            let p = node.data_dir().join(format!("logs/{id}.1.stdout"));
+            let s = support::read(&p);
+            (!s.is_empty()).then_some(s)
+        })
+        .await
+        .unwrap();
+        seen.push(out.trim().to_string());
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec!["[0]", "[1]"],
+        "each task sees exactly its own GPU"
+    );
+    // A share does not fit on an exclusive GPU either; a model nobody has is refused at submit.
+    let (code, v) = node
+        .post(
+            "/api/v1/tasks",
+            json!({"tasks": [{"command": ["true"], "gpus": 1, "gpu_model": "H100"}]}),
+        )
+        .await;
+    assert_eq!(code, 422, "{v}");
+    std::fs::write(&gate, "").unwrap();
+    node.wait_state(c, "succeeded").await;
+}
+
+#[tokio::test]
+async fn logs_follow_streams_until_the_task_ends() {
+    let node = TestNode::start(&[]).await;
+    let id = node.submit(json!({"command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done"]})).await;
+    node.wait_state(id, "running").await;
+    let o = node.cli(&["logs", &id.to_string(), "--follow"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "line 1\nline 2\nline 3\nline 4\nline 5\n"
+    );
+}

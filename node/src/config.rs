@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use testmesh_consensus::model::GpuInfo;
 use testmesh_consensus::{Bytes, MilliCpu};
 
 use crate::error::Error;
@@ -37,6 +38,35 @@ pub struct NodeArgs {
     /// Memory this worker offers, e.g. 8GiB [default: all memory]
     #[arg(long, value_parser = units::parse_size)]
     pub memory: Option<Bytes>,
+    /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
+    /// and demos on hosts without NVIDIA GPUs
+    #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
+    pub simulate_gpus: Option<SimulatedGpuList>,
+}
+
+/// The parsed `--simulate-gpus` value (a newtype so that clap takes it as one value).
+#[derive(Debug, Clone)]
+pub struct SimulatedGpuList(pub Vec<GpuInfo>);
+
+fn parse_simulated_gpus(s: &str) -> Result<SimulatedGpuList, String> {
+    let bad = || format!("--simulate-gpus {s:?}: use COUNTxMODEL:MEMORY, e.g. 2xSim A100:40GiB");
+    let (count, rest) = s.split_once('x').ok_or_else(bad)?;
+    let (model, mem) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let memory = units::parse_size(mem)?;
+    if count == 0 || count > 64 || model.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(SimulatedGpuList(
+        (0..count)
+            .map(|index| GpuInfo {
+                index,
+                uuid: format!("GPU-simulated-{index}"),
+                model: model.trim().to_string(),
+                memory,
+            })
+            .collect(),
+    ))
 }
 
 /// The TOML file; every field optional, unknown fields are errors.
@@ -62,6 +92,7 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     pub cpus: Option<MilliCpu>,
     pub memory: Option<Bytes>,
+    pub simulated_gpus: Option<Vec<GpuInfo>>,
     pub snapshot_every: u64,
 }
 
@@ -138,6 +169,7 @@ impl NodeConfig {
             labels,
             cpus,
             memory,
+            simulated_gpus: args.simulate_gpus.clone().map(|g| g.0),
             snapshot_every,
         })
     }

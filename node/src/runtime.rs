@@ -20,7 +20,7 @@ use crate::clock;
 use crate::config::NodeConfig;
 use crate::control::Control;
 use crate::error::Error;
-use crate::monitor::{Monitor, NvmlProbe};
+use crate::monitor::{Monitor, NvmlProbe, SimulatedGpus};
 use crate::writer::{Batcher, Writer};
 
 /// Reads a small file, or creates it with `make()` (mode 0600) if it does not exist.
@@ -102,7 +102,14 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         .map_err(|e| Error::Raft(format!("no leader elected: {e}")))?;
     let writer = Writer::new(raft.clone());
 
-    let mut monitor = Monitor::new(NvmlProbe::open());
+    let probe: Box<dyn crate::monitor::GpuProbe> = match &cfg.simulated_gpus {
+        Some(gpus) => {
+            tracing::warn!("using {} simulated GPU(s) instead of NVML", gpus.len());
+            Box::new(SimulatedGpus(gpus.clone()))
+        }
+        None => NvmlProbe::open(),
+    };
+    let mut monitor = Monitor::new(probe);
     let mut capacity = monitor.capacity(dir);
     if let Some(c) = cfg.cpus {
         capacity.cpu = c;

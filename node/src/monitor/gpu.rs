@@ -38,6 +38,30 @@ impl GpuProbe for NoGpus {
     }
 }
 
+/// Simulated GPUs (a fake, named as such): for tests of GPU placement and
+/// `CUDA_VISIBLE_DEVICES` on hosts without NVIDIA hardware, and for demos. Never used unless
+/// `--simulate-gpus` is given.
+pub struct SimulatedGpus(pub Vec<GpuInfo>);
+
+impl GpuProbe for SimulatedGpus {
+    fn inventory(&self) -> Vec<GpuInfo> {
+        self.0.clone()
+    }
+    fn sample(&self) -> Vec<GpuSample> {
+        self.0
+            .iter()
+            .map(|g| GpuSample {
+                index: g.index,
+                memory_total: g.memory,
+                ..Default::default()
+            })
+            .collect()
+    }
+    fn driver(&self) -> Option<String> {
+        Some("simulated".into())
+    }
+}
+
 /// NVML through nvml-wrapper. `Nvml` is kept for the life of the probe; devices are looked up
 /// by index on every call because `Device` borrows `Nvml`.
 pub struct NvmlProbe {
@@ -98,5 +122,27 @@ impl GpuProbe for NvmlProbe {
             Some(c) => format!("{driver} (CUDA {}.{})", c / 1000, (c % 1000) / 10),
             None => driver,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_driver_means_no_gpus_and_no_error() {
+        let probe = NvmlProbe::open();
+        if !std::path::Path::new("/dev/nvidiactl").exists() {
+            assert!(probe.inventory().is_empty());
+            assert!(probe.sample().is_empty());
+        } else {
+            // On a GPU host every GPU has a model and memory.
+            assert!(
+                probe
+                    .inventory()
+                    .iter()
+                    .all(|g| !g.model.is_empty() && g.memory.0 > 0)
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use testmesh_consensus::model::{Capacity, GpuInfo, Hardware};
 use testmesh_consensus::{Bytes, MilliCpu};
 
-pub use gpu::{GpuProbe, GpuSample, NoGpus, NvmlProbe};
+pub use gpu::{GpuProbe, GpuSample, NoGpus, NvmlProbe, SimulatedGpus};
 
 /// Live measurements of this host (for status now; gossiped to the mesh later).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
