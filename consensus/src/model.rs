@@ -5,12 +5,33 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A node of the mesh; also its Raft id. Shown as 16 hex digits.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(transparent)]
+/// A node of the mesh; also its Raft id. Shown (and written in JSON) as 16 hex digits; binary
+/// encodings carry the number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u64);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_u64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!("{s:?} is not a node id (16 hex digits)"))
+            })
+        } else {
+            u64::deserialize(d).map(NodeId)
+        }
+    }
+}
 
 impl From<u64> for NodeId {
     fn from(v: u64) -> Self {
@@ -28,6 +49,24 @@ impl std::str::FromStr for NodeId {
     type Err = std::num::ParseIntError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         u64::from_str_radix(s, 16).map(NodeId)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_hex_in_json_and_numbers_in_bincode() {
+        let id = NodeId(0xabc);
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"0000000000000abc\"");
+        assert_eq!(
+            serde_json::from_str::<NodeId>("\"0000000000000abc\"").unwrap(),
+            id
+        );
+        let bytes = crate::codec::encode(&id).unwrap();
+        assert_eq!(crate::codec::decode::<NodeId>(&bytes).unwrap(), id);
+        assert!(bytes.len() <= 3);
     }
 }
 

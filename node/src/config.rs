@@ -38,6 +38,24 @@ pub struct NodeArgs {
     /// Memory this worker offers, e.g. 8GiB [default: all memory]
     #[arg(long, value_parser = units::parse_size)]
     pub memory: Option<Bytes>,
+    /// Cluster swarm key file (/key/swarm/psk/1.0.0/ format) [default: <data-dir>/swarm.key, created if missing]
+    #[arg(long, env = "TESTMESH_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+    /// Mesh address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/7071]
+    #[arg(long = "listen")]
+    pub listen: Vec<String>,
+    /// Address of a peer to connect to, for networks without multicast (repeatable)
+    #[arg(long = "join")]
+    pub join: Vec<String>,
+    /// Do not use mDNS discovery (then --join is the only way to find peers)
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Wait for this many nodes (including this one) and start the cluster with all of them as voters
+    #[arg(long)]
+    pub bootstrap_expect: Option<usize>,
+    /// Number of Raft voters the cluster grows to: 1, 3 or 5 [default: 3]
+    #[arg(long)]
+    pub voters: Option<usize>,
     /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
@@ -82,6 +100,14 @@ struct FileConfig {
     memory: Option<String>,
     /// Raft log entries between snapshots.
     snapshot_every: Option<u64>,
+    swarm_key: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    join: Vec<String>,
+    mdns: Option<bool>,
+    bootstrap_expect: Option<usize>,
+    voters: Option<usize>,
 }
 
 /// Validated, immutable node configuration.
@@ -94,6 +120,24 @@ pub struct NodeConfig {
     pub memory: Option<Bytes>,
     pub simulated_gpus: Option<Vec<GpuInfo>>,
     pub snapshot_every: u64,
+    pub swarm_key: Option<PathBuf>,
+    pub listen: Vec<libp2p::Multiaddr>,
+    pub join: Vec<libp2p::Multiaddr>,
+    pub mdns: bool,
+    pub bootstrap_expect: Option<usize>,
+    pub voters: usize,
+}
+
+fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
+    v.iter()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                Error::Config(format!(
+                    "{flag} {a:?} is not a multiaddr ({e}): use e.g. /ip4/192.168.1.10/tcp/7071"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
@@ -159,7 +203,46 @@ impl NodeConfig {
         if snapshot_every < 10 {
             return Err(Error::Config("snapshot_every must be at least 10".into()));
         }
+        let listen = if !args.listen.is_empty() {
+            &args.listen
+        } else {
+            &file.listen
+        };
+        let mut listen = multiaddrs("--listen", listen)?;
+        if listen.is_empty() {
+            listen.push(
+                format!("/ip4/0.0.0.0/tcp/{}", crate::mesh::DEFAULT_PORT)
+                    .parse()
+                    .expect("valid"),
+            );
+        }
+        let join = multiaddrs(
+            "--join",
+            if !args.join.is_empty() {
+                &args.join
+            } else {
+                &file.join
+            },
+        )?;
+        let voters = args.voters.or(file.voters).unwrap_or(3);
+        if ![1, 3, 5].contains(&voters) {
+            return Err(Error::Config(format!(
+                "--voters {voters}: use 1, 3 or 5 (an odd number keeps a majority)"
+            )));
+        }
+        let bootstrap_expect = args.bootstrap_expect.or(file.bootstrap_expect);
+        if bootstrap_expect == Some(0) {
+            return Err(Error::Config(
+                "--bootstrap-expect must be at least 1".into(),
+            ));
+        }
         Ok(NodeConfig {
+            swarm_key: args.swarm_key.clone().or(file.swarm_key),
+            listen,
+            join,
+            mdns: !args.no_mdns && file.mdns.unwrap_or(true),
+            bootstrap_expect,
+            voters,
             data_dir: args
                 .data_dir
                 .clone()

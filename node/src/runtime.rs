@@ -8,18 +8,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::BasicNode;
 use testmesh_consensus::command::WorkerRegistration;
-use testmesh_consensus::raft::{self, NoPeers, Raft};
-use testmesh_consensus::{Applied, Command, NodeId};
+use testmesh_consensus::raft::{self, Raft};
+use testmesh_consensus::{Applied, Command};
 use tokio::sync::watch;
 
 use crate::agent::{self, Agent};
 use crate::api;
 use crate::clock;
+use crate::cluster::network::MeshNetwork;
+use crate::cluster::{self, FormationOptions};
 use crate::config::NodeConfig;
 use crate::control::Control;
 use crate::error::Error;
+use crate::mesh::{self, MeshConfig, key};
 use crate::monitor::{Monitor, NvmlProbe, SimulatedGpus};
 use crate::writer::{Batcher, Writer};
 
@@ -48,19 +50,25 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
 pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create data dir", dir, e))?;
-    let node_hex = read_or_create(&dir.join("node-id"), || {
-        format!("{:016x}", rand::random::<u64>())
-    })?;
-    let node: NodeId = node_hex.parse().map_err(|_| {
-        Error::Config(format!(
-            "{} does not hold a node id (16 hex digits)",
-            dir.join("node-id").display()
-        ))
-    })?;
+    let keypair = key::load_or_create_identity(&dir.join("node-key"))?;
+    let peer = keypair.public().to_peer_id();
+    let node = key::node_id_of(&peer);
     let token = read_or_create(&dir.join("api-token"), || {
         hex::encode(rand::random::<[u8; 24]>())
     })?;
-    tracing::info!(%node, data_dir = %dir.display(), "starting testmesh node");
+    let swarm_key_path = match &cfg.swarm_key {
+        Some(p) => p.clone(),
+        None => {
+            let p = dir.join("swarm.key");
+            if !p.exists() {
+                key::write_new_swarm_key(&p)?;
+                tracing::info!("generated a new swarm key in {}", p.display());
+            }
+            p
+        }
+    };
+    let swarm_key = key::read_swarm_key(&swarm_key_path)?;
+    tracing::info!(%node, %peer, data_dir = %dir.display(), "starting testmesh node");
 
     let orphans = agent::kill_orphans(&node.to_string());
     if orphans > 0 {
@@ -69,38 +77,54 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         );
     }
 
+    let (mesh, inbound) = mesh::start(MeshConfig {
+        keypair,
+        swarm_key,
+        listen: cfg.listen.clone(),
+        join: cfg.join.clone(),
+        mdns: cfg.mdns,
+    })?;
     let (log_store, state_machine, reader) =
         testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
+    let network = MeshNetwork { mesh: mesh.clone() };
     let raft = Raft::new(
         node,
         Arc::new(raft_config),
-        NoPeers,
+        network,
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
-    let members = BTreeMap::from([(
+    let writer = Writer::new(raft.clone(), node, Some(mesh.clone()));
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(cluster::serve(
+        inbound,
+        mesh.clone(),
+        raft.clone(),
+        writer.clone(),
         node,
-        BasicNode {
-            addr: cfg.http.to_string(),
+        dir.clone(),
+        shutdown.clone(),
+    ));
+    loops.spawn(cluster::form(
+        raft.clone(),
+        mesh.clone(),
+        node,
+        FormationOptions {
+            window: Duration::from_secs(2),
+            bootstrap_expect: cfg.bootstrap_expect,
         },
-    )]);
-    match raft.initialize(members).await {
-        Ok(()) => tracing::info!("initialised a new single-node cluster"),
-        Err(openraft::error::RaftError::APIError(
-            openraft::error::InitializeError::NotAllowed(_),
-        )) => {
-            tracing::debug!("cluster already initialised")
-        }
-        Err(e) => return Err(Error::Raft(format!("cannot initialise the cluster: {e}"))),
-    }
-    raft.wait(Some(Duration::from_secs(30)))
-        .current_leader(node, "single-node leader")
-        .await
-        .map_err(|e| Error::Raft(format!("no leader elected: {e}")))?;
-    let writer = Writer::new(raft.clone());
+        shutdown.clone(),
+    ));
+    loops.spawn(cluster::grow(
+        raft.clone(),
+        node,
+        cfg.voters,
+        shutdown.clone(),
+    ));
 
     let probe: Box<dyn crate::monitor::GpuProbe> = match &cfg.simulated_gpus {
         Some(gpus) => {
@@ -125,27 +149,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         boot_id: rand::random(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    match writer
-        .write(Command::RegisterWorker {
-            worker: registration,
-            at: clock::now(),
-        })
-        .await
-    {
-        Ok(Ok(Applied::WorkerRegistered { lost })) if !lost.is_empty() => {
-            tracing::warn!(
-                "{} task(s) were running when this node stopped; marked lost and re-queued where retries allow",
-                lost.len()
-            )
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(r)) => return Err(Error::Raft(format!("worker registration refused: {r}"))),
-        Err(e) => return Err(Error::Raft(format!("worker registration failed: {e}"))),
-    }
+    loops.spawn(register(writer.clone(), registration, shutdown.clone()));
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let (host_tx, host_rx) = watch::channel(monitor.sample());
-    let mut loops = tokio::task::JoinSet::new();
     {
         let mut shutdown = shutdown.clone();
         loops.spawn(async move {
@@ -184,6 +190,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         node,
         reader: reader.clone(),
         writer: writer.clone(),
+        mesh: mesh.clone(),
         token,
         data_dir: dir.clone(),
         started: clock::instant(),
@@ -191,19 +198,42 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     });
     let app = api::router(state.clone())
         .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));
-    // Tests and scripts that bind port 0 read the real address from here.
-    std::fs::write(dir.join("http.addr"), local.to_string())
-        .map_err(|e| Error::io("cannot write", dir.join("http.addr"), e))?;
+
+    // Tests and scripts that bind port 0 read the real addresses from these files.
+    let mut mesh_addrs = Vec::new();
+    for _ in 0..50 {
+        mesh_addrs = mesh.listen_addrs().await;
+        if !mesh_addrs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mesh_addrs: Vec<String> = mesh_addrs
+        .iter()
+        .map(|a| format!("{a}/p2p/{peer}"))
+        .collect();
+    write_file(&dir.join("mesh.addr"), &(mesh_addrs.join("\n") + "\n"))?;
+    write_file(&dir.join("http.addr"), &local.to_string())?;
+    write_file(&dir.join("node.id"), &node.to_string())?;
     println!(
         "testmesh node {node} serving http://{local} (dashboard at /, API at /api/v1); API token in {}",
         dir.join("api-token").display()
     );
-    let mut stop = shutdown.clone();
+    println!(
+        "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{}",
+        swarm_key_path.display(),
+        mesh_addrs
+            .first()
+            .map(|a| format!(" (without multicast, add --join {a})"))
+            .unwrap_or_default()
+    );
+
     // Small request/response pairs: do not let Nagle's algorithm hold them back.
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
+    let mut stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop.changed().await;
     });
@@ -213,10 +243,58 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
-    while loops.join_next().await.is_some() {}
+    // Every loop watches the shutdown signal; the agent kills its tasks on the way out.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while loops.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::warn!("some background loops did not stop in time");
+        loops.abort_all();
+    }
     let _ = raft.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io("cannot write", path, e))
+}
+
+/// Registers this node as a worker once a leader is reachable (at first start, after the
+/// cluster has formed), retrying until it is.
+async fn register(
+    writer: Writer,
+    registration: WorkerRegistration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let cmd = Command::RegisterWorker {
+            worker: registration.clone(),
+            at: clock::now(),
+        };
+        match writer.write(cmd).await {
+            Ok(Ok(Applied::WorkerRegistered { lost })) => {
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        "{} task(s) were running when this node stopped; marked lost and re-queued where retries allow",
+                        lost.len()
+                    );
+                }
+                tracing::info!("registered as a worker");
+                return;
+            }
+            Ok(Ok(_)) => return,
+            Ok(Err(r)) => {
+                tracing::error!("worker registration refused: {r}");
+                return;
+            }
+            Err(e) => tracing::debug!("registration: {e}; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
+use libp2p::PeerId;
 use testmesh_consensus::raft::Raft;
-use testmesh_consensus::{Applied, Command, Rejected};
+use testmesh_consensus::{Applied, Command, NodeId, Rejected};
+
+use crate::mesh::MeshClient;
+use crate::mesh::rpc::{Request, Response, WriteFailure};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,25 +23,123 @@ pub enum WriteError {
     Unavailable(String),
 }
 
-/// A cloneable handle for committing commands.
+/// A cloneable handle for committing commands: locally on the leader, forwarded to the leader
+/// over the mesh elsewhere.
 #[derive(Clone)]
 pub struct Writer {
     raft: Raft,
+    me: NodeId,
+    mesh: Option<MeshClient>,
+}
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<WriteFailure> for WriteError {
+    fn from(f: WriteFailure) -> Self {
+        match f {
+            WriteFailure::NotLeader(l) => WriteError::NotLeader(l),
+            WriteFailure::Unavailable(m) => WriteError::Unavailable(m),
+        }
+    }
 }
 
 impl Writer {
-    pub fn new(raft: Raft) -> Self {
-        Writer { raft }
+    pub fn new(raft: Raft, me: NodeId, mesh: Option<MeshClient>) -> Self {
+        Writer { raft, me, mesh }
     }
 
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
 
-    /// Commits `cmd` and returns the ledger's verdict on it.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The mesh peer of a cluster member, from the membership.
+    pub fn peer_of(&self, node: NodeId) -> Option<PeerId> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let member = m.membership().get_node(&node)?.addr.clone();
+        match &self.mesh {
+            Some(mesh) => mesh.resolve(&member),
+            None => crate::mesh::parse_member_addr(&member).map(|(p, _)| p),
+        }
+    }
+
+    fn leader_peer(&self) -> Result<PeerId, WriteError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) => self.peer_of(l).ok_or(WriteError::NotLeader(Some(l))),
+            None => Err(WriteError::Unavailable(
+                "no leader is known yet; the cluster may be electing one, retry shortly".into(),
+            )),
+        }
+    }
+
+    /// Commits `cmd` (forwarding it to the leader if this node is not) and returns the
+    /// ledger's verdict on it.
     pub async fn write(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
+        match self.write_here(cmd.clone()).await {
+            Err(WriteError::NotLeader(_)) if self.mesh.is_some() => {
+                let mesh = self.mesh.as_ref().expect("checked");
+                let peer = self.leader_peer()?;
+                match mesh
+                    .request(peer, Request::Write(cmd), FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::Write(Ok((r, index)))) => {
+                        // Read your writes: answer once this replica has applied the entry too.
+                        let _ = self
+                            .raft
+                            .wait(Some(FORWARD_TIMEOUT))
+                            .applied_index_at_least(Some(index), "forwarded write applied here")
+                            .await;
+                        Ok(r)
+                    }
+                    Ok(Response::Write(Err(f))) => Err(f.into()),
+                    Ok(other) => Err(WriteError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))),
+                    Err(e) => Err(WriteError::Unavailable(format!(
+                        "cannot reach the leader: {e}"
+                    ))),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Asks the leader to add `node` as a learner.
+    pub async fn forward_join(&self, node: NodeId, addr: String) -> Result<(), WriteError> {
+        let mesh = self
+            .mesh
+            .as_ref()
+            .ok_or(WriteError::Unavailable("no mesh".into()))?;
+        let leader = self.leader_peer()?;
+        match mesh
+            .request(leader, Request::Join { node, addr }, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Response::Join(r)) => r.map_err(WriteError::from),
+            Ok(other) => Err(WriteError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(WriteError::Unavailable(e)),
+        }
+    }
+
+    /// Commits `cmd` on this node only; fails with `NotLeader` elsewhere.
+    pub async fn write_here(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
+        self.write_indexed(cmd).await.map(|(r, _)| r)
+    }
+
+    /// Like [`Writer::write_here`], also returning the log index the command was committed at.
+    pub async fn write_indexed(
+        &self,
+        cmd: Command,
+    ) -> Result<(Result<Applied, Rejected>, u64), WriteError> {
         match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(f),
             )) => Err(WriteError::NotLeader(f.leader_id)),

@@ -20,12 +20,19 @@ pub struct TestNode {
     pub token: String,
     extra: Vec<String>,
     http: reqwest::Client,
+    /// Wait for `/readyz` after each start (off for nodes expected to stay out of a cluster).
+    pub wait_ready: bool,
 }
 
 impl TestNode {
     pub async fn start(extra: &[&str]) -> TestNode {
+        Self::start_with(extra, true).await
+    }
+
+    pub async fn start_with(extra: &[&str], wait_ready: bool) -> TestNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut n = TestNode {
+            wait_ready,
             dir,
             child: None,
             url: String::new(),
@@ -53,9 +60,15 @@ impl TestNode {
             .arg("node")
             .arg("--data-dir")
             .arg(&data)
-            .args(["--http", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+            ])
             .args(&self.extra)
-            .env("TESTMESH_LOG", "info,openraft=warn")
+            .env("TESTMESH_LOG", "info,openraft=error")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -71,6 +84,39 @@ impl TestNode {
             .unwrap()
             .trim()
             .to_string();
+        if self.wait_ready {
+            self.ready().await;
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (in a cluster, registered as a worker).
+    pub async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.http.get(format!("{}/readyz", self.url)).send().await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("node never became ready; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// This node's id, as the API shows it.
+    pub fn node_id(&self) -> String {
+        let p = self.data_dir().join("node.id");
+        read(&p).trim().to_string()
+    }
+
+    /// The first mesh address this node listens on, with its peer id.
+    pub fn mesh_addr(&self) -> String {
+        read(&self.data_dir().join("mesh.addr"))
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn log(&self) -> String {

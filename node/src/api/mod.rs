@@ -33,6 +33,7 @@ pub struct Inner {
     pub node: NodeId,
     pub reader: LedgerReader,
     pub writer: Writer,
+    pub mesh: crate::mesh::MeshClient,
     pub token: String,
     pub data_dir: PathBuf,
     pub started: Instant,
@@ -78,6 +79,25 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready: in a cluster with a known leader, and registered as a worker.
+async fn readyz(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let leader = st.writer.raft().metrics().borrow().current_leader;
+    let registered = st.reader.read().worker(st.node).is_some();
+    match (leader, registered) {
+        (Some(l), true) => Ok(Json(
+            serde_json::json!({ "status": "ready", "leader": l.to_string() }),
+        )),
+        (None, _) => Err(ApiError::Unavailable(
+            "not ready: no leader known yet (forming or electing)".into(),
+        )),
+        (_, false) => Err(ApiError::Unavailable(
+            "not ready: this node is not registered as a worker yet".into(),
+        )),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint; see docs/api.md for the routes under /api/v1".into())
 }
@@ -86,6 +106,7 @@ async fn not_found() -> ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/v1/status", get(tasks::status))
         .route("/api/v1/workers", get(tasks::workers))
         .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))

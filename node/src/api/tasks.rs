@@ -1,7 +1,6 @@
 //! Handlers of `/api/v1`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 use axum::Json;
@@ -16,8 +15,9 @@ use testmesh_consensus::{Applied, Command, TaskId};
 use super::dto::*;
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Authorized};
+use crate::mesh::rpc::{Request, Response};
 use crate::planner::{self, ClusterView};
-use crate::{agent, clock, units};
+use crate::{agent, clock, cluster, units};
 
 /// Longest a request may wait for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -252,7 +252,7 @@ pub async fn logs(
             "stream {stream:?} is neither stdout nor stderr"
         )));
     }
-    let (attempt, ended) = {
+    let (attempt, ended, worker) = {
         let l = st.reader.read();
         let t = l
             .task(id)
@@ -276,25 +276,43 @@ pub async fn logs(
                 t.attempts.len()
             ))
         })?;
-        (n, a.outcome.is_some())
+        (n, a.outcome.is_some(), a.worker)
     };
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(1 << 20).min(8 << 20);
-    let path = agent::log_path(&st.data_dir, id, attempt, &stream);
-    let read = || -> std::io::Result<(Vec<u8>, u64)> {
-        let mut f = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-            Err(e) => return Err(e),
+    let (data, len) = if worker == st.node {
+        let path = agent::log_path(&st.data_dir, id, attempt, &stream);
+        cluster::read_log(&path, offset, limit)
+            .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", path.display())))?
+    } else {
+        // The log lives on the worker that ran the attempt: fetch it over the mesh.
+        let peer = st.writer.peer_of(worker).ok_or_else(|| {
+            ApiError::Unavailable(format!("worker {worker} that ran this attempt is not in the cluster any more; its logs are gone with it"))
+        })?;
+        let req = Request::Logs {
+            task: id.0,
+            attempt,
+            stream: stream.clone(),
+            offset,
+            limit,
         };
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(offset.min(len)))?;
-        let mut buf = Vec::new();
-        f.take(limit).read_to_end(&mut buf)?;
-        Ok((buf, len))
+        match st.mesh.request(peer, req, Duration::from_secs(10)).await {
+            Ok(Response::Logs(Ok(r))) => r,
+            Ok(Response::Logs(Err(e))) => {
+                return Err(ApiError::Unavailable(format!("worker {worker}: {e}")));
+            }
+            Ok(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "worker {worker} gave an unexpected answer"
+                )));
+            }
+            Err(e) => {
+                return Err(ApiError::Unavailable(format!(
+                    "cannot fetch the log from worker {worker}: {e}"
+                )));
+            }
+        }
     };
-    let (data, len) = read()
-        .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", path.display())))?;
     let next_offset = offset.min(len) + data.len() as u64;
     Ok(Json(LogChunk {
         task: id,

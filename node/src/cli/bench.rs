@@ -190,9 +190,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         latency_ms_max: percentile(&lat, 1.0),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "{} tasks ({} succeeded, {} failed) in {:.2}s: {:.0} tasks/s\nsubmit→finish latency: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             report.tasks,
             report.succeeded,

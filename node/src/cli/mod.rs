@@ -1,5 +1,16 @@
 //! The command line: one `testmesh` binary for the node and every client command.
 
+/// `println!` that ends the process quietly when stdout is closed (`testmesh tasks | head`)
+/// instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod bench;
 mod client;
 mod output;
@@ -59,6 +70,15 @@ pub enum Cmd {
     Status(tasks::JsonArgs),
     /// End-to-end load generator through the API
     Bench(bench::BenchArgs),
+    /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// File to write (mode 0600; never overwritten) [default: print to stdout]
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 fn init_tracing(format: LogFormat, default: &str) {
@@ -80,7 +100,7 @@ pub fn main() -> ExitCode {
     init_tracing(
         cli.log_format,
         if is_node {
-            "info,openraft=warn"
+            "info,openraft=error"
         } else {
             "warn"
         },
@@ -119,5 +139,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Workers(a) => tasks::workers(a).await,
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Keygen(a) => {
+            match a.out {
+                Some(p) => {
+                    crate::mesh::key::write_new_swarm_key(&p)?;
+                    eprintln!(
+                        "wrote a new swarm key to {}; start every node with --swarm-key {}",
+                        p.display(),
+                        p.display()
+                    );
+                }
+                None => outln!("{}", crate::mesh::key::generate_swarm_key().trim_end()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

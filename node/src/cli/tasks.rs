@@ -119,7 +119,7 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     };
     let resp: SubmitResponse = client.post("/api/v1/tasks", &body).await?;
     let id = resp.tasks[0];
-    println!("{id}");
+    outln!("{id}");
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -239,7 +239,7 @@ pub async fn list(a: TasksArgs) -> anyhow::Result<ExitCode> {
     }
     let l: TaskList = client.get(&q).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&l.tasks)?);
+        outln!("{}", serde_json::to_string_pretty(&l.tasks)?);
         return Ok(ExitCode::SUCCESS);
     }
     let now = clock::now();
@@ -287,24 +287,28 @@ pub async fn show(a: TaskArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
     let v: TaskView = client.get(&format!("/api/v1/tasks/{}", a.id)).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     let t = &v.task;
     let r = &t.spec.requirements;
-    println!(
+    outln!(
         "task      {}\nname      {}\nstate     {}",
-        t.id, t.spec.name, t.state
+        t.id,
+        t.spec.name,
+        t.state
     );
     if let Some(reason) = &v.pending_reason {
-        println!("reason    {reason}");
+        outln!("reason    {reason}");
     }
-    println!("command   {}", t.spec.argv.join(" "));
-    println!(
+    outln!("command   {}", t.spec.argv.join(" "));
+    outln!(
         "requires  cpu {} · memory {} · gpu {:?}",
-        r.cpu, r.memory, r.gpu
+        r.cpu,
+        r.memory,
+        r.gpu
     );
-    println!(
+    outln!(
         "retries   {} · priority {} · timeout {}",
         t.spec.retries,
         t.spec.priority,
@@ -315,7 +319,7 @@ pub async fn show(a: TaskArgs) -> anyhow::Result<ExitCode> {
     );
     for at in &t.attempts {
         let o = at.outcome.as_ref();
-        println!(
+        outln!(
             "attempt {} on {}: {}{}{}",
             at.number,
             at.worker,
@@ -407,8 +411,8 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
     match v["state"].as_str() {
-        Some("cancelled") => println!("task {} cancelled", a.id),
-        Some(s) => println!("task {} is {s}; its worker is stopping it", a.id),
+        Some("cancelled") => outln!("task {} cancelled", a.id),
+        Some(s) => outln!("task {} is {s}; its worker is stopping it", a.id),
         None => bail!("unexpected answer {v}"),
     }
     Ok(ExitCode::SUCCESS)
@@ -418,7 +422,7 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
     let ws: Vec<WorkerView> = client.get("/api/v1/workers").await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&ws)?);
+        outln!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = ws
@@ -452,20 +456,20 @@ pub async fn status(a: JsonArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
     let s: StatusView = client.get("/api/v1/status").await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("node      {} (testmesh {})", s.node_id, s.version);
-    println!(
+    outln!("node      {} (testmesh {})", s.node_id, s.version);
+    outln!(
         "role      {} · leader {} · term {} · applied {}",
         s.role,
         s.leader.as_deref().unwrap_or("none"),
         s.term,
         s.last_applied
     );
-    println!("workers   {}", s.workers);
+    outln!("workers   {}", s.workers);
     let counts: Vec<String> = s.tasks.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!(
+    outln!(
         "tasks     {}",
         if counts.is_empty() {
             "none".into()
@@ -473,10 +477,13 @@ pub async fn status(a: JsonArgs) -> anyhow::Result<ExitCode> {
             counts.join(" · ")
         }
     );
-    println!(
+    outln!(
         "host      cpu {:.0}% · memory {}/{} · load {:.2}",
-        s.host.cpu_percent, s.host.memory_used, s.host.memory_total, s.host.load_1m
+        s.host.cpu_percent,
+        s.host.memory_used,
+        s.host.memory_total,
+        s.host.load_1m
     );
-    println!("uptime    {}", millis(s.uptime_secs * 1000));
+    outln!("uptime    {}", millis(s.uptime_secs * 1000));
     Ok(ExitCode::SUCCESS)
 }

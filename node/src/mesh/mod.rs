@@ -1,0 +1,422 @@
+//! The libp2p mesh. One [`EventLoop`] owns the `Swarm`; everyone else talks to it through a
+//! cloneable [`MeshClient`] over a bounded channel (libp2p's file-sharing example pattern).
+//!
+//! Transport: TCP + pnet (the cluster's swarm key) + Noise + Yamux. Nothing else: libp2p's pnet
+//! does not protect QUIC, so a keyed mesh never listens on QUIC (docs/security.md).
+//! Behaviours: mDNS (re-queried every second), identify, ping, and one request-response
+//! protocol for Raft RPCs, forwarded writes, joins and log reads ([`rpc`]).
+
+pub mod key;
+pub mod rpc;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::core::Transport;
+use libp2p::core::transport::upgrade;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::Error;
+use rpc::{Request, Response};
+
+/// Default mesh port (the HTTP API is 7070).
+pub const DEFAULT_PORT: u16 = 7071;
+
+pub struct MeshConfig {
+    pub keypair: Keypair,
+    pub swarm_key: PreSharedKey,
+    pub listen: Vec<Multiaddr>,
+    pub join: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    rpc: request_response::Behaviour<rpc::Codec>,
+}
+
+/// A request from a peer, to be answered through `reply`.
+pub struct Inbound {
+    pub peer: PeerId,
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+enum Cmd {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    AddAddresses(PeerId, Vec<Multiaddr>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// How a cluster member is reached, as stored in the Raft membership: its peer id and the
+/// addresses it listens on, separated by spaces.
+pub fn member_addr(peer: &PeerId, addrs: &[Multiaddr]) -> String {
+    std::iter::once(peer.to_string())
+        .chain(addrs.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn parse_member_addr(s: &str) -> Option<(PeerId, Vec<Multiaddr>)> {
+    let mut parts = s.split_whitespace();
+    let peer = parts.next()?.parse().ok()?;
+    Some((peer, parts.filter_map(|a| a.parse().ok()).collect()))
+}
+
+/// Cloneable handle to the mesh.
+#[derive(Clone)]
+pub struct MeshClient {
+    tx: mpsc::Sender<Cmd>,
+    local: PeerId,
+}
+
+impl MeshClient {
+    pub fn local_peer(&self) -> PeerId {
+        self.local
+    }
+
+    /// Sends a request and waits for the answer (or `timeout`).
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Request {
+                peer,
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| "the mesh is shut down".to_string())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the mesh is shut down".into()),
+            Err(_) => Err(format!("no answer from {peer} within {timeout:?}")),
+        }
+    }
+
+    /// Tells the swarm where a peer can be reached (from the membership).
+    pub fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if !addrs.is_empty() {
+            let _ = self.tx.try_send(Cmd::AddAddresses(peer, addrs));
+        }
+    }
+
+    /// Resolves a member address string to its peer, remembering its addresses.
+    pub fn resolve(&self, member: &str) -> Option<PeerId> {
+        let (peer, addrs) = parse_member_addr(member)?;
+        self.add_addresses(peer, addrs);
+        Some(peer)
+    }
+
+    /// This node's member address.
+    pub async fn member_addr(&self) -> String {
+        member_addr(&self.local, &self.listen_addrs().await)
+    }
+
+    /// Peers with an open connection.
+    pub async fn peers(&self) -> Vec<PeerId> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Peers(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::ListenAddrs(reply)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+fn transport(
+    keypair: &Keypair,
+    psk: PreSharedKey,
+) -> Result<libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>, Error> {
+    let noise = noise::Config::new(keypair).map_err(|e| Error::Config(format!("noise: {e}")))?;
+    Ok(tcp::tokio::Transport::new(tcp::Config::new().nodelay(true))
+        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(10))
+        .boxed())
+}
+
+/// Builds the swarm and starts its event loop. Inbound requests arrive on the returned channel.
+pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), Error> {
+    for a in cfg.listen.iter().chain(&cfg.join) {
+        if a.iter().any(|p| {
+            matches!(
+                p,
+                libp2p::multiaddr::Protocol::QuicV1 | libp2p::multiaddr::Protocol::Quic
+            )
+        }) {
+            return Err(Error::Config(format!(
+                "{a}: QUIC is not supported: the swarm key (libp2p pnet) cannot protect QUIC, so testmesh uses TCP only; use /ip4/…/tcp/PORT"
+            )));
+        }
+    }
+    let local = cfg.keypair.public().to_peer_id();
+    let mdns = if cfg.mdns {
+        let c = mdns::Config {
+            query_interval: Duration::from_secs(1),
+            ..Default::default()
+        };
+        Some(
+            mdns::tokio::Behaviour::new(c, local)
+                .map_err(|e| Error::Config(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    let behaviour = Behaviour {
+        mdns: Toggle::from(mdns),
+        identify: identify::Behaviour::new(
+            identify::Config::new("/testmesh/id/1".into(), cfg.keypair.public())
+                .with_agent_version(format!("testmesh/{}", env!("CARGO_PKG_VERSION"))),
+        ),
+        ping: ping::Behaviour::default(),
+        rpc: request_response::Behaviour::new(
+            [(rpc::PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
+    };
+    let mut swarm = Swarm::new(
+        transport(&cfg.keypair, cfg.swarm_key)?,
+        behaviour,
+        local,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    for a in &cfg.listen {
+        swarm
+            .listen_on(a.clone())
+            .map_err(|e| Error::Config(format!("cannot listen on {a}: {e}")))?;
+    }
+    let (tx, cmds) = mpsc::channel(1024);
+    let (inbound_tx, inbound) = mpsc::channel(1024);
+    let event_loop = EventLoop {
+        swarm,
+        cmds,
+        inbound: inbound_tx,
+        join: cfg.join,
+        outbound: HashMap::new(),
+        replies: FuturesUnordered::new(),
+        connected: HashSet::new(),
+        listen: Vec::new(),
+    };
+    tokio::spawn(event_loop.run());
+    Ok((MeshClient { tx, local }, inbound))
+}
+
+type PendingReply = BoxFuture<'static, (Option<Response>, ResponseChannel<Response>)>;
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cmds: mpsc::Receiver<Cmd>,
+    inbound: mpsc::Sender<Inbound>,
+    join: Vec<Multiaddr>,
+    outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    replies: FuturesUnordered<PendingReply>,
+    connected: HashSet<PeerId>,
+    listen: Vec<Multiaddr>,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = self.cmds.recv() => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => return,
+                },
+                Some((resp, channel)) = self.replies.next(), if !self.replies.is_empty() => {
+                    if let Some(resp) = resp {
+                        let _ = self.swarm.behaviour_mut().rpc.send_response(channel, resp);
+                    }
+                }
+                _ = redial.tick() => self.redial(),
+            }
+        }
+    }
+
+    /// `--join` peers are dialled until connected, and again whenever the connection drops.
+    fn redial(&mut self) {
+        for a in self.join.clone() {
+            let peer = a.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if peer.is_some_and(|p| self.connected.contains(&p)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(a.clone()) {
+                tracing::debug!("dial {a}: {e}");
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                self.outbound.insert(id, reply);
+            }
+            Cmd::AddAddresses(peer, addrs) => {
+                for a in addrs {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+            Cmd::Peers(reply) => {
+                let _ = reply.send(self.connected.iter().copied().collect());
+            }
+            Cmd::ListenAddrs(reply) => {
+                let _ = reply.send(self.listen.clone());
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(
+                    "mesh listening on {address}/p2p/{}",
+                    self.swarm.local_peer_id()
+                );
+                self.listen.push(address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if self.connected.insert(peer_id) => {
+                tracing::info!(
+                    "connected to {peer_id} at {}",
+                    endpoint.get_remote_address()
+                );
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+                tracing::info!("disconnected from {peer_id}");
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::warn!(
+                    "refused a connection from {send_back_addr}: {error} (a peer without this cluster's swarm key cannot connect)"
+                );
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::warn!(
+                    "cannot connect to {}: {error} (does it use this cluster's swarm key?)",
+                    peer_id
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "peer".into())
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if peer == *self.swarm.local_peer_id() {
+                        continue;
+                    }
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    if !self.connected.contains(&peer) {
+                        tracing::debug!("mDNS found {peer} at {addr}");
+                        let _ = self.swarm.dial(peer);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for a in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
+            _ => {}
+        }
+    }
+
+    fn on_rpc(&mut self, ev: request_response::Event<Request, Response>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let (reply, rx) = oneshot::channel();
+                    match self.inbound.try_send(Inbound {
+                        peer,
+                        request,
+                        reply,
+                    }) {
+                        Ok(()) => self
+                            .replies
+                            .push(Box::pin(async move { (rx.await.ok(), channel) })),
+                        Err(_) => {
+                            tracing::warn!("dropped a request from {peer}: the node is overloaded")
+                        }
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(tx) = self.outbound.remove(&request_id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            } => {
+                if let Some(tx) = self.outbound.remove(&request_id) {
+                    let _ = tx.send(Err(format!("request to {peer} failed: {error}")));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!("request from {peer} failed: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}

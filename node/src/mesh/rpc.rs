@@ -1,0 +1,150 @@
+//! What nodes ask each other over `/testmesh/rpc/1`: Raft RPCs, forwarded writes, joins, and
+//! cluster status for formation. Encoded with bincode through a size-limited codec.
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use testmesh_consensus::raft::TypeConfig;
+use testmesh_consensus::{Applied, Command, NodeId, Rejected, codec};
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/1");
+/// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
+const MAX_FRAME: u64 = 64 << 20;
+
+/// A node's view of the cluster, for formation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub node: NodeId,
+    /// The member address (peer id and listen addresses) of the node that answers.
+    pub addr: String,
+    pub initialized: bool,
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Hello,
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write forwarded to the leader.
+    Write(Command),
+    /// Add a node to the cluster (as a learner); `addr` is its member address.
+    Join {
+        node: NodeId,
+        addr: String,
+    },
+    /// Read part of a task's log file on the worker that ran it.
+    Logs {
+        task: u64,
+        attempt: u32,
+        stream: String,
+        offset: u64,
+        limit: u64,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Hello(Hello),
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, String>),
+    Vote(Result<VoteResponse<NodeId>, String>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, String>),
+    /// The verdict and the log index it was committed at.
+    Write(Result<(Result<Applied, Rejected>, u64), WriteFailure>),
+    Join(Result<(), WriteFailure>),
+    Logs(Result<(Vec<u8>, u64), String>),
+}
+
+/// Why a forwarded write or join did not happen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WriteFailure {
+    NotLeader(Option<NodeId>),
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Codec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as u64;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    io.take(len).read_to_end(&mut buf).await?;
+    if buf.len() as u64 != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated frame",
+        ));
+    }
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    if bytes.len() as u64 > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message over the frame limit",
+        ));
+    }
+    io.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+fn invalid(e: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Request> {
+        codec::decode(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Response> {
+        codec::decode(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()> {
+        write_frame(io, &codec::encode(&req).map_err(invalid)?).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()> {
+        write_frame(io, &codec::encode(&res).map_err(invalid)?).await
+    }
+}

@@ -1,0 +1,191 @@
+//! Multi-process clusters on loopback: real nodes, a real libp2p mesh over TCP with the swarm
+//! key, Raft over it. `--join` instead of mDNS (mDNS does not run on loopback).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::TestNode;
+
+/// Starts `n` nodes; the first creates the swarm key, the others join it.
+async fn cluster(n: usize) -> Vec<TestNode> {
+    let first = TestNode::start(&[]).await;
+    let key = first.data_dir().join("swarm.key");
+    let join = first.mesh_addr();
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let node = TestNode::start(&["--swarm-key", key.to_str().unwrap(), "--join", &join]).await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_workers(node, n).await;
+    }
+    nodes
+}
+
+async fn wait_workers(node: &TestNode, n: usize) {
+    for _ in 0..600 {
+        let (_, ws) = node.get("/api/v1/workers").await;
+        if ws.as_array().map(|a| a.len()) == Some(n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never saw {n} workers; log:\n{}", node.url, node.log());
+}
+
+async fn status(node: &TestNode) -> Option<Value> {
+    let r = reqwest::get(format!("{}/api/v1/status", node.url))
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+#[tokio::test]
+async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
+    let nodes = cluster(3).await;
+    // One cluster: everyone agrees on the leader, and the leader has 3 voters' worth of workers.
+    let mut leaders = BTreeSet::new();
+    for n in &nodes {
+        leaders.insert(
+            status(n).await.unwrap()["leader"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+
+    // Writes on a follower land; with 2 cpus per worker, six 1-cpu tasks need all three.
+    let gate = nodes[0].dir.path().join("gate");
+    let script = format!(
+        "echo ran on $TESTMESH_NODE_ID; while [ ! -e {} ]; do sleep 0.05; done",
+        gate.display()
+    );
+    let follower = nodes
+        .iter()
+        .find(|n| !leaders.contains(&n.node_id()))
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            follower
+                .submit(json!({"command": ["sh", "-c", script], "cpu": 1}))
+                .await,
+        );
+    }
+    let mut workers = BTreeSet::new();
+    for id in &ids {
+        let t = follower.wait_state(*id, "running").await;
+        workers.insert(t["attempts"][0]["worker"].as_str().unwrap().to_string());
+    }
+    assert_eq!(workers.len(), 3, "tasks ran on {workers:?}");
+    std::fs::write(&gate, "").unwrap();
+    for id in &ids {
+        follower.wait_state(*id, "succeeded").await;
+    }
+    // Logs come from the worker that ran the task, whichever node is asked.
+    for n in &nodes {
+        for id in &ids {
+            let (code, l) = n.get(&format!("/api/v1/tasks/{id}/logs")).await;
+            assert_eq!(code, 200, "{l}");
+            let worker = n.task(*id).await["attempts"][0]["worker"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(l["data"], format!("ran on {worker}\n"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
+    let mut nodes = cluster(3).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            nodes[1]
+                .submit(json!({"command": ["sh", "-c", format!("echo {i}")], "cpu": "10m"}))
+                .await,
+        );
+    }
+    for id in &ids {
+        nodes[1].wait_state(*id, "succeeded").await;
+    }
+    let leader = status(&nodes[0]).await.unwrap()["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let li = nodes.iter().position(|n| n.node_id() == leader).unwrap();
+    nodes[li].kill9();
+    let survivors: Vec<&TestNode> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, n)| n)
+        .collect();
+    // A new leader among the survivors.
+    let mut elected = None;
+    for _ in 0..200 {
+        let s = status(survivors[0]).await.unwrap();
+        if let Some(l) = s["leader"].as_str().filter(|l| *l != leader) {
+            elected = Some(l.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = elected.expect("no new leader was elected");
+    assert_ne!(elected, leader);
+    // Every committed task is still there, on every survivor, and new writes land.
+    for n in &survivors {
+        for id in &ids {
+            assert_eq!(n.task(*id).await["state"], "succeeded");
+        }
+    }
+    let id = survivors[1]
+        .submit(json!({"command": ["true"], "cpu": "10m"}))
+        .await;
+    let t = survivors[1]
+        .wait_task(id, 30, |t| {
+            t["state"] == "succeeded" || t["state"] == "assigned"
+        })
+        .await;
+    // Until dead workers are detected, the dead leader's worker may still be chosen.
+    assert!(
+        t["state"] == "succeeded" || t["attempts"][0]["worker"] == leader,
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_without_the_swarm_key_is_refused() {
+    let a = TestNode::start(&[]).await;
+    // Its own, different key: the pnet handshake fails on both sides.
+    let stranger = TestNode::start_with(&["--join", &a.mesh_addr()], false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, ws) = a.get("/api/v1/workers").await;
+    assert_eq!(
+        ws.as_array().unwrap().len(),
+        1,
+        "the stranger must not join: {ws}"
+    );
+    let (_, s) = stranger.get("/api/v1/status").await;
+    assert_ne!(
+        s["leader"],
+        status(&a).await.unwrap()["leader"],
+        "the stranger is not in a's cluster"
+    );
+    assert!(
+        stranger.log().contains("cannot connect"),
+        "the refused side says why:\n{}",
+        stranger.log()
+    );
+    assert!(
+        a.log().contains("refused a connection"),
+        "the refusing side says why:\n{}",
+        a.log()
+    );
+}
