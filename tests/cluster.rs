@@ -12,13 +12,18 @@ use support::TestNode;
 
 /// Starts `n` nodes; the first creates the swarm key, the others join it.
 async fn cluster(n: usize) -> Vec<TestNode> {
-    let first = TestNode::start(&[]).await;
+    cluster_with(n, &[]).await
+}
+
+async fn cluster_with(n: usize, extra: &[&str]) -> Vec<TestNode> {
+    let first = TestNode::start(extra).await;
     let key = first.data_dir().join("swarm.key");
     let join = first.mesh_addr();
     let mut nodes = vec![first];
     for _ in 1..n {
-        let node = TestNode::start(&["--swarm-key", key.to_str().unwrap(), "--join", &join]).await;
-        nodes.push(node);
+        let mut args = vec!["--swarm-key", key.to_str().unwrap(), "--join", &join];
+        args.extend_from_slice(extra);
+        nodes.push(TestNode::start(&args).await);
     }
     for node in &nodes {
         wait_workers(node, n).await;
@@ -187,5 +192,92 @@ async fn a_node_without_the_swarm_key_is_refused() {
         a.log().contains("refused a connection"),
         "the refusing side says why:\n{}",
         a.log()
+    );
+}
+
+fn signal(node: &TestNode, sig: &str) {
+    let pid = node.child.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_lost_after_dead_after_and_its_task_moves_exactly_once() {
+    let nodes = cluster_with(3, &["--dead-after", "3s"]).await;
+    let leader = status(&nodes[0]).await.unwrap()["leader"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leader_node = nodes.iter().find(|n| n.node_id() == leader).unwrap();
+    // Drain the leader's worker (through the CLI), so the task lands on a follower.
+    let o = leader_node.cli(&["drain", &leader]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gate = nodes[0].dir.path().join("gate");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let id = leader_node
+        .submit(json!({"command": ["sh", "-c", script], "cpu": 1, "retries": 1}))
+        .await;
+    let t = leader_node.wait_state(id, "running").await;
+    let w = t["attempts"][0]["worker"].as_str().unwrap().to_string();
+    assert_ne!(w, leader, "a drained worker takes no new task");
+    let worker = nodes.iter().find(|n| n.node_id() == w).unwrap();
+
+    // Silent for less than --dead-after: nothing moves.
+    signal(worker, "-STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(worker, "-CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = leader_node.task(id).await;
+    assert_eq!(
+        (t["attempt"].as_u64(), t["state"].as_str()),
+        (Some(1), Some("running")),
+        "{t}"
+    );
+
+    // Silent for longer: the attempt is lost and the task runs again elsewhere, once.
+    let old_pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    signal(worker, "-STOP");
+    let t = leader_node
+        .wait_task(id, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .await;
+    assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
+    assert_ne!(t["attempts"][1]["worker"].as_str().unwrap(), w);
+    let (_, ws) = leader_node.get("/api/v1/workers").await;
+    let lost = ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == w.as_str())
+        .unwrap();
+    assert_eq!(lost["state"], "lost");
+    // Back again: it rejoins as a worker and stops the attempt it no longer owns.
+    signal(worker, "-CONT");
+    for _ in 0..200 {
+        let (_, ws) = leader_node.get("/api/v1/workers").await;
+        if ws
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == w.as_str() && x["state"] == "active")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        support::wait_for(Duration::from_secs(10), || (!support::alive(old_pid))
+            .then_some(()))
+        .await
+        .is_some(),
+        "the returning worker kills the attempt that was moved away"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let t = leader_node.wait_state(id, "succeeded").await;
+    assert_eq!(
+        t["attempts"].as_array().unwrap().len(),
+        2,
+        "exactly one re-run: {t}"
     );
 }

@@ -380,3 +380,21 @@ async fn logs_follow_streams_until_the_task_ends() {
         "line 1\nline 2\nline 3\nline 4\nline 5\n"
     );
 }
+
+#[tokio::test]
+async fn a_failed_spawn_does_not_disturb_a_running_task() {
+    // Regression: the reaper once reaped any child, including the short-lived child of a failed
+    // exec, and lost track of the tasks that were running.
+    let node = TestNode::start(&[]).await;
+    let running = node
+        .submit(json!({"command": ["sleep", "1"], "cpu": "10m"}))
+        .await;
+    node.wait_state(running, "running").await;
+    for _ in 0..5 {
+        let bad = node
+            .submit(json!({"command": ["no-such-program-here"], "cpu": "10m"}))
+            .await;
+        node.wait_state(bad, "failed").await;
+    }
+    node.wait_state(running, "succeeded").await;
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{Capacity, Hardware, NodeId, TaskId, UnixMillis};
+use crate::model::{Capacity, Hardware, NodeId, TaskId, UnixMillis, WorkerState};
 use crate::resources::{GpuGrant, Shortfall};
 use crate::task::{Outcome, TaskSpec, TaskState};
 
@@ -66,6 +66,17 @@ pub enum Command {
         task: TaskId,
         at: UnixMillis,
     },
+    /// Operator drain (`Draining`) or undrain (`Active`).
+    SetWorkerState {
+        worker: NodeId,
+        state: WorkerState,
+        at: UnixMillis,
+    },
+    /// The leader has not heard from this worker for too long: its attempts are lost.
+    WorkerLost {
+        worker: NodeId,
+        at: UnixMillis,
+    },
     /// Several independent commands in one log entry (group commit); each is applied on its own.
     Batch(Vec<Command>),
 }
@@ -92,6 +103,9 @@ pub enum Applied {
     },
     CancelRequested {
         state: TaskState,
+    },
+    WorkerState {
+        lost: Vec<TaskId>,
     },
     Batch(Vec<Result<Applied, Rejected>>),
 }
@@ -120,7 +134,7 @@ pub enum Rejected {
         attempt: u32,
         worker: NodeId,
     },
-    #[error("worker {worker} is draining and takes no new tasks")]
+    #[error("worker {worker} is draining or lost and takes no new tasks")]
     WorkerDraining { worker: NodeId },
     #[error("does not fit worker {worker}: {shortfall}")]
     DoesNotFit {
@@ -135,6 +149,8 @@ pub enum Rejected {
     CapacityBelowReserved { worker: NodeId },
     #[error("submit carries {0} tasks; the most one request may carry is {MAX_SUBMIT_BATCH}")]
     BatchTooLarge(usize),
+    #[error("a worker cannot be set to {0:?} by hand; use draining or active")]
+    BadWorkerState(WorkerState),
     #[error("a nested batch is not allowed")]
     NestedBatch,
 }

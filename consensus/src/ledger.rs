@@ -205,6 +205,28 @@ impl Ledger {
                 let state = self.end_attempt(index, *task, outcome.clone(), *at);
                 Ok(Applied::Finished { state })
             }
+            Command::SetWorkerState { worker, state, .. } => {
+                if *state == WorkerState::Lost {
+                    return Err(Rejected::BadWorkerState(*state));
+                }
+                let w = self
+                    .workers
+                    .get_mut(worker)
+                    .ok_or(Rejected::UnknownWorker(*worker))?;
+                w.state = *state;
+                Ok(Applied::WorkerState { lost: Vec::new() })
+            }
+            Command::WorkerLost { worker, at } => {
+                if !self.workers.contains_key(worker) {
+                    return Err(Rejected::UnknownWorker(*worker));
+                }
+                let lost: Vec<TaskId> = self.active_on(*worker).map(|t| t.id).collect();
+                for id in &lost {
+                    self.end_attempt(index, *id, Outcome::lost("worker stopped responding"), *at);
+                }
+                self.workers.get_mut(worker).expect("checked").state = WorkerState::Lost;
+                Ok(Applied::WorkerState { lost })
+            }
             Command::Cancel { task, at } => {
                 let t = self
                     .tasks
@@ -279,7 +301,11 @@ impl Ledger {
             if w.boot_id == reg.boot_id {
                 let a = &w.allocated;
                 let c = &reg.capacity;
-                let gpus_ok = a.gpus.keys().all(|i| c.gpus.iter().any(|g| g.index == *i));
+                let gpus_ok = a.gpus.iter().all(|(i, used)| {
+                    c.gpus
+                        .iter()
+                        .any(|g| g.index == *i && g.memory >= used.memory)
+                });
                 if a.cpu > c.cpu || a.memory > c.memory || a.disk > c.disk || !gpus_ok {
                     return Err(Rejected::CapacityBelowReserved { worker: reg.id });
                 }
@@ -298,7 +324,11 @@ impl Ledger {
             hardware: reg.hardware.clone(),
             capacity: reg.capacity.clone(),
             labels: reg.labels.clone(),
-            state: prev.map_or(WorkerState::Active, |w| w.state),
+            // A lost worker that registers again is back; a drained one stays drained.
+            state: match prev.map(|w| w.state) {
+                Some(WorkerState::Draining) => WorkerState::Draining,
+                _ => WorkerState::Active,
+            },
             boot_id: reg.boot_id,
             version: reg.version.clone(),
             registered_at: prev.map_or(at, |w| w.registered_at),

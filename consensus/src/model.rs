@@ -170,6 +170,9 @@ pub enum WorkerState {
     Active,
     /// Runs what it has, accepts nothing new.
     Draining,
+    /// Stopped answering; its attempts were ended as lost. It becomes Active again when it
+    /// registers (restart, or reconnection after a partition).
+    Lost,
 }
 
 /// A registered worker and what is reserved on it.

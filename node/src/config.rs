@@ -56,6 +56,9 @@ pub struct NodeArgs {
     /// Number of Raft voters the cluster grows to: 1, 3 or 5 [default: 3]
     #[arg(long)]
     pub voters: Option<usize>,
+    /// A worker silent this long is marked lost and its tasks re-queued, e.g. 10s [default: 10s]
+    #[arg(long, value_parser = units::parse_duration)]
+    pub dead_after: Option<std::time::Duration>,
     /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
@@ -108,6 +111,7 @@ struct FileConfig {
     mdns: Option<bool>,
     bootstrap_expect: Option<usize>,
     voters: Option<usize>,
+    dead_after: Option<String>,
 }
 
 /// Validated, immutable node configuration.
@@ -126,6 +130,7 @@ pub struct NodeConfig {
     pub mdns: bool,
     pub bootstrap_expect: Option<usize>,
     pub voters: usize,
+    pub dead_after: std::time::Duration,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -236,7 +241,18 @@ impl NodeConfig {
                 "--bootstrap-expect must be at least 1".into(),
             ));
         }
+        let dead_after = match (args.dead_after, &file.dead_after) {
+            (Some(d), _) => d,
+            (None, Some(s)) => units::parse_duration(s).map_err(|e| in_file("dead_after", e))?,
+            _ => std::time::Duration::from_secs(10),
+        };
+        if dead_after < std::time::Duration::from_secs(1) {
+            return Err(Error::Config(
+                "--dead-after must be at least 1s (heartbeats are every 150ms)".into(),
+            ));
+        }
         Ok(NodeConfig {
+            dead_after,
             swarm_key: args.swarm_key.clone().or(file.swarm_key),
             listen,
             join,

@@ -3,13 +3,15 @@
 //! It wakes on every applied change and on a slow tick; one round runs at a time, so a proposal
 //! is committed (or refused) before the next round looks at the ledger again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::store::LedgerReader;
 use testmesh_consensus::{Applied, Command, NodeId};
 use tokio::sync::watch;
 
 use crate::clock;
+use crate::cluster::network::Liveness;
 use crate::planner::{self, Options};
 use crate::writer::Writer;
 
@@ -21,6 +23,9 @@ pub struct Control {
     pub reader: LedgerReader,
     pub writer: Writer,
     pub options: Options,
+    pub liveness: Liveness,
+    /// A worker silent this long is lost; a new leader waits as long before judging anyone.
+    pub dead_after: Duration,
 }
 
 impl Control {
@@ -28,17 +33,105 @@ impl Control {
         let mut applied = self.reader.watch();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // (term, since when this node has been leading in it without a pause)
+        let mut leading: Option<(u64, Instant)> = None;
+        let mut last_turn = clock::instant();
         loop {
-            tokio::select! {
+            let ticked = tokio::select! {
                 _ = shutdown.changed() => return,
-                r = applied.changed() => if r.is_err() { return },
-                _ = tick.tick() => {}
-            }
+                r = applied.changed() => { if r.is_err() { return } false },
+                _ = tick.tick() => true,
+            };
             applied.mark_unchanged();
-            if self.writer.raft().metrics().borrow().current_leader != Some(self.node) {
+            let now = clock::instant();
+            if now.duration_since(last_turn) > Duration::from_secs(3) {
+                // This process was paused or starved (SIGSTOP, a VM freeze): what it knows of
+                // others' liveness is stale, so it must watch afresh before judging anyone.
+                leading = None;
+            }
+            last_turn = now;
+            let (leader, term) = {
+                let m = self.writer.raft().metrics().borrow().clone();
+                (m.current_leader, m.current_term)
+            };
+            if leader != Some(self.node) {
+                leading = None;
                 continue;
             }
+            let since = match leading {
+                Some((t, since)) if t == term => since,
+                _ => {
+                    tracing::info!("leading the cluster in term {term}");
+                    let now = clock::instant();
+                    leading = Some((term, now));
+                    now
+                }
+            };
+            if ticked && clock::instant().duration_since(since) >= self.dead_after {
+                self.find_dead().await;
+            }
             self.round().await;
+        }
+    }
+
+    /// Marks lost every worker that has not answered the leader for `dead_after`.
+    async fn find_dead(&self) {
+        let now = clock::instant();
+        let candidates = {
+            let ledger = self.reader.read();
+            ledger
+                .workers()
+                .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
+                .any(|w| {
+                    self.liveness
+                        .last_seen(w.id)
+                        .is_none_or(|t| now.duration_since(t) >= self.dead_after)
+                })
+        };
+        if !candidates {
+            return;
+        }
+        // Only a leader that a quorum still follows may judge: a deposed leader that has not
+        // noticed yet (it was partitioned or paused) must not declare the others dead.
+        if let Err(e) = self.writer.raft().ensure_linearizable().await {
+            tracing::debug!("not judging liveness: {e}");
+            return;
+        }
+        let silent: Vec<NodeId> = {
+            let ledger = self.reader.read();
+            ledger
+                .workers()
+                .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
+                .filter(|w| {
+                    self.liveness
+                        .last_seen(w.id)
+                        .is_none_or(|t| now.duration_since(t) >= self.dead_after)
+                })
+                .map(|w| w.id)
+                .collect()
+        };
+        for worker in silent {
+            tracing::warn!(
+                "worker {worker} has not answered for {:?}; marking it lost",
+                self.dead_after
+            );
+            match self
+                .writer
+                .write(Command::WorkerLost {
+                    worker,
+                    at: clock::now(),
+                })
+                .await
+            {
+                Ok(Ok(Applied::WorkerState { lost })) if !lost.is_empty() => {
+                    tracing::warn!(
+                        "{} task attempt(s) on {worker} lost; re-queued where retries allow",
+                        lost.len()
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!("could not mark {worker} lost: {e}"),
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::agent::{self, Agent};
 use crate::api;
 use crate::clock;
-use crate::cluster::network::MeshNetwork;
+use crate::cluster::network::{Liveness, MeshNetwork};
 use crate::cluster::{self, FormationOptions};
 use crate::config::NodeConfig;
 use crate::control::Control;
@@ -87,7 +87,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let (log_store, state_machine, reader) =
         testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
-    let network = MeshNetwork { mesh: mesh.clone() };
+    let liveness = Liveness::default();
+    let network = MeshNetwork {
+        mesh: mesh.clone(),
+        liveness: liveness.clone(),
+    };
     let raft = Raft::new(
         node,
         Arc::new(raft_config),
@@ -149,7 +153,12 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         boot_id: rand::random(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    loops.spawn(register(writer.clone(), registration, shutdown.clone()));
+    loops.spawn(register(
+        writer.clone(),
+        reader.clone(),
+        registration,
+        shutdown.clone(),
+    ));
 
     let (host_tx, host_rx) = watch::channel(monitor.sample());
     {
@@ -172,6 +181,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             reader: reader.clone(),
             writer: writer.clone(),
             options: Default::default(),
+            liveness,
+            dead_after: cfg.dead_after,
         }
         .run(shutdown.clone()),
     );
@@ -261,38 +272,48 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 /// Registers this node as a worker once a leader is reachable (at first start, after the
-/// cluster has formed), retrying until it is.
+/// cluster has formed), and again whenever the ledger has marked it lost (after a partition).
 async fn register(
     writer: Writer,
+    reader: testmesh_consensus::store::LedgerReader,
     registration: WorkerRegistration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    use testmesh_consensus::model::WorkerState;
+    let me = registration.id;
     loop {
-        let cmd = Command::RegisterWorker {
-            worker: registration.clone(),
-            at: clock::now(),
-        };
-        match writer.write(cmd).await {
-            Ok(Ok(Applied::WorkerRegistered { lost })) => {
-                if !lost.is_empty() {
-                    tracing::warn!(
-                        "{} task(s) were running when this node stopped; marked lost and re-queued where retries allow",
-                        lost.len()
-                    );
+        let needed = reader
+            .read()
+            .worker(me)
+            .is_none_or(|w| w.boot_id != registration.boot_id || w.state == WorkerState::Lost);
+        if needed {
+            let cmd = Command::RegisterWorker {
+                worker: registration.clone(),
+                at: clock::now(),
+            };
+            match writer.write(cmd).await {
+                Ok(Ok(Applied::WorkerRegistered { lost })) => {
+                    if !lost.is_empty() {
+                        tracing::warn!(
+                            "{} task(s) were running when this node stopped; marked lost and re-queued where retries allow",
+                            lost.len()
+                        );
+                    }
+                    tracing::info!("registered as a worker");
                 }
-                tracing::info!("registered as a worker");
-                return;
+                Ok(Ok(_)) => {}
+                Ok(Err(r)) => tracing::error!("worker registration refused: {r}"),
+                Err(e) => tracing::debug!("registration: {e}; retrying"),
             }
-            Ok(Ok(_)) => return,
-            Ok(Err(r)) => {
-                tracing::error!("worker registration refused: {r}");
-                return;
-            }
-            Err(e) => tracing::debug!("registration: {e}; retrying"),
         }
+        let pause = if needed {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -194,12 +194,13 @@ async fn run(writer: Writer, mut rx: mpsc::Receiver<(Command, Option<Reply>)>) {
         let mut delay = Duration::from_millis(50);
         let result = loop {
             match writer.write(Command::Batch(cmds.clone())).await {
-                Err(WriteError::NotLeader(_)) | Err(WriteError::Unavailable(_))
-                    if replies.iter().all(Option::is_none) && delay < Duration::from_secs(5) =>
-                {
-                    // Reports must not be dropped because of a passing election: retry.
+                Err(e) if replies.iter().all(Option::is_none) => {
+                    // Reports (nobody waiting on them) must never be dropped: an election or a
+                    // partition only delays them. Re-sending is safe: the ledger refuses a
+                    // report it has already applied.
+                    tracing::debug!("reports not committed yet ({e}); retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 r => break r,
             }

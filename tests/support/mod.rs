@@ -218,6 +218,15 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Every node's log, not only the one the failing assertion looked at.
+            eprintln!(
+                "----- log of node {} ({}) -----\n{}",
+                self.node_id(),
+                self.url,
+                self.log()
+            );
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

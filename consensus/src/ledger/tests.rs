@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Bytes, Capacity, GpuInfo, Hardware, MilliCpu};
+use crate::model::{Bytes, Capacity, GpuInfo, Hardware, MilliCpu, WorkerState};
 
 fn reg(id: u64, boot: u64, cpu: u64, gpus: u32) -> Command {
     Command::RegisterWorker {
@@ -269,6 +269,46 @@ fn empty_commands_are_rejected_and_change_nothing() {
     assert_eq!(l, before);
 }
 
+#[test]
+fn a_lost_worker_releases_everything_and_comes_back_when_it_registers() {
+    let mut l = Ledger::default();
+    l.apply(1, &reg(1, 1, 2000, 0)).unwrap();
+    let ids = submit(
+        &mut l,
+        "r",
+        vec![
+            spec(1000, GpuRequest::None, 1),
+            spec(1000, GpuRequest::None, 0),
+        ],
+    );
+    assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
+    assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    let r = l
+        .apply(
+            5,
+            &Command::WorkerLost {
+                worker: NodeId(1),
+                at: UnixMillis(9),
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Applied::WorkerState { lost: ids.clone() });
+    assert_eq!(l.task(ids[0]).unwrap().state, TaskState::Pending);
+    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Lost);
+    assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Lost);
+    // A late report from the lost attempt is ignored.
+    assert!(finish(&mut l, ids[0], 1, 1, TaskState::Succeeded).is_err());
+    // Nothing is placed on a lost worker; registering again (same boot) brings it back.
+    assert!(matches!(
+        assign(&mut l, ids[0], 2, 1, vec![]),
+        Err(Rejected::WorkerDraining { .. })
+    ));
+    l.apply(6, &reg(1, 1, 2000, 0)).unwrap();
+    assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Active);
+    assign(&mut l, ids[0], 2, 1, vec![]).unwrap();
+    l.check_invariants().unwrap();
+}
+
 // ---- property test: random command sequences never break an invariant ----
 
 fn arb_gpu() -> impl Strategy<Value = GpuRequest> {
@@ -303,17 +343,26 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         2 => (task.clone(), 0u32..4, worker).prop_map(|(task, attempt, w)| Command::TaskStarted { task, attempt, worker: NodeId(w), pid: 1, at: UnixMillis(0) }),
         1 => task.prop_map(|task| Command::Cancel { task, at: UnixMillis(0) }),
+        1 => (1u64..4).prop_map(|w| Command::WorkerLost { worker: NodeId(w), at: UnixMillis(0) }),
+        1 => (1u64..4, any::<bool>()).prop_map(|(w, d)| Command::SetWorkerState {
+            worker: NodeId(w),
+            state: if d { WorkerState::Draining } else { WorkerState::Active },
+            at: UnixMillis(0),
+        }),
     ]
 }
 
 /// Assignments that the planner would really propose, so that the sequences reach deep states.
 fn plausible_assign(l: &Ledger) -> Option<Command> {
     let t = l.pending().next()?;
-    let w = l.workers().find_map(|w| {
-        resources::fit(&w.capacity, &w.allocated, &w.labels, &t.spec.requirements)
-            .ok()
-            .map(|g| (w.id, g))
-    })?;
+    let w = l
+        .workers()
+        .filter(|w| w.state == WorkerState::Active)
+        .find_map(|w| {
+            resources::fit(&w.capacity, &w.allocated, &w.labels, &t.spec.requirements)
+                .ok()
+                .map(|g| (w.id, g))
+        })?;
     Some(Command::Assign {
         assignments: vec![Assignment {
             task: t.id,

@@ -140,6 +140,14 @@ impl StateMachine {
     }
 
     fn persist(&self, stored: &Stored) -> Result<(), StorageError> {
+        // A snapshot built in the background may finish after a newer one was installed from
+        // the leader; never replace the newer one (the log before it may be purged already).
+        if self
+            .current()?
+            .is_some_and(|c| c.meta.last_log_id > stored.meta.last_log_id)
+        {
+            return Ok(());
+        }
         let w = |e: &dyn ToString| sm_err(ErrorVerb::Write, e.to_string());
         let bytes = codec::encode(stored).map_err(|e| w(&e))?;
         let mut tx = self.db.begin_write().map_err(|e| w(&e))?;

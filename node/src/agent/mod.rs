@@ -209,7 +209,7 @@ impl Agent {
     async fn start(&mut self, s: Start) {
         match self.spawn(&s) {
             Ok(pid) => {
-                self.children.spawned();
+                self.children.spawned(pid);
                 let now = clock::instant();
                 self.running.insert(
                     s.task,
@@ -290,8 +290,7 @@ impl Agent {
         let Some(run) = self.running.remove(&task) else {
             return;
         };
-        // Whatever the task left behind in its group goes with it.
-        sys::signal_group(exit.pid, sys::SIGKILL);
+        // (The reaper has already killed whatever the task left behind in its group.)
         let (state, message) = match (run.ending, exit.code) {
             (Some(Ending::TimedOut), _) => (TaskState::TimedOut, Some("timed out".to_string())),
             (Some(Ending::Cancelled), _) => (TaskState::Cancelled, Some("cancelled".to_string())),

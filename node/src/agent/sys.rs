@@ -2,11 +2,10 @@
 //! resource usage: peak RSS and CPU time; no safe crate wraps it, so this is the one module of the
 //! workspace with `unsafe` code, together with `killpg(2)` for whole process groups.
 //!
-//! One thread blocks in `wait4(-1)` for any child; the node starts no children other than tasks
-//! (it uses no `tokio::process`), so every pid it reaps belongs to the agent.
 
 #![allow(unsafe_code)]
 
+use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -22,31 +21,96 @@ pub struct Exit {
     pub cpu_time: Duration,
 }
 
-/// Tells the reaper thread how many children are outstanding, so it sleeps instead of spinning
-/// on `ECHILD` when there are none.
+/// The pids the agent spawned and has not seen exit. The reaper reaps only these: a child that
+/// std's `Command::spawn` reaps itself (an `exec` that failed) must be left to it.
 #[derive(Clone, Default)]
-pub struct Children(Arc<(Mutex<u64>, Condvar)>);
+pub struct Children(Arc<(Mutex<HashSet<u32>>, Condvar)>);
 
 impl Children {
-    pub fn spawned(&self) {
+    pub fn spawned(&self, pid: u32) {
         let (m, c) = &*self.0;
-        *m.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        m.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
         c.notify_one();
+    }
+
+    fn contains(&self, pid: u32) -> bool {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&pid)
+    }
+
+    fn remove(&self, pid: u32) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+    }
+
+    fn snapshot(&self) -> Vec<u32> {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn wait_until_any(&self) {
+        let (m, c) = &*self.0;
+        let mut set = m.lock().unwrap_or_else(|p| p.into_inner());
+        while set.is_empty() {
+            set = c.wait(set).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
-fn wait_any() -> std::io::Result<Exit> {
+/// Blocks until some child has exited and returns its pid, without reaping it.
+fn peek_exited() -> std::io::Result<u32> {
+    // SAFETY: all-zero is a valid `siginfo_t`; waitid writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live, writable siginfo_t.
+    let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid succeeded with WEXITED, so the pid field is set.
+    Ok(unsafe { info.si_pid() } as u32)
+}
+
+/// Whether our child `pid` has exited, without blocking or reaping it.
+fn has_exited(pid: u32) -> bool {
+    // SAFETY: as in `peek_exited`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a live, writable siginfo_t.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    // SAFETY: on success the pid field is set (0 when the child has not exited).
+    r == 0 && unsafe { info.si_pid() } as u32 == pid
+}
+
+/// Reaps `pid` (known to have exited) and returns its exit status and resource usage.
+fn reap(pid: u32) -> std::io::Result<Exit> {
     let mut status: libc::c_int = 0;
     // SAFETY: all-zero is a valid `rusage` (plain integers and timevals).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: both pointers are to live, writable locals of the right types for the call.
-    let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut usage) };
-    if pid < 0 {
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Ok(Exit {
-        pid: pid as u32,
+        pid,
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         // Linux reports ru_maxrss in KiB.
@@ -55,44 +119,52 @@ fn wait_any() -> std::io::Result<Exit> {
     })
 }
 
-/// Starts the reaper thread; exits are delivered on the returned channel.
+/// Starts the reaper thread; exits of registered children are delivered on the channel.
+///
+/// It peeks at exited children (`WNOWAIT`); for one of ours it first kills whatever the task
+/// left in its process group (the leader is still a zombie, so its pid, which is the group id,
+/// cannot have been reused), then reaps it with `wait4` for its resource usage.
 pub fn start(children: Children) -> mpsc::Receiver<Exit> {
     let (tx, rx) = mpsc::channel(4096);
     std::thread::Builder::new()
         .name("testmesh-reaper".into())
         .spawn(move || {
             loop {
-                {
-                    let (m, c) = &*children.0;
-                    let mut n = m.lock().unwrap_or_else(|p| p.into_inner());
-                    while *n == 0 {
-                        n = c.wait(n).unwrap_or_else(|p| p.into_inner());
+                children.wait_until_any();
+                let pid = match peek_exited() {
+                    Ok(pid) => pid,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => {
+                        if e.raw_os_error() != Some(libc::ECHILD) {
+                            tracing::error!("waitid failed: {e}");
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
                     }
-                }
-                match wait_any() {
+                };
+                let pid = if children.contains(pid) {
+                    pid
+                } else {
+                    // Not ours (yet): a failed spawn that its spawner reaps, or a pid about to
+                    // be registered. It may hide our exited children behind it: check those.
+                    match children.snapshot().into_iter().find(|p| has_exited(*p)) {
+                        Some(p) => p,
+                        None => {
+                            std::thread::sleep(Duration::from_millis(1));
+                            continue;
+                        }
+                    }
+                };
+                signal_group(pid, SIGKILL);
+                let exit = reap(pid);
+                children.remove(pid);
+                match exit {
                     Ok(exit) => {
-                        let (m, _) = &*children.0;
-                        let mut n = m.lock().unwrap_or_else(|p| p.into_inner());
-                        *n = n.saturating_sub(1);
-                        drop(n);
                         if tx.blocking_send(exit).is_err() {
                             return;
                         }
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
-                        // Counted a child that is not there (spawn raced with nothing to reap):
-                        // forget one and look again shortly.
-                        let (m, _) = &*children.0;
-                        let mut n = m.lock().unwrap_or_else(|p| p.into_inner());
-                        *n = n.saturating_sub(1);
-                        drop(n);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => {
-                        tracing::error!("wait4 failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    Err(e) => tracing::error!("wait4({pid}) failed: {e}"),
                 }
             }
         })

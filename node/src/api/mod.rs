@@ -109,6 +109,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(tasks::status))
         .route("/api/v1/workers", get(tasks::workers))
+        .route("/api/v1/workers/{id}/drain", post(tasks::drain))
+        .route("/api/v1/workers/{id}/undrain", post(tasks::undrain))
         .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}", get(tasks::get_one))

@@ -9,8 +9,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::ledger::Ledger;
+use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::task::{Task, TaskState};
-use testmesh_consensus::{Applied, Command, TaskId};
+use testmesh_consensus::{Applied, Command, NodeId, TaskId};
 
 use super::dto::*;
 use super::error::{ApiError, ApiJson, ApiQuery};
@@ -179,6 +180,12 @@ pub async fn list(
                 .filter(|t| matches(t))
                 .take(limit)
                 .collect(),
+        };
+        // A list cut short by `limit` must not skip what it left out: point the cursor just
+        // before the last change returned (one entry may change many tasks; repeats are fine).
+        let rev = match (q.since, found.last()) {
+            (Some(_), Some(last)) if found.len() == limit => last.rev.saturating_sub(1),
+            _ => rev,
         };
         let reasons = found.len() <= MAX_REASONS;
         let tasks: Vec<TaskView> = found
@@ -417,4 +424,47 @@ pub async fn cancel(
             "unexpected ledger answer {other:?}"
         ))),
     }
+}
+
+async fn set_worker_state(
+    st: &AppState,
+    id: &str,
+    state: WorkerState,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let worker: NodeId = id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "worker id {id:?} is not 16 hex digits; see GET /api/v1/workers"
+        ))
+    })?;
+    let cmd = Command::SetWorkerState {
+        worker,
+        state,
+        at: clock::now(),
+    };
+    match st.writer.write(cmd).await?? {
+        Applied::WorkerState { .. } => Ok(Json(
+            serde_json::json!({ "worker": worker, "state": state }),
+        )),
+        other => Err(ApiError::Unavailable(format!(
+            "unexpected ledger answer {other:?}"
+        ))),
+    }
+}
+
+/// `POST /api/v1/workers/{id}/drain`: no new placements; running tasks finish.
+pub async fn drain(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_worker_state(&st, &id, WorkerState::Draining).await
+}
+
+/// `POST /api/v1/workers/{id}/undrain`.
+pub async fn undrain(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_worker_state(&st, &id, WorkerState::Active).await
 }

@@ -66,6 +66,10 @@ pub enum Cmd {
     Cancel(tasks::CancelArgs),
     /// List workers
     Workers(tasks::JsonArgs),
+    /// Stop placing new tasks on a worker; its running tasks finish
+    Drain(tasks::WorkerArgs),
+    /// Let a drained worker take tasks again
+    Undrain(tasks::WorkerArgs),
     /// Show the node's and the cluster's status
     Status(tasks::JsonArgs),
     /// End-to-end load generator through the API
@@ -137,6 +141,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Logs(a) => tasks::logs(a).await,
         Cmd::Cancel(a) => tasks::cancel(a).await,
         Cmd::Workers(a) => tasks::workers(a).await,
+        Cmd::Drain(a) => tasks::set_worker_state(a, "drain").await,
+        Cmd::Undrain(a) => tasks::set_worker_state(a, "undrain").await,
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
         Cmd::Keygen(a) => {

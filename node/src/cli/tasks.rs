@@ -487,3 +487,27 @@ pub async fn status(a: JsonArgs) -> anyhow::Result<ExitCode> {
     outln!("uptime    {}", millis(s.uptime_secs * 1000));
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Worker id (16 hex digits, as `testmesh workers` shows)
+    pub node: String,
+}
+
+pub async fn set_worker_state(a: WorkerArgs, action: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&a.client)?;
+    let v: serde_json::Value = client
+        .post(
+            &format!("/api/v1/workers/{}/{action}", a.node),
+            &serde_json::json!({}),
+        )
+        .await?;
+    outln!(
+        "worker {} is {}",
+        a.node,
+        v["state"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}

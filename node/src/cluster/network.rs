@@ -1,6 +1,8 @@
 //! openraft's network over the mesh: every Raft RPC is one request-response exchange.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use openraft::BasicNode;
@@ -13,26 +15,53 @@ use openraft::raft::{
 use testmesh_consensus::NodeId;
 use testmesh_consensus::raft::TypeConfig;
 
+use crate::clock;
 use crate::mesh::MeshClient;
 use crate::mesh::rpc::{Request, Response};
+
+/// When each member last answered a Raft RPC (on the leader: heartbeats every 150 ms).
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Liveness {
+    fn seen(&self, node: NodeId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node, clock::instant());
+    }
+
+    pub fn last_seen(&self, node: NodeId) -> Option<Instant> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node)
+            .copied()
+    }
+}
 
 #[derive(Clone)]
 pub struct MeshNetwork {
     pub mesh: MeshClient,
+    pub liveness: Liveness,
 }
 
 pub struct PeerConn {
     mesh: MeshClient,
     peer: Option<PeerId>,
+    target: NodeId,
+    liveness: Liveness,
 }
 
 impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
     type Network = PeerConn;
 
-    async fn new_client(&mut self, _target: NodeId, node: &BasicNode) -> PeerConn {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConn {
         PeerConn {
             mesh: self.mesh.clone(),
             peer: self.mesh.resolve(&node.addr),
+            target,
+            liveness: self.liveness.clone(),
         }
     }
 }
@@ -56,7 +85,13 @@ impl PeerConn {
         let peer = self
             .peer
             .ok_or_else(|| unreachable("the member has no valid peer id".into()))?;
-        self.mesh.request(peer, req, ttl).await.map_err(unreachable)
+        let r = self
+            .mesh
+            .request(peer, req, ttl)
+            .await
+            .map_err(unreachable)?;
+        self.liveness.seen(self.target);
+        Ok(r)
     }
 }
 
