@@ -33,9 +33,9 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub fn config(cluster_name: &str, snapshot_every: u64) -> Result<Config, String> {
     Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 150,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 500,
         install_snapshot_timeout: Duration::from_secs(10).as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: 1000,

@@ -51,7 +51,8 @@ impl Control {
             }
             last_turn = now;
             let (leader, term) = {
-                let m = self.writer.raft().metrics().borrow().clone();
+                let m = self.writer.raft().metrics();
+                let m = m.borrow();
                 (m.current_leader, m.current_term)
             };
             if leader != Some(self.node) {

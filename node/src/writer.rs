@@ -79,33 +79,36 @@ impl Writer {
     /// Commits `cmd` (forwarding it to the leader if this node is not) and returns the
     /// ledger's verdict on it.
     pub async fn write(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
-        match self.write_here(cmd.clone()).await {
-            Err(WriteError::NotLeader(_)) if self.mesh.is_some() => {
-                let mesh = self.mesh.as_ref().expect("checked");
-                let peer = self.leader_peer()?;
-                match mesh
-                    .request(peer, Request::Write(cmd), FORWARD_TIMEOUT)
-                    .await
-                {
-                    Ok(Response::Write(Ok((r, index)))) => {
-                        // Read your writes: answer once this replica has applied the entry too.
-                        let _ = self
-                            .raft
-                            .wait(Some(FORWARD_TIMEOUT))
-                            .applied_index_at_least(Some(index), "forwarded write applied here")
-                            .await;
-                        Ok(r)
-                    }
-                    Ok(Response::Write(Err(f))) => Err(f.into()),
-                    Ok(other) => Err(WriteError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))),
-                    Err(e) => Err(WriteError::Unavailable(format!(
-                        "cannot reach the leader: {e}"
-                    ))),
-                }
+        let leader = self.raft.metrics().borrow().current_leader;
+        let Some(mesh) = self
+            .mesh
+            .as_ref()
+            .filter(|_| leader.is_some() && leader != Some(self.me))
+        else {
+            // The leader (or nobody known): commit here; a stale guess fails with NotLeader.
+            return self.write_here(cmd).await;
+        };
+        let peer = self.leader_peer()?;
+        match mesh
+            .request(peer, Request::Write(cmd), FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Response::Write(Ok((r, index)))) => {
+                // Read your writes: answer once this replica has applied the entry too.
+                let _ = self
+                    .raft
+                    .wait(Some(FORWARD_TIMEOUT))
+                    .applied_index_at_least(Some(index), "forwarded write applied here")
+                    .await;
+                Ok(r)
             }
-            r => r,
+            Ok(Response::Write(Err(f))) => Err(f.into()),
+            Ok(other) => Err(WriteError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(WriteError::Unavailable(format!(
+                "cannot reach the leader: {e}"
+            ))),
         }
     }
 
