@@ -63,6 +63,24 @@ async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
         );
     }
     assert_eq!(leaders.len(), 1, "{leaders:?}");
+    // Every node receives every node's gossiped statistics (not through Raft).
+    for n in &nodes {
+        let mut seen = 0;
+        for _ in 0..100 {
+            let (_, s) = n.get("/api/v1/stats").await;
+            let m = s["nodes"].as_object().cloned().unwrap_or_default();
+            seen = m
+                .values()
+                .filter(|v| v["latest"]["sample"]["memory_total"].as_u64() > Some(0))
+                .count();
+            if seen == 3 {
+                assert_eq!(s["malformed_dropped"], 0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, 3, "{} has stats of {seen} node(s)", n.url);
+    }
 
     // Writes on a follower land; with 2 cpus per worker, six 1-cpu tasks need all three.
     let gate = nodes[0].dir.path().join("gate");

@@ -59,6 +59,12 @@ pub struct NodeArgs {
     /// A worker silent this long is marked lost and its tasks re-queued, e.g. 10s [default: 10s]
     #[arg(long, value_parser = units::parse_duration)]
     pub dead_after: Option<std::time::Duration>,
+    /// How often this node samples and gossips its statistics [default: 1s]
+    #[arg(long, value_parser = units::parse_duration)]
+    pub stats_interval: Option<std::time::Duration>,
+    /// How far back each node keeps (downsampled) statistics of every node [default: 1h]
+    #[arg(long, value_parser = units::parse_duration)]
+    pub stats_retention: Option<std::time::Duration>,
     /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
@@ -131,6 +137,8 @@ pub struct NodeConfig {
     pub bootstrap_expect: Option<usize>,
     pub voters: usize,
     pub dead_after: std::time::Duration,
+    pub stats_interval: std::time::Duration,
+    pub stats_retention: std::time::Duration,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -251,7 +259,22 @@ impl NodeConfig {
                 "--dead-after must be at least 1s (heartbeats are every 150ms)".into(),
             ));
         }
+        let stats_interval = args
+            .stats_interval
+            .unwrap_or(std::time::Duration::from_secs(1));
+        let stats_retention = args
+            .stats_retention
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        if stats_interval < std::time::Duration::from_millis(100)
+            || stats_retention < stats_interval
+        {
+            return Err(Error::Config(
+                "--stats-interval must be at least 100ms and --stats-retention at least one interval".into(),
+            ));
+        }
         Ok(NodeConfig {
+            stats_interval,
+            stats_retention,
             dead_after,
             swarm_key: args.swarm_key.clone().or(file.swarm_key),
             listen,

@@ -23,6 +23,7 @@ use crate::control::Control;
 use crate::error::Error;
 use crate::mesh::{self, MeshConfig, key};
 use crate::monitor::{Monitor, NvmlProbe, SimulatedGpus};
+use crate::stats::{STATS_VERSION, SharedStats, StatsMessage, StatsStore};
 use crate::writer::{Batcher, Writer};
 
 /// Reads a small file, or creates it with `make()` (mode 0600) if it does not exist.
@@ -77,7 +78,12 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         );
     }
 
+    let stats: SharedStats = Arc::new(std::sync::RwLock::new(StatsStore::new(
+        cfg.stats_interval,
+        cfg.stats_retention,
+    )));
     let (mesh, inbound) = mesh::start(MeshConfig {
+        stats: stats.clone(),
         keypair,
         swarm_key,
         listen: cfg.listen.clone(),
@@ -162,14 +168,32 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
 
     let (host_tx, host_rx) = watch::channel(monitor.sample());
     {
+        // Sample, keep our own point, and gossip it. Stats never go through Raft.
         let mut shutdown = shutdown.clone();
+        let (mesh, stats, reader) = (mesh.clone(), stats.clone(), reader.clone());
+        let interval = cfg.stats_interval;
         loops.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = shutdown.changed() => return,
-                    _ = tick.tick() => { host_tx.send_replace(monitor.sample()); }
+                    _ = tick.tick() => {}
                 }
+                let sample = monitor.sample();
+                let running = reader.read().active_on(node).count() as u32;
+                let msg = StatsMessage {
+                    version: STATS_VERSION,
+                    node,
+                    at: clock::now(),
+                    sample: sample.clone(),
+                    running_tasks: running,
+                };
+                if let Ok(bytes) = testmesh_consensus::codec::encode(&msg) {
+                    mesh.publish_stats(bytes);
+                }
+                stats.write().unwrap_or_else(|p| p.into_inner()).insert(msg);
+                host_tx.send_replace(sample);
             }
         });
     }
@@ -202,6 +226,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         reader: reader.clone(),
         writer: writer.clone(),
         mesh: mesh.clone(),
+        stats: stats.clone(),
         token,
         data_dir: dir.clone(),
         started: clock::instant(),

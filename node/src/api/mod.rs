@@ -34,6 +34,7 @@ pub struct Inner {
     pub reader: LedgerReader,
     pub writer: Writer,
     pub mesh: crate::mesh::MeshClient,
+    pub stats: crate::stats::SharedStats,
     pub token: String,
     pub data_dir: PathBuf,
     pub started: Instant,
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(tasks::status))
         .route("/api/v1/workers", get(tasks::workers))
+        .route("/api/v1/stats", get(tasks::stats))
         .route("/api/v1/workers/{id}/drain", post(tasks::drain))
         .route("/api/v1/workers/{id}/undrain", post(tasks::undrain))
         .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))

@@ -468,3 +468,32 @@ pub async fn undrain(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_worker_state(&st, &id, WorkerState::Active).await
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    /// Only this node (16 hex digits).
+    node: Option<String>,
+    /// Only samples after this time (Unix milliseconds).
+    since: Option<u64>,
+}
+
+/// `GET /api/v1/stats`: every node's gossiped statistics as this node has received them.
+pub async fn stats(
+    State(st): State<AppState>,
+    ApiQuery(q): ApiQuery<StatsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = q
+        .node
+        .as_deref()
+        .map(|n| {
+            n.parse::<NodeId>()
+                .map_err(|_| ApiError::BadRequest(format!("node {n:?} is not 16 hex digits")))
+        })
+        .transpose()?;
+    let store = st.stats.read().unwrap_or_else(|p| p.into_inner());
+    let nodes = store.view(node, testmesh_consensus::UnixMillis(q.since.unwrap_or(0)));
+    Ok(Json(
+        serde_json::json!({ "nodes": nodes, "malformed_dropped": store.malformed }),
+    ))
+}

@@ -22,11 +22,15 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
+use crate::stats::{self, SharedStats};
 use rpc::{Request, Response};
+
+/// The gossipsub topic of resource statistics (versioned like every wire format).
+const STATS_TOPIC: &str = "testmesh/stats/1";
 
 /// Default mesh port (the HTTP API is 7070).
 pub const DEFAULT_PORT: u16 = 7071;
@@ -37,6 +41,8 @@ pub struct MeshConfig {
     pub listen: Vec<Multiaddr>,
     pub join: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Where received statistics go.
+    pub stats: SharedStats,
 }
 
 #[derive(NetworkBehaviour)]
@@ -44,6 +50,7 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
+    gossip: gossipsub::Behaviour,
     rpc: request_response::Behaviour<rpc::Codec>,
 }
 
@@ -63,6 +70,7 @@ enum Cmd {
     Peers(oneshot::Sender<Vec<PeerId>>),
     AddAddresses(PeerId, Vec<Multiaddr>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Publish(Vec<u8>),
 }
 
 /// How a cluster member is reached, as stored in the Raft membership: its peer id and the
@@ -134,6 +142,11 @@ impl MeshClient {
         member_addr(&self.local, &self.listen_addrs().await)
     }
 
+    /// Publishes this node's statistics (best effort: dropped if the mesh is busy).
+    pub fn publish_stats(&self, bytes: Vec<u8>) {
+        let _ = self.tx.try_send(Cmd::Publish(bytes));
+    }
+
     /// Peers with an open connection.
     pub async fn peers(&self) -> Vec<PeerId> {
         let (reply, rx) = oneshot::channel();
@@ -193,7 +206,25 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), E
     } else {
         None
     };
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        // The default first heartbeat comes after 5 s; stats should flow at once.
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .heartbeat_interval(Duration::from_secs(1))
+        .max_transmit_size(stats::MAX_MESSAGE)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
+    let mut gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(cfg.keypair.clone()),
+        gossip_config,
+    )
+    .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
+    let topic = gossipsub::IdentTopic::new(STATS_TOPIC);
+    gossip
+        .subscribe(&topic)
+        .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
     let behaviour = Behaviour {
+        gossip,
         mdns: Toggle::from(mdns),
         identify: identify::Behaviour::new(
             identify::Config::new("/testmesh/id/1".into(), cfg.keypair.public())
@@ -228,6 +259,8 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), E
         replies: FuturesUnordered::new(),
         connected: HashSet::new(),
         listen: Vec::new(),
+        topic,
+        stats: cfg.stats,
     };
     tokio::spawn(event_loop.run());
     Ok((MeshClient { tx, local }, inbound))
@@ -244,6 +277,8 @@ struct EventLoop {
     replies: FuturesUnordered<PendingReply>,
     connected: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
+    topic: gossipsub::IdentTopic,
+    stats: SharedStats,
 }
 
 impl EventLoop {
@@ -302,6 +337,17 @@ impl EventLoop {
             }
             Cmd::ListenAddrs(reply) => {
                 let _ = reply.send(self.listen.clone());
+            }
+            Cmd::Publish(bytes) => {
+                // Alone, or before peers have subscribed, there is nobody to send to: fine.
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossip
+                    .publish(self.topic.clone(), bytes)
+                {
+                    tracing::trace!("stats not published: {e}");
+                }
             }
         }
     }
@@ -370,6 +416,23 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(ev)) => self.on_rpc(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                let sender = message.source.map(|p| key::node_id_of(&p));
+                let mut store = self.stats.write().unwrap_or_else(|p| p.into_inner());
+                match sender
+                    .ok_or(stats::Invalid::WrongSender)
+                    .and_then(|s| stats::validate(&message.data, s))
+                {
+                    Ok(m) => store.insert(m),
+                    Err(e) => {
+                        store.malformed += 1;
+                        tracing::debug!("dropped a stats message from {:?}: {e:?}", message.source);
+                    }
+                }
+            }
             _ => {}
         }
     }
