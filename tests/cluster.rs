@@ -100,6 +100,14 @@ async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
                 .await,
         );
     }
+    // A linearizable read on any other node sees a write the moment it was acknowledged.
+    let others: Vec<&TestNode> = nodes.iter().filter(|n| n.url != follower.url).collect();
+    for n in &others {
+        let (code, t) = n
+            .get(&format!("/api/v1/tasks/{}?consistent=true", ids[5]))
+            .await;
+        assert_eq!(code, 200, "{t}");
+    }
     let mut workers = BTreeSet::new();
     for id in &ids {
         let t = follower.wait_state(*id, "running").await;

@@ -112,6 +112,51 @@ impl Writer {
         }
     }
 
+    /// On the leader: the log index a linearizable read must see (after a quorum round trip).
+    pub async fn read_index_here(&self) -> Result<u64, WriteError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map_or(0, |l| l.index)),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            )) => Err(WriteError::NotLeader(f.leader_id)),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this replica reflects everything committed before the call (a linearizable
+    /// read point), asking the leader over the mesh when this node is not it.
+    pub async fn linearize(&self) -> Result<(), WriteError> {
+        let leader = self.raft.metrics().borrow().current_leader;
+        let index = match (&self.mesh, leader) {
+            (Some(mesh), Some(l)) if l != self.me => {
+                let peer = self.leader_peer()?;
+                match mesh
+                    .request(peer, Request::ReadIndex, FORWARD_TIMEOUT)
+                    .await
+                {
+                    Ok(Response::ReadIndex(r)) => r?,
+                    Ok(other) => {
+                        return Err(WriteError::Unavailable(format!(
+                            "unexpected answer {other:?}"
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(WriteError::Unavailable(format!(
+                            "cannot reach the leader: {e}"
+                        )));
+                    }
+                }
+            }
+            _ => self.read_index_here().await?,
+        };
+        self.raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::Unavailable(format!("this replica is behind: {e}")))
+    }
+
     /// Asks the leader to add `node` as a learner.
     pub async fn forward_join(&self, node: NodeId, addr: String) -> Result<(), WriteError> {
         let mesh = self

@@ -124,6 +124,9 @@ pub struct ListQuery {
     since: Option<u64>,
     wait: Option<String>,
     limit: Option<usize>,
+    /// Linearizable: reflect every write committed before this request, on any node.
+    #[serde(default)]
+    consistent: bool,
 }
 
 pub async fn list(
@@ -151,6 +154,9 @@ pub async fn list(
                 .collect::<Result<_, _>>()
         })
         .transpose()?;
+    if q.consistent {
+        st.writer.linearize().await?;
+    }
     let limit = q.limit.unwrap_or(100).min(100_000);
     let wait = parse_wait(&q.wait)?;
     let matches = |t: &Task| {
@@ -207,6 +213,9 @@ pub struct GetQuery {
     /// Wait until the task changes after this revision.
     since: Option<u64>,
     wait: Option<String>,
+    /// Linearizable: reflect every write committed before this request, on any node.
+    #[serde(default)]
+    consistent: bool,
 }
 
 pub async fn get_one(
@@ -217,6 +226,9 @@ pub async fn get_one(
     let id = parse_id(&id)?;
     let wait = parse_wait(&q.wait)?;
     let since = q.since.unwrap_or(0);
+    if q.consistent {
+        st.writer.linearize().await?;
+    }
     let found = poll(&st, wait, |l, _| match l.task(id) {
         None => Some(None),
         Some(t) if t.rev > since || wait.is_none() => Some(Some(view(l, t, true))),

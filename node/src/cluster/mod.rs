@@ -107,6 +107,7 @@ async fn handle(
             }
             Response::Join(add_learner(raft, writer, node, addr).await)
         }
+        Request::ReadIndex => Response::ReadIndex(writer.read_index_here().await.map_err(failure)),
         Request::Logs {
             task,
             attempt,

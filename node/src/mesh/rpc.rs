@@ -40,6 +40,9 @@ pub enum Request {
         node: NodeId,
         addr: String,
     },
+    /// Leader: confirm leadership with a quorum and return the index a linearizable read must
+    /// wait for.
+    ReadIndex,
     /// Read part of a task's log file on the worker that ran it.
     Logs {
         task: u64,
@@ -60,6 +63,7 @@ pub enum Response {
     Write(Result<(Result<Applied, Rejected>, u64), WriteFailure>),
     Join(Result<(), WriteFailure>),
     Logs(Result<(Vec<u8>, u64), String>),
+    ReadIndex(Result<u64, WriteFailure>),
 }
 
 /// Why a forwarded write or join did not happen.
