@@ -77,19 +77,7 @@ impl Control {
 
     /// Marks lost every worker that has not answered the leader for `dead_after`.
     async fn find_dead(&self) {
-        let now = clock::instant();
-        let candidates = {
-            let ledger = self.reader.read();
-            ledger
-                .workers()
-                .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
-                .any(|w| {
-                    self.liveness
-                        .last_seen(w.id)
-                        .is_none_or(|t| now.duration_since(t) >= self.dead_after)
-                })
-        };
-        if !candidates {
+        if self.silent_workers().is_empty() {
             return;
         }
         // Only a leader that a quorum still follows may judge: a deposed leader that has not
@@ -98,19 +86,8 @@ impl Control {
             tracing::debug!("not judging liveness: {e}");
             return;
         }
-        let silent: Vec<NodeId> = {
-            let ledger = self.reader.read();
-            ledger
-                .workers()
-                .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
-                .filter(|w| {
-                    self.liveness
-                        .last_seen(w.id)
-                        .is_none_or(|t| now.duration_since(t) >= self.dead_after)
-                })
-                .map(|w| w.id)
-                .collect()
-        };
+        // Asked again: the quorum round trip took time and may have brought answers.
+        let silent = self.silent_workers();
         for worker in silent {
             tracing::warn!(
                 "worker {worker} has not answered for {:?}; marking it lost",
@@ -134,6 +111,22 @@ impl Control {
                 Err(e) => tracing::debug!("could not mark {worker} lost: {e}"),
             }
         }
+    }
+
+    /// Workers (other than this node) that have not answered a Raft RPC for `dead_after`.
+    fn silent_workers(&self) -> Vec<NodeId> {
+        let now = clock::instant();
+        let ledger = self.reader.read();
+        ledger
+            .workers()
+            .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
+            .filter(|w| {
+                self.liveness
+                    .last_seen(w.id)
+                    .is_none_or(|t| now.duration_since(t) >= self.dead_after)
+            })
+            .map(|w| w.id)
+            .collect()
     }
 
     async fn round(&self) {

@@ -2,8 +2,6 @@
 //! and stops them on one shutdown signal (SIGINT or SIGTERM).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,15 +30,7 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
         Ok(s) => Ok(s.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| Error::io("cannot create", path, e))?;
-            writeln!(f, "{value}")
-                .and_then(|_| f.sync_all())
-                .map_err(|e| Error::io("cannot write", path, e))?;
+            key::write_private(path, format!("{value}\n").as_bytes())?;
             Ok(value)
         }
         Err(e) => Err(Error::io("cannot read", path, e)),

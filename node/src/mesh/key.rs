@@ -12,7 +12,8 @@ use testmesh_consensus::NodeId;
 
 use crate::error::Error;
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// Creates `path` with mode 0600 (never overwriting) and writes `bytes` durably.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
