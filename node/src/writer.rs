@@ -33,6 +33,8 @@ pub struct Writer {
 }
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write waits to be committed.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<WriteFailure> for WriteError {
     fn from(f: WriteFailure) -> Self {
@@ -186,7 +188,16 @@ impl Writer {
         &self,
         cmd: Command,
     ) -> Result<(Result<Applied, Rejected>, u64), WriteError> {
-        match self.raft.client_write(cmd).await {
+        // A leader cut off from the majority cannot commit; do not wait for ever. (The entry
+        // may still commit if the partition heals: submits carry a request id, so a retry of
+        // the same request is idempotent.)
+        let write = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd));
+        let Ok(result) = write.await else {
+            return Err(WriteError::Unavailable(format!(
+                "not committed within {COMMIT_TIMEOUT:?}: this node may be cut off from the majority of the cluster; retry"
+            )));
+        };
+        match result {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(openraft::error::RaftError::APIError(
                 openraft::error::ClientWriteError::ForwardToLeader(f),

@@ -76,8 +76,23 @@ enum Cmd {
 /// How a cluster member is reached, as stored in the Raft membership: its peer id and the
 /// addresses it listens on, separated by spaces.
 pub fn member_addr(peer: &PeerId, addrs: &[Multiaddr]) -> String {
+    // Another host dialling our loopback address would reach itself: leave loopback out unless
+    // it is all there is (a cluster on one host).
+    let is_loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            libp2p::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+            libp2p::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let routable: Vec<&Multiaddr> = addrs.iter().filter(|a| !is_loopback(a)).collect();
+    let chosen: Vec<&Multiaddr> = if routable.is_empty() {
+        addrs.iter().collect()
+    } else {
+        routable
+    };
     std::iter::once(peer.to_string())
-        .chain(addrs.iter().map(|a| a.to_string()))
+        .chain(chosen.into_iter().map(|a| a.to_string()))
         .collect::<Vec<_>>()
         .join(" ")
 }
