@@ -307,3 +307,30 @@ async fn a_silent_worker_is_lost_after_dead_after_and_its_task_moves_exactly_onc
         "exactly one re-run: {t}"
     );
 }
+
+#[test]
+fn quic_addresses_are_refused_because_the_swarm_key_cannot_protect_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--listen", "--join"] {
+        let o = std::process::Command::new(support::BIN)
+            .args([
+                "node",
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .args([flag, "/ip4/127.0.0.1/udp/7071/quic-v1"])
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "{flag} with QUIC must not start a node"
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("QUIC is not supported") && err.contains("swarm key"),
+            "{err}"
+        );
+    }
+}
