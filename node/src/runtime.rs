@@ -249,7 +249,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{}",
         swarm_key_path.display(),
         mesh_addrs
-            .first()
+            .iter()
+            .find(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
+            .or(mesh_addrs.first())
             .map(|a| format!(" (without multicast, add --join {a})"))
             .unwrap_or_default()
     );
