@@ -334,3 +334,26 @@ fn quic_addresses_are_refused_because_the_swarm_key_cannot_protect_them() {
         );
     }
 }
+
+#[tokio::test]
+async fn five_nodes_form_one_cluster_with_five_voters() {
+    let nodes = cluster_with(5, &["--voters", "5"]).await;
+    for _ in 0..200 {
+        let s = status(&nodes[0]).await.unwrap();
+        if s["voters"].as_array().map(|v| v.len()) == Some(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut leaders = BTreeSet::new();
+    for n in &nodes {
+        let s = status(n).await.unwrap();
+        assert_eq!(s["voters"].as_array().unwrap().len(), 5, "{s}");
+        leaders.insert(s["leader"].as_str().unwrap().to_string());
+    }
+    assert_eq!(leaders.len(), 1, "one cluster, one leader: {leaders:?}");
+    let id = nodes[4]
+        .submit(json!({"command": ["true"], "cpu": "10m"}))
+        .await;
+    nodes[0].wait_state(id, "succeeded").await;
+}

@@ -133,6 +133,11 @@ pub struct StatusView {
     pub leader: Option<String>,
     pub term: u64,
     pub last_applied: u64,
+    /// Raft voters and learners, as this node's replica has them.
+    #[serde(default)]
+    pub voters: Vec<String>,
+    #[serde(default)]
+    pub learners: Vec<String>,
     pub workers: usize,
     pub tasks: BTreeMap<String, usize>,
     pub uptime_secs: u64,

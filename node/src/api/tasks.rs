@@ -90,6 +90,18 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
         leader: m.current_leader.map(|l| l.to_string()),
         term: m.current_term,
         last_applied: m.last_applied.map_or(0, |l| l.index),
+        voters: m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .map(|v| v.to_string())
+            .collect(),
+        learners: m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .map(|v| v.to_string())
+            .collect(),
         workers: ledger.workers().count(),
         tasks,
         uptime_secs: crate::clock::instant().duration_since(st.started).as_secs(),

@@ -467,6 +467,11 @@ pub async fn status(a: JsonArgs) -> anyhow::Result<ExitCode> {
         s.term,
         s.last_applied
     );
+    outln!(
+        "members   {} voter(s), {} learner(s)",
+        s.voters.len(),
+        s.learners.len()
+    );
     outln!("workers   {}", s.workers);
     let counts: Vec<String> = s.tasks.iter().map(|(k, v)| format!("{k} {v}")).collect();
     outln!(
