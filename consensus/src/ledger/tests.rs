@@ -194,8 +194,8 @@ fn stale_attempt_reports_are_ignored_and_retries_requeue() {
     l.check_invariants().unwrap();
 }
 
-#[test]
-fn a_restarted_worker_loses_its_attempts_and_releases_everything() {
+/// Worker 1 (2 cpus) running two 1-cpu tasks: the first with one retry, the second with none.
+fn two_running_tasks() -> (Ledger, Vec<TaskId>) {
     let mut l = Ledger::default();
     l.apply(1, &reg(1, 1, 2000, 0)).unwrap();
     let ids = submit(
@@ -208,6 +208,12 @@ fn a_restarted_worker_loses_its_attempts_and_releases_everything() {
     );
     assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
     assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    (l, ids)
+}
+
+#[test]
+fn a_restarted_worker_loses_its_attempts_and_releases_everything() {
+    let (mut l, ids) = two_running_tasks();
     let r = l.apply(5, &reg(1, 2, 2000, 0)).unwrap();
     assert_eq!(r, Applied::WorkerRegistered { lost: ids.clone() });
     assert_eq!(l.task(ids[0]).unwrap().state, TaskState::Pending);
@@ -271,18 +277,7 @@ fn empty_commands_are_rejected_and_change_nothing() {
 
 #[test]
 fn a_lost_worker_releases_everything_and_comes_back_when_it_registers() {
-    let mut l = Ledger::default();
-    l.apply(1, &reg(1, 1, 2000, 0)).unwrap();
-    let ids = submit(
-        &mut l,
-        "r",
-        vec![
-            spec(1000, GpuRequest::None, 1),
-            spec(1000, GpuRequest::None, 0),
-        ],
-    );
-    assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
-    assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    let (mut l, ids) = two_running_tasks();
     let r = l
         .apply(
             5,
