@@ -7,47 +7,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::TestNode;
-
-/// Starts `n` nodes; the first creates the swarm key, the others join it.
-async fn cluster(n: usize) -> Vec<TestNode> {
-    cluster_with(n, &[]).await
-}
-
-async fn cluster_with(n: usize, extra: &[&str]) -> Vec<TestNode> {
-    let first = TestNode::start(extra).await;
-    let key = first.data_dir().join("swarm.key");
-    let join = first.mesh_addr();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        let mut args = vec!["--swarm-key", key.to_str().unwrap(), "--join", &join];
-        args.extend_from_slice(extra);
-        nodes.push(TestNode::start(&args).await);
-    }
-    for node in &nodes {
-        wait_workers(node, n).await;
-    }
-    nodes
-}
-
-async fn wait_workers(node: &TestNode, n: usize) {
-    for _ in 0..600 {
-        let (_, ws) = node.get("/api/v1/workers").await;
-        if ws.as_array().map(|a| a.len()) == Some(n) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never saw {n} workers; log:\n{}", node.url, node.log());
-}
-
-async fn status(node: &TestNode) -> Option<Value> {
-    let r = reqwest::get(format!("{}/api/v1/status", node.url))
-        .await
-        .ok()?;
-    r.json().await.ok()
-}
+use serde_json::json;
+use support::{TestNode, cluster, cluster_with, signal, status};
 
 #[tokio::test]
 async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
@@ -219,14 +180,6 @@ async fn a_node_without_the_swarm_key_is_refused() {
         "the refusing side says why:\n{}",
         a.log()
     );
-}
-
-fn signal(node: &TestNode, sig: &str) {
-    let pid = node.child.as_ref().unwrap().id();
-    std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap();
 }
 
 #[tokio::test]

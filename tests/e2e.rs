@@ -290,20 +290,96 @@ async fn submits_are_idempotent_per_request_id() {
 }
 
 #[tokio::test]
-async fn graceful_stop_kills_tasks_and_restart_requeues_them() {
-    let mut node = TestNode::start(&[]).await;
-    let id = node
-        .submit(json!({"command": ["sleep", "300"], "retries": 1}))
+async fn graceful_stop_drains_hands_back_the_rest_and_restart_runs_them() {
+    let mut node = TestNode::start(&["--drain-timeout", "2s"]).await;
+    let long = node
+        .submit(json!({"command": ["sleep", "300"], "retries": 0, "cpu": "10m"}))
         .await;
-    let t = node.wait_state(id, "running").await;
+    let short = node
+        .submit(json!({"command": ["sh", "-c", "sleep 1; echo done"], "retries": 0, "cpu": "10m"}))
+        .await;
+    let t = node.wait_state(long, "running").await;
+    node.wait_state(short, "running").await;
     let pid = t["attempts"][0]["pid"].as_u64().unwrap();
     node.stop();
-    assert!(!alive(pid), "SIGTERM on the node stops its tasks");
+    assert!(
+        !alive(pid),
+        "SIGTERM on the node stops what is still running"
+    );
     node.spawn().await;
+    // The short task finished while the node drained; the long one was handed back and runs
+    // again although it has no retries: a hand-back is not the task's failure.
+    let s = node.wait_state(short, "succeeded").await;
+    assert_eq!(s["attempts"].as_array().unwrap().len(), 1, "{s}");
     let t = node
-        .wait_task(id, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .wait_task(long, 30, |t| t["attempt"] == 2 && t["state"] == "running")
         .await;
+    assert_eq!(t["handed_back"], 1);
     assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
+}
+
+#[tokio::test]
+async fn a_gpu_busy_with_someone_elses_process_is_not_free() {
+    // Simulated GPUs (a named fake): GPU 0 runs a process testmesh did not start.
+    let node = TestNode::start(&[
+        "--simulate-gpus",
+        "2xSim L4:24GiB",
+        "--simulate-gpu-busy",
+        "0",
+    ])
+    .await;
+    let me = node.node_id();
+    for _ in 0..100 {
+        let (_, st) = node.get("/api/v1/stats").await;
+        if st["nodes"][&me]["latest"]["sample"]["gpus"][0]["foreign_processes"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gate = node.dir.path().join("gate");
+    let hold = json!({"command": ["sh", "-c", format!("echo \"[$CUDA_VISIBLE_DEVICES]\"; while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": "10m", "gpus": 1});
+    let a = node.submit(hold.clone()).await;
+    let b = node.submit(hold).await;
+    node.wait_state(a, "running").await;
+    let out = wait_for(Duration::from_secs(10), || {
+        let s = support::read(&node.data_dir().join(format!("logs/{a}.1.stdout")));
+        (!s.is_empty()).then_some(s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "[1]", "the free GPU, not the busy one");
+    // The ledger has GPU 0 unreserved, but the live view says it is taken: b waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(node.task(b).await["state"], "pending");
+    std::fs::write(&gate, "").unwrap();
+    node.wait_state(a, "succeeded").await;
+    let t = node.wait_state(b, "succeeded").await;
+    assert_eq!(t["attempts"][0]["gpus"][0]["index"], 1);
+}
+
+#[tokio::test]
+async fn the_output_tail_outlives_the_log_file() {
+    let node = TestNode::start(&[]).await;
+    let script = "i=0; while [ $i -lt 500 ]; do echo \"line $i of the output\"; i=$((i+1)); done; echo oops >&2; exit 3";
+    let id = node
+        .submit(json!({"command": ["sh", "-c", script], "cpu": "10m"}))
+        .await;
+    let t = node.wait_state(id, "failed").await;
+    let tail = t["attempts"][0]["outcome"]["stdout_tail"].as_str().unwrap();
+    assert!(tail.len() <= 2048 && tail.len() > 1500, "{}", tail.len());
+    assert!(tail.starts_with("line "), "cut at a line start: {tail:.40}");
+    assert!(tail.ends_with("line 499 of the output\n"));
+    assert_eq!(t["attempts"][0]["outcome"]["stderr_tail"], "oops\n");
+    // With the file gone (cleaned up, or its worker gone), the API serves the ledger's tail.
+    std::fs::remove_file(node.data_dir().join(format!("logs/{id}.1.stdout"))).unwrap();
+    let (code, c) = node.get(&format!("/api/v1/tasks/{id}/logs")).await;
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(c["ledger_tail"], true);
+    assert_eq!(c["data"], tail);
+    let o = node.cli(&["logs", &id.to_string()]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), tail);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kept in the ledger"));
 }
 
 #[tokio::test]

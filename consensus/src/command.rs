@@ -77,6 +77,12 @@ pub enum Command {
         worker: NodeId,
         at: UnixMillis,
     },
+    /// The worker is leaving the cluster: its unfinished attempts are handed back to the queue
+    /// without using up a retry.
+    WorkerLeft {
+        worker: NodeId,
+        at: UnixMillis,
+    },
     /// Several independent commands in one log entry (group commit); each is applied on its own.
     Batch(Vec<Command>),
 }

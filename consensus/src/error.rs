@@ -19,6 +19,15 @@ pub enum Error {
     Decode { what: &'static str, message: String },
     #[error("stored snapshot has format {found}, this build reads format {expected}")]
     SnapshotFormat { found: u32, expected: u32 },
+    #[error(
+        "the ledger database {path} has storage format {found}, this build reads format {expected}; \
+         move the data dir away and start afresh (other members re-replicate the cluster's ledger)"
+    )]
+    StorageFormat {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
 }
 
 macro_rules! db_err {

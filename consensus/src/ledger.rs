@@ -224,6 +224,24 @@ impl Ledger {
                 self.workers.get_mut(worker).expect("checked").state = WorkerState::Lost;
                 Ok(Applied::WorkerState { lost })
             }
+            Command::WorkerLeft { worker, at } => {
+                if !self.workers.contains_key(worker) {
+                    return Err(Rejected::UnknownWorker(*worker));
+                }
+                let lost: Vec<TaskId> = self.active_on(*worker).map(|t| t.id).collect();
+                for id in &lost {
+                    let t = self.tasks.get_mut(id).expect("active task exists");
+                    t.handed_back += 1;
+                    self.end_attempt(
+                        index,
+                        *id,
+                        Outcome::lost("handed back: the worker left the cluster"),
+                        *at,
+                    );
+                }
+                self.workers.get_mut(worker).expect("checked").state = WorkerState::Left;
+                Ok(Applied::WorkerState { lost })
+            }
             Command::Cancel { task, at } => {
                 let t = self
                     .tasks
@@ -373,6 +391,7 @@ impl Ledger {
                 submitted_at: at,
                 finished_at: None,
                 cancel_requested: false,
+                handed_back: 0,
                 rev: index,
             };
             self.pending.insert(pending_key(&task));
@@ -500,11 +519,12 @@ impl Ledger {
             a.outcome = Some(outcome);
         }
         stamp(&mut self.by_rev, t, index);
+        // A handed-back attempt was not the task's fault: it does not use up a retry.
         let retry = matches!(
             ended,
             TaskState::Failed | TaskState::TimedOut | TaskState::Lost
         ) && !t.cancel_requested
-            && t.attempt <= t.spec.retries;
+            && t.attempt.saturating_sub(t.handed_back) <= t.spec.retries;
         if retry {
             t.state = TaskState::Pending;
             let key = pending_key(t);

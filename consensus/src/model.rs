@@ -173,6 +173,9 @@ pub enum WorkerState {
     /// Stopped answering; its attempts were ended as lost. It becomes Active again when it
     /// registers (restart, or reconnection after a partition).
     Lost,
+    /// Left the cluster on purpose (SIGTERM); what it still ran was handed back to the queue.
+    /// It becomes Active again when it registers.
+    Left,
 }
 
 /// A registered worker and what is reserved on it.

@@ -116,6 +116,26 @@ pub struct Outcome {
     pub cpu_time_ms: u64,
     /// Why, in words, when the exit code does not say it (spawn error, timeout, lost worker).
     pub message: Option<String>,
+    /// The last bytes of the attempt's output, kept in the ledger so they outlive the worker
+    /// (at most [`TAIL_BYTES`] each).
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// Most bytes of each output stream kept in the ledger per attempt.
+pub const TAIL_BYTES: usize = 2048;
+
+/// The end of `bytes`, at most [`TAIL_BYTES`] long, cut at a line start where one is near.
+pub fn tail_of(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(TAIL_BYTES);
+    let mut cut = &bytes[start..];
+    if start > 0
+        && let Some(nl) = cut.iter().position(|&b| b == b'\n')
+        && nl < 256
+    {
+        cut = &cut[nl + 1..];
+    }
+    String::from_utf8_lossy(cut).into_owned()
 }
 
 impl Outcome {
@@ -127,6 +147,8 @@ impl Outcome {
             peak_rss: Bytes(0),
             cpu_time_ms: 0,
             message: Some(message.into()),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
         }
     }
 }
@@ -158,6 +180,8 @@ pub struct Task {
     pub submitted_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
     pub cancel_requested: bool,
+    /// Attempts handed back by a worker that left the cluster; they do not count as retries.
+    pub handed_back: u32,
     /// Raft log index of the last change, for watching (`?since=`).
     pub rev: u64,
 }

@@ -142,6 +142,7 @@ mod tests {
             submitted_at: Default::default(),
             finished_at: None,
             cancel_requested: false,
+            handed_back: 0,
             rev: 0,
         });
         let h = render_overview(&o);

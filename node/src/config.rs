@@ -69,6 +69,13 @@ pub struct NodeArgs {
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
     pub simulate_gpus: Option<SimulatedGpuList>,
+    /// Indices of simulated GPUs that run someone else's process (comma-separated)
+    #[arg(long, hide = true, value_delimiter = ',', requires = "simulate_gpus")]
+    pub simulate_gpu_busy: Vec<u32>,
+    /// On SIGTERM, how long running tasks may take to finish before they are stopped and
+    /// handed back to the queue; 0s hands them back at once [default: 30s]
+    #[arg(long, value_parser = units::parse_duration_or_zero)]
+    pub drain_timeout: Option<std::time::Duration>,
 }
 
 /// The parsed `--simulate-gpus` value (a newtype so that clap takes it as one value).
@@ -118,6 +125,7 @@ struct FileConfig {
     bootstrap_expect: Option<usize>,
     voters: Option<usize>,
     dead_after: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 /// Validated, immutable node configuration.
@@ -129,7 +137,9 @@ pub struct NodeConfig {
     pub cpus: Option<MilliCpu>,
     pub memory: Option<Bytes>,
     pub simulated_gpus: Option<Vec<GpuInfo>>,
+    pub simulated_busy_gpus: Vec<u32>,
     pub snapshot_every: u64,
+    pub drain_timeout: std::time::Duration,
     pub swarm_key: Option<PathBuf>,
     pub listen: Vec<libp2p::Multiaddr>,
     pub join: Vec<libp2p::Multiaddr>,
@@ -256,9 +266,16 @@ impl NodeConfig {
         };
         if dead_after < std::time::Duration::from_secs(1) {
             return Err(Error::Config(
-                "--dead-after must be at least 1s (heartbeats are every 150ms)".into(),
+                "--dead-after must be at least 1s (heartbeats are every 100ms)".into(),
             ));
         }
+        let drain_timeout = match (args.drain_timeout, &file.drain_timeout) {
+            (Some(d), _) => d,
+            (None, Some(s)) => {
+                units::parse_duration_or_zero(s).map_err(|e| in_file("drain_timeout", e))?
+            }
+            _ => std::time::Duration::from_secs(30),
+        };
         let stats_interval = args
             .stats_interval
             .unwrap_or(std::time::Duration::from_secs(1));
@@ -292,7 +309,9 @@ impl NodeConfig {
             cpus,
             memory,
             simulated_gpus: args.simulate_gpus.clone().map(|g| g.0),
+            simulated_busy_gpus: args.simulate_gpu_busy.clone(),
             snapshot_every,
+            drain_timeout,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! It wakes on every applied change and on a slow tick; one round runs at a time, so a proposal
 //! is committed (or refused) before the next round looks at the ledger again.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use testmesh_consensus::model::WorkerState;
@@ -12,7 +13,9 @@ use tokio::sync::watch;
 
 use crate::clock;
 use crate::cluster::network::Liveness;
+use crate::cluster::{self};
 use crate::planner::{self, Options};
+use crate::stats::SharedStats;
 use crate::writer::Writer;
 
 /// Most pending tasks considered per round (the rest wait for the next round).
@@ -26,6 +29,10 @@ pub struct Control {
     pub liveness: Liveness,
     /// A worker silent this long is lost; a new leader waits as long before judging anyone.
     pub dead_after: Duration,
+    /// Live statistics gossiped by every node (for GPUs busy with someone else's process).
+    pub stats: SharedStats,
+    /// Statistics older than this are not trusted for placement.
+    pub stats_fresh: Duration,
 }
 
 impl Control {
@@ -70,6 +77,7 @@ impl Control {
             };
             if ticked && clock::instant().duration_since(since) >= self.dead_after {
                 self.find_dead().await;
+                self.replace_silent_voters().await;
             }
             self.round().await;
         }
@@ -113,6 +121,65 @@ impl Control {
         }
     }
 
+    /// Swaps voters that have not answered for `dead_after` for live, caught-up learners, so
+    /// the cluster keeps its fault tolerance. The replaced voters stay on as learners and can be
+    /// promoted again when they come back and a voter is missing.
+    async fn replace_silent_voters(&self) {
+        let m = self.writer.raft().metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let now = clock::instant();
+        let silent: BTreeSet<NodeId> = voters
+            .iter()
+            .chain(&learners)
+            .copied()
+            .filter(|n| *n != self.node)
+            .filter(|n| {
+                self.liveness
+                    .last_seen(*n)
+                    .is_none_or(|t| now.duration_since(t) >= self.dead_after)
+            })
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let caught_up = cluster::caught_up_learners(&m, &learners);
+        let Some(new) = cluster::voters_replacing_silent(&voters, &caught_up, &silent) else {
+            return;
+        };
+        tracing::warn!("replacing silent voter(s): voters {voters:?} become {new:?}");
+        if let Err(e) = self
+            .writer
+            .raft()
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(new), true)
+            .await
+        {
+            tracing::warn!("voter replacement failed: {e}");
+        }
+    }
+
+    /// GPUs that fresh statistics show busy with processes testmesh did not start.
+    fn busy_gpus(&self) -> HashMap<NodeId, Vec<u32>> {
+        let now = clock::now().0;
+        let fresh = self.stats_fresh.as_millis() as u64;
+        let stats = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        stats
+            .latest_all()
+            .filter(|(_, p)| now.saturating_sub(p.at.0) <= fresh)
+            .filter_map(|(node, p)| {
+                let busy: Vec<u32> = p
+                    .sample
+                    .gpus
+                    .iter()
+                    .filter(|g| g.foreign_processes > 0)
+                    .map(|g| g.index)
+                    .collect();
+                (!busy.is_empty()).then_some((node, busy))
+            })
+            .collect()
+    }
+
     /// Workers (other than this node) that have not answered a Raft RPC for `dead_after`.
     fn silent_workers(&self) -> Vec<NodeId> {
         let now = clock::instant();
@@ -130,12 +197,14 @@ impl Control {
     }
 
     async fn round(&self) {
+        let busy = self.busy_gpus();
         let plan = {
             let ledger = self.reader.read();
             if ledger.pending_count() == 0 {
                 return;
             }
             let mut workers = planner::workers_of(&ledger);
+            planner::occupy_busy_gpus(&mut workers, &busy);
             let queue = planner::pending_of(&ledger).take(MAX_PENDING_PER_ROUND);
             planner::schedule_from(&mut workers, queue, &self.options)
         };

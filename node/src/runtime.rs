@@ -80,6 +80,18 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         join: cfg.join.clone(),
         mdns: cfg.mdns,
     })?;
+    let left_marker = dir.join(LEFT_MARKER);
+    if left_marker.exists() {
+        // This node left its cluster on purpose: its old replica must not make it act as a
+        // member (it is not one). Start empty and join again as a new learner.
+        tracing::info!("this node left its cluster last time; starting with a fresh replica");
+        let ledger = dir.join("ledger.redb");
+        if ledger.exists() {
+            std::fs::remove_file(&ledger).map_err(|e| Error::io("cannot remove", &ledger, e))?;
+        }
+        std::fs::remove_file(&left_marker)
+            .map_err(|e| Error::io("cannot remove", &left_marker, e))?;
+    }
     let (log_store, state_machine, reader) =
         testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
@@ -129,11 +141,15 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let probe: Box<dyn crate::monitor::GpuProbe> = match &cfg.simulated_gpus {
         Some(gpus) => {
             tracing::warn!("using {} simulated GPU(s) instead of NVML", gpus.len());
-            Box::new(SimulatedGpus(gpus.clone()))
+            Box::new(SimulatedGpus {
+                gpus: gpus.clone(),
+                busy: cfg.simulated_busy_gpus.clone(),
+            })
         }
         None => NvmlProbe::open(),
     };
-    let mut monitor = Monitor::new(probe);
+    let node_str = node.to_string();
+    let mut monitor = Monitor::new(probe, Box::new(move |pid| agent::is_ours(pid, &node_str)));
     let mut capacity = monitor.capacity(dir);
     if let Some(c) = cfg.cpus {
         capacity.cpu = c;
@@ -197,6 +213,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             options: Default::default(),
             liveness,
             dead_after: cfg.dead_after,
+            stats: stats.clone(),
+            stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
         }
         .run(shutdown.clone()),
     );
@@ -268,6 +286,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let server = tokio::spawn(async move { server.await });
 
     wait_for_signal().await;
+    tokio::select! {
+        _ = leave(&writer, &reader, &raft, node, cfg.drain_timeout, dir) => {}
+        _ = wait_for_signal() => tracing::warn!("second signal: stopping now without leaving cleanly"),
+    }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = server.await;
@@ -282,6 +304,90 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let _ = raft.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Written once this node has left its cluster's membership (see `run`).
+const LEFT_MARKER: &str = "left-cluster";
+
+/// Leaves the cluster gracefully: no new placements, running tasks get `drain_timeout` to
+/// finish, what is still running is handed back to the queue, and the node leaves the
+/// membership (a leader hands over by removing itself; it steps down once that commits).
+async fn leave(
+    writer: &Writer,
+    reader: &testmesh_consensus::store::LedgerReader,
+    raft: &Raft,
+    node: testmesh_consensus::NodeId,
+    drain_timeout: Duration,
+    dir: &Path,
+) {
+    use testmesh_consensus::model::WorkerState;
+    const STEP: Duration = Duration::from_secs(5);
+    let registered = reader.read().worker(node).map(|w| w.state);
+    if registered.is_none() {
+        return; // never joined a cluster: nothing to hand over
+    }
+    if registered == Some(WorkerState::Active) {
+        let cmd = Command::SetWorkerState {
+            worker: node,
+            state: WorkerState::Draining,
+            at: clock::now(),
+        };
+        if let Err(e) | Ok(Err(e)) = tokio::time::timeout(STEP, writer.write(cmd))
+            .await
+            .map_err(|_| "timed out".to_string())
+            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+        {
+            tracing::warn!("could not stop new placements here: {e}");
+        }
+    }
+    let running = reader.read().active_on(node).count();
+    if running > 0 && !drain_timeout.is_zero() {
+        tracing::info!(
+            "draining: waiting up to {drain_timeout:?} for {running} running task(s); signal again to stop now"
+        );
+        let mut applied = reader.watch();
+        let _ = tokio::time::timeout(drain_timeout, async {
+            while reader.read().active_on(node).count() > 0 {
+                if applied.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let left = reader.read().active_on(node).count();
+    let cmd = Command::WorkerLeft {
+        worker: node,
+        at: clock::now(),
+    };
+    match tokio::time::timeout(STEP, writer.write(cmd)).await {
+        Ok(Ok(Ok(_))) if left > 0 => {
+            tracing::warn!("handed {left} unfinished task(s) back to the queue")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("could not hand back running tasks: {e}"),
+        Err(_) => tracing::warn!("could not hand back running tasks: no answer in {STEP:?}"),
+    }
+    let members = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .count();
+    if members <= 1 {
+        return; // a one-node cluster keeps its ledger for its next start
+    }
+    match tokio::time::timeout(STEP, cluster::remove_member(raft, writer, node)).await {
+        Ok(Ok(())) => {
+            tracing::info!("left the cluster's membership");
+            if let Err(e) = write_file(&dir.join(LEFT_MARKER), "left\n") {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!("could not leave the membership: {e:?}"),
+        Err(_) => tracing::warn!("could not leave the membership: no answer in {STEP:?}"),
+    }
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {

@@ -48,6 +48,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// Like [`parse_duration`], but `0` or `0s` is allowed (for "do not wait").
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "0s" => Ok(Duration::ZERO),
+        _ => parse_duration(s),
+    }
+}
+
 /// `2` is two whole GPUs; `0.5` is half of one GPU (its memory share is given separately).
 pub fn parse_gpus(s: &str, share_memory: Bytes) -> Result<GpuRequest, String> {
     let bad = || {

@@ -178,6 +178,25 @@ impl Writer {
         }
     }
 
+    /// Asks the leader to remove `node` from the membership.
+    pub async fn forward_leave(&self, node: NodeId) -> Result<(), WriteError> {
+        let mesh = self
+            .mesh
+            .as_ref()
+            .ok_or(WriteError::Unavailable("no mesh".into()))?;
+        let leader = self.leader_peer()?;
+        match mesh
+            .request(leader, Request::Leave { node }, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Response::Leave(r)) => r.map_err(WriteError::from),
+            Ok(other) => Err(WriteError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(WriteError::Unavailable(e)),
+        }
+    }
+
     /// Commits `cmd` on this node only; fails with `NotLeader` elsewhere.
     pub async fn write_here(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
         self.write_indexed(cmd).await.map(|(r, _)| r)

@@ -268,3 +268,52 @@ pub fn alive(pid: u64) -> bool {
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
+
+// ---- clusters of nodes on loopback ----
+
+/// Starts `n` nodes; the first creates the swarm key, the others join it.
+pub async fn cluster(n: usize) -> Vec<TestNode> {
+    cluster_with(n, &[]).await
+}
+
+pub async fn cluster_with(n: usize, extra: &[&str]) -> Vec<TestNode> {
+    let first = TestNode::start(extra).await;
+    let key = first.data_dir().join("swarm.key");
+    let join = first.mesh_addr();
+    let mut nodes = vec![first];
+    for _ in 1..n {
+        let mut args = vec!["--swarm-key", key.to_str().unwrap(), "--join", &join];
+        args.extend_from_slice(extra);
+        nodes.push(TestNode::start(&args).await);
+    }
+    for node in &nodes {
+        wait_workers(node, n).await;
+    }
+    nodes
+}
+
+pub async fn wait_workers(node: &TestNode, n: usize) {
+    for _ in 0..600 {
+        let (_, ws) = node.get("/api/v1/workers").await;
+        if ws.as_array().map(|a| a.len()) == Some(n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never saw {n} workers; log:\n{}", node.url, node.log());
+}
+
+pub async fn status(node: &TestNode) -> Option<Value> {
+    let r = reqwest::get(format!("{}/api/v1/status", node.url))
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+pub fn signal(node: &TestNode, sig: &str) {
+    let pid = node.child.as_ref().unwrap().id();
+    std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+}

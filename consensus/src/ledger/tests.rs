@@ -100,6 +100,8 @@ fn finish(
                 peak_rss: Bytes(0),
                 cpu_time_ms: 0,
                 message: None,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
             },
             at: UnixMillis(4),
         },
@@ -304,6 +306,38 @@ fn a_lost_worker_releases_everything_and_comes_back_when_it_registers() {
     l.check_invariants().unwrap();
 }
 
+#[test]
+fn a_leaving_worker_hands_back_its_attempts_without_using_a_retry() {
+    let (mut l, ids) = two_running_tasks();
+    let r = l
+        .apply(
+            5,
+            &Command::WorkerLeft {
+                worker: NodeId(1),
+                at: UnixMillis(9),
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Applied::WorkerState { lost: ids.clone() });
+    // Both are queued again, even the one with no retries, and neither used one up.
+    for id in &ids {
+        let t = l.task(*id).unwrap();
+        assert_eq!(t.state, TaskState::Pending);
+        assert_eq!(t.handed_back, 1);
+    }
+    assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Left);
+    assert!(l.worker(NodeId(1)).unwrap().allocated.is_empty());
+    // Nothing is placed on a worker that left; it is back when it registers.
+    assert!(assign(&mut l, ids[0], 2, 1, vec![]).is_err());
+    l.apply(6, &reg(1, 2, 2000, 0)).unwrap();
+    assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Active);
+    // The task without retries still gets its one real try: failing it now ends it.
+    assign(&mut l, ids[1], 2, 1, vec![]).unwrap();
+    finish(&mut l, ids[1], 2, 1, TaskState::Failed).unwrap();
+    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Failed);
+    l.check_invariants().unwrap();
+}
+
 // ---- property test: random command sequences never break an invariant ----
 
 fn arb_gpu() -> impl Strategy<Value = GpuRequest> {
@@ -333,12 +367,13 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         3 => (task.clone(), 0u32..4, worker.clone(), prop_oneof![Just(TaskState::Succeeded), Just(TaskState::Failed), Just(TaskState::Lost), Just(TaskState::Running)]).prop_map(|(task, attempt, w, state)| Command::TaskFinished {
             task, attempt, worker: NodeId(w),
-            outcome: Outcome { state, exit_code: None, signal: None, peak_rss: Bytes(0), cpu_time_ms: 0, message: None },
+            outcome: Outcome { state, exit_code: None, signal: None, peak_rss: Bytes(0), cpu_time_ms: 0, message: None, stdout_tail: String::new(), stderr_tail: String::new() },
             at: UnixMillis(0),
         }),
         2 => (task.clone(), 0u32..4, worker).prop_map(|(task, attempt, w)| Command::TaskStarted { task, attempt, worker: NodeId(w), pid: 1, at: UnixMillis(0) }),
         1 => task.prop_map(|task| Command::Cancel { task, at: UnixMillis(0) }),
         1 => (1u64..4).prop_map(|w| Command::WorkerLost { worker: NodeId(w), at: UnixMillis(0) }),
+        1 => (1u64..4).prop_map(|w| Command::WorkerLeft { worker: NodeId(w), at: UnixMillis(0) }),
         1 => (1u64..4, any::<bool>()).prop_map(|(w, d)| Command::SetWorkerState {
             worker: NodeId(w),
             state: if d { WorkerState::Draining } else { WorkerState::Active },

@@ -26,7 +26,12 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 /// Format marker of persisted snapshots; bump it with a migration when the ledger changes shape.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// Format of the whole database (log entries and snapshots), kept under this meta key. A
+/// database from another format is refused at open rather than misread.
+pub const STORAGE_FORMAT: u32 = 2;
+const FORMAT_KEY: &str = "storage_format";
 
 /// Opens (or creates) the ledger database and returns its log store, state machine and a
 /// read handle for everyone else.
@@ -48,10 +53,53 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine, LedgerReader), Error
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
     }
+    check_format(&db, path)?;
     let _ = db.begin_read()?;
     let db = Arc::new(db);
     let (sm, reader) = StateMachine::load(db.clone())?;
     Ok((LogStore::new(db), sm, reader))
+}
+
+/// Stamps a new database with [`STORAGE_FORMAT`]; refuses one written in another format.
+fn check_format(db: &Database, path: &Path) -> Result<(), Error> {
+    use redb::ReadableTableMetadata;
+    let found = {
+        let tx = db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        match meta.get(FORMAT_KEY)? {
+            Some(v) => {
+                Some(
+                    crate::codec::decode::<u32>(v.value()).map_err(|message| Error::Decode {
+                        what: "storage format",
+                        message,
+                    })?,
+                )
+            }
+            // Data without a stamp was written before formats were stamped: format 1.
+            None if !tx.open_table(LOG)?.is_empty()? || !tx.open_table(SNAPSHOT)?.is_empty()? => {
+                Some(1)
+            }
+            None => None,
+        }
+    };
+    match found {
+        Some(f) if f == STORAGE_FORMAT => Ok(()),
+        Some(found) => Err(Error::StorageFormat {
+            path: path.display().to_string(),
+            found,
+            expected: STORAGE_FORMAT,
+        }),
+        None => {
+            let bytes = crate::codec::encode(&STORAGE_FORMAT).map_err(|message| Error::Decode {
+                what: "storage format",
+                message,
+            })?;
+            let tx = db.begin_write()?;
+            tx.open_table(META)?.insert(FORMAT_KEY, bytes.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testmesh_consensus::store::LedgerReader;
-use testmesh_consensus::task::{Outcome, TaskSpec, TaskState};
+use testmesh_consensus::task::{Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of};
 use testmesh_consensus::{Bytes, Command, NodeId, TaskId};
 use tokio::sync::watch;
 
-pub use sys::kill_orphans;
+pub use sys::{is_ours, kill_orphans};
 
 use crate::clock;
 use crate::writer::Batcher;
@@ -197,6 +197,8 @@ impl Agent {
                     peak_rss: Bytes(0),
                     cpu_time_ms: 0,
                     message: Some("cancelled before it started".into()),
+                    stdout_tail: String::new(),
+                    stderr_tail: String::new(),
                 },
             )
             .await;
@@ -247,6 +249,8 @@ impl Agent {
                         peak_rss: Bytes(0),
                         cpu_time_ms: 0,
                         message: Some(message),
+                        stdout_tail: String::new(),
+                        stderr_tail: String::new(),
                     },
                 )
                 .await;
@@ -312,6 +316,8 @@ impl Agent {
                 peak_rss: Bytes(exit.max_rss_bytes),
                 cpu_time_ms: exit.cpu_time.as_millis() as u64,
                 message,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
             },
         )
         .await;
@@ -333,7 +339,18 @@ impl Agent {
         }
     }
 
-    async fn report_end(&self, task: TaskId, attempt: u32, outcome: Outcome) {
+    /// Reports how an attempt ended, with the tails of its output for the ledger.
+    async fn report_end(&self, task: TaskId, attempt: u32, mut outcome: Outcome) {
+        let tail = |stream| {
+            let path = log_path(&self.data_dir, task, attempt, stream);
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let want = (TAIL_BYTES + 256) as u64;
+            crate::cluster::read_log(&path, len.saturating_sub(want), want)
+                .map(|(bytes, _)| tail_of(&bytes))
+                .unwrap_or_default()
+        };
+        outcome.stdout_tail = tail("stdout");
+        outcome.stderr_tail = tail("stderr");
         self.batcher
             .send(Command::TaskFinished {
                 task,

@@ -194,6 +194,14 @@ pub const SIGKILL: i32 = libc::SIGKILL;
 /// or `kill -9` its children keep running). They are recognised by the `TESTMESH_NODE_ID`
 /// variable the agent gives every task; returns how many groups were killed. Call it before the
 /// agent starts anything.
+/// Whether process `pid` was started by testmesh node `node_id` (a task or a task's child: they
+/// all carry its `TESTMESH_NODE_ID`). A process we cannot inspect is not ours.
+pub fn is_ours(pid: u32, node_id: &str) -> bool {
+    let needle = format!("TESTMESH_NODE_ID={node_id}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+}
+
 pub fn kill_orphans(node_id: &str) -> usize {
     let me = std::process::id();
     let needle = format!("TESTMESH_NODE_ID={node_id}");

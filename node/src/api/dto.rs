@@ -123,6 +123,10 @@ pub struct LogChunk {
     pub data: String,
     /// The attempt has ended and everything up to `next_offset` is all there is.
     pub complete: bool,
+    /// The worker's log file could not be read (the worker is gone or unreachable): `data` is
+    /// the tail of the output kept in the ledger instead, at most 2 KiB.
+    #[serde(default)]
+    pub ledger_tail: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

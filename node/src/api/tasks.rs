@@ -283,7 +283,7 @@ pub async fn logs(
             "stream {stream:?} is neither stdout nor stderr"
         )));
     }
-    let (attempt, ended, worker) = {
+    let (attempt, tail, worker) = {
         let l = st.reader.read();
         let t = l
             .task(id)
@@ -299,6 +299,7 @@ pub async fn logs(
                 next_offset: 0,
                 data: String::new(),
                 complete: t.state.is_final(),
+                ledger_tail: false,
             }));
         }
         let a = t.attempts.iter().find(|a| a.number == n).ok_or_else(|| {
@@ -307,19 +308,45 @@ pub async fn logs(
                 t.attempts.len()
             ))
         })?;
-        (n, a.outcome.is_some(), a.worker)
+        let tail = a.outcome.as_ref().map(|o| {
+            if stream == "stdout" {
+                o.stdout_tail.clone()
+            } else {
+                o.stderr_tail.clone()
+            }
+        });
+        (n, tail, a.worker)
+    };
+    let ended = tail.is_some();
+    // Once the attempt has ended its tail is in the ledger: serve that when the file is not.
+    let from_tail = |why: String| match &tail {
+        Some(t) => Ok(Json(LogChunk {
+            task: id,
+            attempt,
+            stream: stream.clone(),
+            offset: 0,
+            next_offset: t.len() as u64,
+            data: t.clone(),
+            complete: true,
+            ledger_tail: true,
+        })),
+        None => Err(ApiError::Unavailable(why)),
     };
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(1 << 20).min(8 << 20);
     let (data, len) = if worker == st.node {
         let path = agent::log_path(&st.data_dir, id, attempt, &stream);
-        cluster::read_log(&path, offset, limit)
-            .map_err(|e| ApiError::Unavailable(format!("cannot read {}: {e}", path.display())))?
+        match cluster::read_log(&path, offset, limit) {
+            Ok(r) => r,
+            Err(e) => return from_tail(format!("cannot read {}: {e}", path.display())),
+        }
     } else {
         // The log lives on the worker that ran the attempt: fetch it over the mesh.
-        let peer = st.writer.peer_of(worker).ok_or_else(|| {
-            ApiError::Unavailable(format!("worker {worker} that ran this attempt is not in the cluster any more; its logs are gone with it"))
-        })?;
+        let Some(peer) = st.writer.peer_of(worker) else {
+            return from_tail(format!(
+                "worker {worker} that ran this attempt is not in the cluster any more; its logs are gone with it"
+            ));
+        };
         let req = Request::Logs {
             task: id.0,
             attempt,
@@ -329,21 +356,17 @@ pub async fn logs(
         };
         match st.mesh.request(peer, req, Duration::from_secs(10)).await {
             Ok(Response::Logs(Ok(r))) => r,
-            Ok(Response::Logs(Err(e))) => {
-                return Err(ApiError::Unavailable(format!("worker {worker}: {e}")));
-            }
-            Ok(_) => {
-                return Err(ApiError::Unavailable(format!(
-                    "worker {worker} gave an unexpected answer"
-                )));
-            }
+            Ok(Response::Logs(Err(e))) => return from_tail(format!("worker {worker}: {e}")),
+            Ok(_) => return from_tail(format!("worker {worker} gave an unexpected answer")),
             Err(e) => {
-                return Err(ApiError::Unavailable(format!(
-                    "cannot fetch the log from worker {worker}: {e}"
-                )));
+                return from_tail(format!("cannot fetch the log from worker {worker}: {e}"));
             }
         }
     };
+    if len == 0 && tail.as_ref().is_some_and(|t| !t.is_empty()) {
+        // The file is gone (cleaned up, or another data dir) but the ledger kept its end.
+        return from_tail(String::new());
+    }
     let next_offset = offset.min(len) + data.len() as u64;
     Ok(Json(LogChunk {
         task: id,
@@ -353,6 +376,7 @@ pub async fn logs(
         next_offset,
         data: String::from_utf8_lossy(&data).into_owned(),
         complete: ended && next_offset >= len,
+        ledger_tail: false,
     }))
 }
 

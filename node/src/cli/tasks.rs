@@ -378,6 +378,12 @@ pub async fn logs(a: LogsArgs) -> anyhow::Result<ExitCode> {
             q += &format!("&attempt={n}");
         }
         let c: LogChunk = client.get(&q).await?;
+        if c.ledger_tail {
+            eprintln!(
+                "(the worker that ran attempt {} cannot be reached: showing the last lines kept in the ledger)",
+                c.attempt
+            );
+        }
         if attempt.is_none() && c.attempt > 0 {
             attempt = Some(c.attempt); // stay on one attempt's file while following
         }

@@ -107,6 +107,15 @@ async fn handle(
             }
             Response::Join(add_learner(raft, writer, node, addr).await)
         }
+        Request::Leave { node } => {
+            // Only a node itself, or a member passing its request on, may take it out.
+            if node != node_id_of(&from) && !is_member(raft, node_id_of(&from)) {
+                return Response::Leave(Err(WriteFailure::Unavailable(
+                    "leave refused: only the node itself or a member may ask".into(),
+                )));
+            }
+            Response::Leave(remove_member(raft, writer, node).await)
+        }
         Request::ReadIndex => Response::ReadIndex(writer.read_index_here().await.map_err(failure)),
         Request::Logs {
             task,
@@ -167,6 +176,98 @@ async fn add_learner(
         .await
         .map(|_| ())
         .map_err(|e| WriteFailure::Unavailable(e.to_string()))
+}
+
+/// On the leader: takes `node` out of the membership (a voter is replaced by a caught-up
+/// learner where one exists); elsewhere: passes the request on to the leader. A leader that
+/// removes itself keeps leading until the change commits, then steps down.
+pub async fn remove_member(raft: &Raft, writer: &Writer, node: NodeId) -> Result<(), WriteFailure> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(writer.me()) {
+        return writer.forward_leave(node).await.map_err(failure);
+    }
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let change = if voters.contains(&node) {
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let caught_up = caught_up_learners(&m, &learners);
+        let Some(new) = voters_without(&voters, node, &caught_up) else {
+            return Err(WriteFailure::Unavailable(
+                "the last voter cannot leave: the cluster would have no one to keep its ledger"
+                    .into(),
+            ));
+        };
+        tracing::info!("{node} is leaving: voters become {new:?}");
+        ChangeMembers::ReplaceAllVoters(new)
+    } else if membership.get_node(&node).is_some() {
+        tracing::info!("{node} is leaving (learner)");
+        ChangeMembers::RemoveNodes(BTreeSet::from([node]))
+    } else {
+        return Ok(());
+    };
+    raft.change_membership(change, false)
+        .await
+        .map(|_| ())
+        .map_err(|e| WriteFailure::Unavailable(e.to_string()))
+}
+
+/// Learners whose log is within 100 entries of the leader's.
+pub fn caught_up_learners(
+    m: &openraft::RaftMetrics<NodeId, BasicNode>,
+    learners: &BTreeSet<NodeId>,
+) -> BTreeSet<NodeId> {
+    let last = m.last_log_index.unwrap_or(0);
+    learners
+        .iter()
+        .copied()
+        .filter(|l| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(l).cloned().flatten())
+                .is_some_and(|matched| matched.index + 100 >= last)
+        })
+        .collect()
+}
+
+/// The voters once `leaving` is gone, with the first of `candidates` in its place; `None` when
+/// it is the only voter and no one can take over.
+pub fn voters_without(
+    voters: &BTreeSet<NodeId>,
+    leaving: NodeId,
+    candidates: &BTreeSet<NodeId>,
+) -> Option<BTreeSet<NodeId>> {
+    let mut new: BTreeSet<NodeId> = voters.iter().copied().filter(|v| *v != leaving).collect();
+    if let Some(c) = candidates
+        .iter()
+        .find(|c| **c != leaving && !voters.contains(c))
+    {
+        new.insert(*c);
+    }
+    (!new.is_empty()).then_some(new)
+}
+
+/// The voters once every silent voter is replaced by a live, caught-up learner (one for one,
+/// while such learners last); `None` when nothing can be replaced. A silent voter without a
+/// replacement stays: removing it would not make the cluster any safer.
+pub fn voters_replacing_silent(
+    voters: &BTreeSet<NodeId>,
+    live_caught_up_learners: &BTreeSet<NodeId>,
+    silent: &BTreeSet<NodeId>,
+) -> Option<BTreeSet<NodeId>> {
+    let dead = voters.iter().filter(|v| silent.contains(v));
+    let fresh = live_caught_up_learners
+        .iter()
+        .filter(|l| !silent.contains(l) && !voters.contains(l));
+    let pairs: Vec<(NodeId, NodeId)> = dead.copied().zip(fresh.copied()).collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut new = voters.clone();
+    for (out, inn) in pairs {
+        new.remove(&out);
+        new.insert(inn);
+    }
+    Some(new)
 }
 
 pub struct FormationOptions {
@@ -278,15 +379,9 @@ pub async fn grow(raft: Raft, me: NodeId, target: usize, mut shutdown: watch::Re
         if voters.len() >= target {
             continue;
         }
-        let last = m.last_log_index.unwrap_or(0);
-        let caught_up: BTreeSet<NodeId> = membership
-            .learner_ids()
-            .filter(|l| {
-                m.replication
-                    .as_ref()
-                    .and_then(|r| r.get(l).cloned().flatten())
-                    .is_some_and(|matched| matched.index + 100 >= last)
-            })
+        let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+        let caught_up: BTreeSet<NodeId> = caught_up_learners(&m, &learners)
+            .into_iter()
             .take(target - voters.len())
             .collect();
         if caught_up.is_empty() {
@@ -299,5 +394,49 @@ pub async fn grow(raft: Raft, me: NodeId, target: usize, mut shutdown: watch::Re
         {
             tracing::warn!("promotion failed: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[u64]) -> BTreeSet<NodeId> {
+        ids.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn a_leaving_voter_is_replaced_by_a_learner_when_there_is_one() {
+        assert_eq!(
+            voters_without(&set(&[1, 2, 3]), NodeId(2), &set(&[4, 5])),
+            Some(set(&[1, 3, 4]))
+        );
+        assert_eq!(
+            voters_without(&set(&[1, 2, 3]), NodeId(2), &set(&[])),
+            Some(set(&[1, 3]))
+        );
+        assert_eq!(
+            voters_without(&set(&[1]), NodeId(1), &set(&[2])),
+            Some(set(&[2]))
+        );
+        assert_eq!(voters_without(&set(&[1]), NodeId(1), &set(&[])), None);
+    }
+
+    #[test]
+    fn silent_voters_are_swapped_for_live_learners_one_for_one() {
+        // Two voters silent, one live learner: only one swap is possible.
+        assert_eq!(
+            voters_replacing_silent(&set(&[1, 2, 3]), &set(&[4, 5]), &set(&[2, 3, 5])),
+            Some(set(&[1, 3, 4]))
+        );
+        // Nobody silent, or nobody to take over: no change.
+        assert_eq!(
+            voters_replacing_silent(&set(&[1, 2, 3]), &set(&[4]), &set(&[])),
+            None
+        );
+        assert_eq!(
+            voters_replacing_silent(&set(&[1, 2, 3]), &set(&[]), &set(&[3])),
+            None
+        );
     }
 }

@@ -441,7 +441,13 @@ impl EventLoop {
                     .ok_or(stats::Invalid::WrongSender)
                     .and_then(|s| stats::validate(&message.data, s))
                 {
-                    Ok(m) => store.insert(m),
+                    Ok(m) => {
+                        // Sender and receiver clocks agree on one host and are NTP-close across
+                        // hosts: this measures gossip latency (and, across hosts, clock skew).
+                        let delay = crate::clock::now().0.saturating_sub(m.at.0);
+                        store.record_delivery(m.node, delay);
+                        store.insert(m)
+                    }
                     Err(e) => {
                         store.malformed += 1;
                         tracing::debug!("dropped a stats message from {:?}: {e:?}", message.source);

@@ -51,6 +51,10 @@ pub enum Request {
         offset: u64,
         limit: u64,
     },
+    /// Remove a node from the cluster's membership (it is leaving on purpose).
+    Leave {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +68,7 @@ pub enum Response {
     Join(Result<(), WriteFailure>),
     Logs(Result<(Vec<u8>, u64), String>),
     ReadIndex(Result<u64, WriteFailure>),
+    Leave(Result<(), WriteFailure>),
 }
 
 /// Why a forwarded write or join did not happen.

@@ -13,6 +13,14 @@ pub struct GpuSample {
     pub memory_total: Bytes,
     pub temperature_c: u32,
     pub power_mw: u32,
+    /// Compute processes on this GPU.
+    pub processes: u32,
+    /// Of those, the ones testmesh did not start on this node (someone else's job): such a
+    /// GPU is not free even when the ledger has nothing reserved on it.
+    pub foreign_processes: u32,
+    /// Process ids, for classifying on this host only; never gossiped.
+    #[serde(skip)]
+    pub pids: Vec<u32>,
 }
 
 /// Where GPU information comes from (NVML on real hosts; nothing elsewhere).
@@ -40,20 +48,30 @@ impl GpuProbe for NoGpus {
 
 /// Simulated GPUs (a fake, named as such): for tests of GPU placement and
 /// `CUDA_VISIBLE_DEVICES` on hosts without NVIDIA hardware, and for demos. Never used unless
-/// `--simulate-gpus` is given.
-pub struct SimulatedGpus(pub Vec<GpuInfo>);
+/// `--simulate-gpus` is given; `--simulate-gpu-busy` marks GPUs as running someone else's
+/// process.
+pub struct SimulatedGpus {
+    pub gpus: Vec<GpuInfo>,
+    pub busy: Vec<u32>,
+}
 
 impl GpuProbe for SimulatedGpus {
     fn inventory(&self) -> Vec<GpuInfo> {
-        self.0.clone()
+        self.gpus.clone()
     }
     fn sample(&self) -> Vec<GpuSample> {
-        self.0
+        self.gpus
             .iter()
-            .map(|g| GpuSample {
-                index: g.index,
-                memory_total: g.memory,
-                ..Default::default()
+            .map(|g| {
+                let busy = self.busy.contains(&g.index);
+                GpuSample {
+                    index: g.index,
+                    memory_total: g.memory,
+                    utilization_percent: if busy { 100 } else { 0 },
+                    processes: busy as u32,
+                    foreign_processes: busy as u32,
+                    ..Default::default()
+                }
             })
             .collect()
     }
@@ -103,7 +121,15 @@ impl GpuProbe for NvmlProbe {
             .filter_map(|i| {
                 let d = self.nvml.device_by_index(i).ok()?;
                 let mem = d.memory_info().ok();
+                let pids: Vec<u32> = d
+                    .running_compute_processes()
+                    .map(|ps| ps.into_iter().map(|p| p.pid).collect())
+                    .unwrap_or_default();
                 Some(GpuSample {
+                    processes: pids.len() as u32,
+                    // Classified by the monitor, which knows this node's tasks.
+                    foreign_processes: 0,
+                    pids,
                     index: i,
                     utilization_percent: d.utilization_rates().map(|u| u.gpu).unwrap_or(0),
                     memory_used: Bytes(mem.as_ref().map_or(0, |m| m.used)),

@@ -24,18 +24,20 @@ pub struct HostSample {
 pub struct Monitor {
     sys: sysinfo::System,
     gpus: Box<dyn GpuProbe>,
+    /// Tells whether a process was started by testmesh on this node (see `agent::is_ours`).
+    ours: Box<dyn Fn(u32) -> bool + Send>,
 }
 
 impl Monitor {
     /// Starts sampling; `gpus` is usually [`NvmlProbe::open`].
-    pub fn new(gpus: Box<dyn GpuProbe>) -> Self {
+    pub fn new(gpus: Box<dyn GpuProbe>, ours: Box<dyn Fn(u32) -> bool + Send>) -> Self {
         let mut sys = sysinfo::System::new().unwrap_or_else(|_| {
             sysinfo::System::new_with_specifics(sysinfo::RefreshKind::nothing())
                 .expect("sysinfo without refreshes")
         });
         sys.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
         sys.refresh_memory();
-        Monitor { sys, gpus }
+        Monitor { sys, gpus, ours }
     }
 
     pub fn hardware(&self) -> Hardware {
@@ -75,7 +77,18 @@ impl Monitor {
             load_1m: sysinfo::System::load_average()
                 .map(|l| l.one)
                 .unwrap_or(0.0),
-            gpus: self.gpus.sample(),
+            gpus: self
+                .gpus
+                .sample()
+                .into_iter()
+                .map(|mut g| {
+                    if !g.pids.is_empty() {
+                        g.foreign_processes =
+                            g.pids.iter().filter(|p| !(self.ours)(**p)).count() as u32;
+                    }
+                    g
+                })
+                .collect(),
         }
     }
 }
@@ -99,7 +112,7 @@ mod tests {
 
     #[test]
     fn this_host_has_cpu_memory_and_disk() {
-        let mut m = Monitor::new(Box::new(gpu::NoGpus));
+        let mut m = Monitor::new(Box::new(gpu::NoGpus), Box::new(|_| false));
         let c = m.capacity(Path::new("."));
         assert!(c.cpu.0 >= 1000);
         assert!(c.memory.0 > 0);

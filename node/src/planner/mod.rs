@@ -5,6 +5,6 @@
 pub mod scheduler;
 
 pub use scheduler::{
-    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, pending_of, schedule,
-    schedule_from, why_pending, workers_of,
+    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, occupy_busy_gpus,
+    pending_of, schedule, schedule_from, why_pending, workers_of,
 };

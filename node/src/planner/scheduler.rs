@@ -46,6 +46,32 @@ pub fn workers_of(ledger: &Ledger) -> Vec<WorkerView<'_>> {
         .collect()
 }
 
+/// Takes out of play the GPUs that live statistics show running someone else's process
+/// (`busy`: worker → GPU indices). The ledger only knows testmesh's own reservations; a GPU
+/// used by a process testmesh did not start is not free even if nothing is reserved on it.
+pub fn occupy_busy_gpus(workers: &mut [WorkerView<'_>], busy: &HashMap<NodeId, Vec<u32>>) {
+    for w in workers.iter_mut() {
+        let Some(indices) = busy.get(&w.id) else {
+            continue;
+        };
+        for g in w
+            .capacity
+            .gpus
+            .iter()
+            .filter(|g| indices.contains(&g.index))
+        {
+            w.allocated
+                .gpus
+                .entry(g.index)
+                .or_insert(resources::GpuUse {
+                    milli: resources::WHOLE_GPU_MILLI,
+                    memory: g.memory,
+                    exclusive: true,
+                });
+        }
+    }
+}
+
 /// The pending queue of the ledger, in order, lazily.
 pub fn pending_of(ledger: &Ledger) -> impl Iterator<Item = PendingView<'_>> {
     ledger.pending().map(|t| PendingView {

@@ -106,6 +106,29 @@ fn cpu_tasks_keep_off_gpu_hosts_and_gpu_tasks_get_them() {
 }
 
 #[test]
+fn gpus_busy_with_someone_elses_process_are_not_placed_on() {
+    let l = ledger(
+        vec![worker(1, 8000, 32, 2), worker(2, 8000, 32, 1)],
+        vec![
+            task(1000, 1, GpuRequest::Whole { count: 1 }, 0),
+            task(1000, 1, GpuRequest::Whole { count: 1 }, 0),
+            task(1000, 1, GpuRequest::Whole { count: 1 }, 0),
+        ],
+    );
+    let mut view = ClusterView::from_ledger(&l, usize::MAX);
+    // GPU 0 of worker 1 and the only GPU of worker 2 run foreign processes.
+    let busy = HashMap::from([(NodeId(1), vec![0]), (NodeId(2), vec![0, 7])]);
+    occupy_busy_gpus(&mut view.workers, &busy);
+    let p = schedule(&mut view, &Options::default());
+    assert_eq!(p.assignments.len(), 1, "{p:?}");
+    assert_eq!(p.assignments[0].worker, NodeId(1));
+    assert_eq!(p.assignments[0].gpus[0].index, 1);
+    assert_eq!(p.waiting.len(), 2);
+    // Without the live view all three would have been placed.
+    assert_eq!(plan(&l).assignments.len(), 3);
+}
+
+#[test]
 fn best_fit_packs_onto_the_fuller_worker() {
     let mut l = ledger(
         vec![worker(1, 4000, 8, 0), worker(2, 4000, 8, 0)],

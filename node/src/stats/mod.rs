@@ -15,7 +15,7 @@ use testmesh_consensus::{NodeId, UnixMillis, codec};
 use crate::monitor::HostSample;
 
 /// Gossip message format version; bumped with any change of [`StatsMessage`].
-pub const STATS_VERSION: u32 = 1;
+pub const STATS_VERSION: u32 = 2;
 /// Largest accepted message (the gossipsub transmit limit is set to the same).
 pub const MAX_MESSAGE: usize = 16 << 10;
 /// Full-resolution samples kept per node.
@@ -44,7 +44,12 @@ struct Series {
     fine: VecDeque<Point>,
     coarse: VecDeque<Point>,
     pending: Vec<Point>,
+    /// Recent delivery delays of this node's messages, in ms.
+    delays: VecDeque<u64>,
 }
+
+/// Delays kept per node for the delivery percentiles.
+const DELAYS: usize = 1000;
 
 /// Why a gossiped message was refused.
 #[derive(Debug, PartialEq)]
@@ -154,6 +159,22 @@ impl StatsStore {
         }
     }
 
+    /// Records how long one of `node`'s messages took from sampling to arrival here.
+    pub fn record_delivery(&mut self, node: NodeId, delay_ms: u64) {
+        let d = &mut self.nodes.entry(node).or_default().delays;
+        d.push_back(delay_ms);
+        while d.len() > DELAYS {
+            d.pop_front();
+        }
+    }
+
+    /// Every node's latest point.
+    pub fn latest_all(&self) -> impl Iterator<Item = (NodeId, &Point)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, s)| s.fine.back().map(|p| (*id, p)))
+    }
+
     pub fn latest(&self, node: NodeId) -> Option<&Point> {
         self.nodes.get(&node)?.fine.back()
     }
@@ -170,6 +191,7 @@ impl StatsStore {
                         latest: s.fine.back().cloned(),
                         samples: s.fine.iter().filter(|p| p.at > since).cloned().collect(),
                         history: s.coarse.iter().filter(|p| p.at > since).cloned().collect(),
+                        delivery: Delivery::of(&s.delays),
                     },
                 )
             })
@@ -183,6 +205,34 @@ pub struct NodeStats {
     pub samples: Vec<Point>,
     /// Averages of 10 samples, reaching back `--stats-retention`.
     pub history: Vec<Point>,
+    /// How long this node's recent messages took to arrive here (absent for this node itself).
+    pub delivery: Option<Delivery>,
+}
+
+/// Gossip delivery delay percentiles over the last (up to) 1,000 messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    pub count: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Delivery {
+    fn of(delays: &VecDeque<u64>) -> Option<Delivery> {
+        if delays.is_empty() {
+            return None;
+        }
+        let mut v: Vec<u64> = delays.iter().copied().collect();
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(Delivery {
+            count: v.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: v[v.len() - 1],
+        })
+    }
 }
 
 /// Shared read access for the API; the mesh's stats task is the only writer.
@@ -228,11 +278,11 @@ mod tests {
             validate(&codec::encode(&bad).unwrap(), NodeId(1)),
             Err(Invalid::Nonsense(_))
         ));
-        let mut v2 = msg(1, 5);
-        v2.version = 2;
+        let mut other = msg(1, 5);
+        other.version = STATS_VERSION + 1;
         assert_eq!(
-            validate(&codec::encode(&v2).unwrap(), NodeId(1)).unwrap_err(),
-            Invalid::Version(2)
+            validate(&codec::encode(&other).unwrap(), NodeId(1)).unwrap_err(),
+            Invalid::Version(STATS_VERSION + 1)
         );
     }
 
@@ -248,5 +298,20 @@ mod tests {
         assert_eq!(n.samples.len(), FINE);
         assert_eq!(n.history.len(), 6, "60 s of 10 s averages");
         assert_eq!(n.latest.as_ref().unwrap().at, UnixMillis(2_000_000));
+    }
+
+    #[test]
+    fn delivery_percentiles_cover_the_last_thousand_messages() {
+        let mut s = StatsStore::new(Duration::from_secs(1), Duration::from_secs(60));
+        assert!(s.view(None, UnixMillis(0)).is_empty());
+        for d in 0..1500 {
+            s.record_delivery(NodeId(1), if d < 500 { 10_000 } else { d % 100 });
+        }
+        let v = s.view(None, UnixMillis(0));
+        let d = v[&NodeId(1)].delivery.clone().unwrap();
+        assert_eq!(d.count, 1000, "the 500 slow old ones have been pushed out");
+        assert_eq!(d.max_ms, 99);
+        assert!((49..=50).contains(&d.p50_ms), "{d:?}");
+        assert!((98..=99).contains(&d.p99_ms), "{d:?}");
     }
 }
