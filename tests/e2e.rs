@@ -474,3 +474,37 @@ async fn a_failed_spawn_does_not_disturb_a_running_task() {
     }
     node.wait_state(running, "succeeded").await;
 }
+
+#[test]
+fn bench_raft_commits_on_three_durable_voters() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(support::BIN)
+        .args([
+            "bench",
+            "raft",
+            "--writes",
+            "300",
+            "--single",
+            "30",
+            "--concurrency",
+            "8",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["voters"], 3);
+    assert_eq!(r["writes"], 300);
+    assert_eq!(r["single_writes"], 30);
+    assert!(r["commits_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    // Bad input is refused before anything starts.
+    let o = std::process::Command::new(support::BIN)
+        .args(["bench", "raft", "--voters", "2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("use 1, 3 or 5"));
+}

@@ -159,4 +159,8 @@ pub enum Rejected {
     BadWorkerState(WorkerState),
     #[error("a nested batch is not allowed")]
     NestedBatch,
+    #[error(
+        "worker {worker} is {state:?}, not running in the cluster; it becomes active when it starts and registers again"
+    )]
+    WorkerAway { worker: NodeId, state: WorkerState },
 }

@@ -206,13 +206,19 @@ impl Ledger {
                 Ok(Applied::Finished { state })
             }
             Command::SetWorkerState { worker, state, .. } => {
-                if *state == WorkerState::Lost {
+                if matches!(state, WorkerState::Lost | WorkerState::Left) {
                     return Err(Rejected::BadWorkerState(*state));
                 }
                 let w = self
                     .workers
                     .get_mut(worker)
                     .ok_or(Rejected::UnknownWorker(*worker))?;
+                if matches!(w.state, WorkerState::Lost | WorkerState::Left) {
+                    return Err(Rejected::WorkerAway {
+                        worker: *worker,
+                        state: w.state,
+                    });
+                }
                 w.state = *state;
                 Ok(Applied::WorkerState { lost: Vec::new() })
             }

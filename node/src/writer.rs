@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Most commands folded into one log entry by the batcher.
 const MAX_BATCH: usize = 2048;
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum WriteError {
     #[error("this node is not the leader{}; retry against the leader", .0.map(|l| format!(" (leader is {l})")).unwrap_or_default())]
     NotLeader(Option<testmesh_consensus::NodeId>),
@@ -30,7 +30,12 @@ pub struct Writer {
     raft: Raft,
     me: NodeId,
     mesh: Option<MeshClient>,
+    /// The group-commit queue of this node's own commits (see [`group_commit`]).
+    group: mpsc::Sender<(Command, Indexed)>,
 }
+
+type Committed = Result<(Result<Applied, Rejected>, u64), WriteError>;
+type Indexed = oneshot::Sender<Committed>;
 
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a write waits to be committed.
@@ -46,8 +51,16 @@ impl From<WriteFailure> for WriteError {
 }
 
 impl Writer {
+    /// Needs a tokio runtime: it starts the group-commit task.
     pub fn new(raft: Raft, me: NodeId, mesh: Option<MeshClient>) -> Self {
-        Writer { raft, me, mesh }
+        let (group, rx) = mpsc::channel(8192);
+        tokio::spawn(group_commit(raft.clone(), rx));
+        Writer {
+            raft,
+            me,
+            mesh,
+            group,
+        }
     }
 
     pub fn raft(&self) -> &Raft {
@@ -203,25 +216,103 @@ impl Writer {
     }
 
     /// Like [`Writer::write_here`], also returning the log index the command was committed at.
-    pub async fn write_indexed(
-        &self,
-        cmd: Command,
-    ) -> Result<(Result<Applied, Rejected>, u64), WriteError> {
-        // A leader cut off from the majority cannot commit; do not wait for ever. (The entry
-        // may still commit if the partition heals: submits carry a request id, so a retry of
-        // the same request is idempotent.)
-        let write = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd));
-        let Ok(result) = write.await else {
-            return Err(WriteError::Unavailable(format!(
-                "not committed within {COMMIT_TIMEOUT:?}: this node may be cut off from the majority of the cluster; retry"
-            )));
+    /// Commands that arrive while an earlier one is being committed go together in one log
+    /// entry (group commit): concurrent writers share one fsync and one replication round.
+    pub async fn write_indexed(&self, cmd: Command) -> Committed {
+        if matches!(cmd, Command::Batch(_)) {
+            return commit(&self.raft, cmd).await; // already a group; batches do not nest
+        }
+        let (reply, rx) = oneshot::channel();
+        let stopped = || WriteError::Unavailable("the node is shutting down".into());
+        self.group.send((cmd, reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// Commits one entry on this node; fails with `NotLeader` elsewhere.
+async fn commit(raft: &Raft, cmd: Command) -> Committed {
+    // A leader cut off from the majority cannot commit; do not wait for ever. (The entry
+    // may still commit if the partition heals: submits carry a request id, so a retry of
+    // the same request is idempotent.)
+    let write = tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(cmd));
+    let Ok(result) = write.await else {
+        return Err(WriteError::Unavailable(format!(
+            "not committed within {COMMIT_TIMEOUT:?}: this node may be cut off from the majority of the cluster; retry"
+        )));
+    };
+    match result {
+        Ok(resp) => Ok((resp.data, resp.log_id.index)),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ForwardToLeader(f),
+        )) => Err(WriteError::NotLeader(f.leader_id)),
+        Err(e) => Err(WriteError::Unavailable(e.to_string())),
+    }
+}
+
+/// Most tasks or assignments in one group (one submit may hold this many on its own).
+const MAX_GROUP_WEIGHT: usize = testmesh_consensus::command::MAX_SUBMIT_BATCH;
+
+fn weight_of(cmd: &Command) -> usize {
+    match cmd {
+        Command::Submit { tasks, .. } => tasks.len().max(1),
+        Command::Assign { assignments, .. } => assignments.len().max(1),
+        _ => 1,
+    }
+}
+
+/// The group-commit loop: one entry in flight at a time; whatever queued up meanwhile becomes
+/// the next entry (a `Command::Batch` when there is more than one). openraft 0.9 appends and
+/// fsyncs every client write on its own, so this is where concurrent writes share the cost.
+async fn group_commit(raft: Raft, mut rx: mpsc::Receiver<(Command, Indexed)>) {
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(item) => item,
+            None => match rx.recv().await {
+                Some(item) => item,
+                None => return,
+            },
         };
-        match result {
-            Ok(resp) => Ok((resp.data, resp.log_id.index)),
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::ClientWriteError::ForwardToLeader(f),
-            )) => Err(WriteError::NotLeader(f.leader_id)),
-            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        // Bounded by weight too, so that a group of big submits stays about the size of the
+        // biggest single entry the ledger accepts.
+        let mut weight = weight_of(&first.0);
+        let mut items = vec![first];
+        while items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) if weight + weight_of(&item.0) > MAX_GROUP_WEIGHT => {
+                    carry = Some(item);
+                    break;
+                }
+                Ok(item) => {
+                    weight += weight_of(&item.0);
+                    items.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        if items.len() == 1 {
+            let (cmd, reply) = items.pop().expect("one item");
+            let _ = reply.send(commit(&raft, cmd).await);
+            continue;
+        }
+        let (cmds, replies): (Vec<Command>, Vec<Indexed>) = items.into_iter().unzip();
+        match commit(&raft, Command::Batch(cmds)).await {
+            Ok((Ok(Applied::Batch(results)), index)) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok((r, index)));
+                }
+            }
+            Ok(other) => {
+                let e = WriteError::Unavailable(format!("unexpected batch result {other:?}"));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }

@@ -327,8 +327,18 @@ fn a_leaving_worker_hands_back_its_attempts_without_using_a_retry() {
     }
     assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Left);
     assert!(l.worker(NodeId(1)).unwrap().allocated.is_empty());
-    // Nothing is placed on a worker that left; it is back when it registers.
+    // Nothing is placed on a worker that left, and an operator cannot undrain it; it is back
+    // when it registers.
     assert!(assign(&mut l, ids[0], 2, 1, vec![]).is_err());
+    let undrain = Command::SetWorkerState {
+        worker: NodeId(1),
+        state: WorkerState::Active,
+        at: UnixMillis(10),
+    };
+    assert!(matches!(
+        l.apply(6, &undrain),
+        Err(Rejected::WorkerAway { .. })
+    ));
     l.apply(6, &reg(1, 2, 2000, 0)).unwrap();
     assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Active);
     // The task without retries still gets its one real try: failing it now ends it.

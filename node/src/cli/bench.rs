@@ -19,8 +19,12 @@ use super::tasks::RequirementArgs;
 use crate::api::{SubmitRequest, SubmitResponse, TaskList, to_spec};
 use crate::clock;
 
+/// Without a subcommand, `testmesh bench [flags] -- CMD` is the task load generator.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Option<BenchCmd>,
     #[command(flatten)]
     pub client: ClientArgs,
     /// Number of tasks
@@ -44,6 +48,12 @@ pub struct BenchArgs {
     /// The command every task runs (after --)
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCmd {
+    /// Raft commit throughput and latency on this host's disk and network stack
+    Raft(super::bench_raft::RaftBenchArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +81,9 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(BenchCmd::Raft(r)) = a.which {
+        return super::bench_raft::run(r).await;
+    }
     if a.tasks == 0 || a.concurrency == 0 || a.batch == 0 {
         bail!("--tasks, --concurrency and --batch must all be at least 1");
     }

@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_raft;
 mod client;
 mod output;
 mod tasks;
@@ -106,7 +107,7 @@ pub fn main() -> ExitCode {
         if is_node {
             "info,openraft=error"
         } else {
-            "warn"
+            "warn,openraft=error"
         },
     );
     let rt = match tokio::runtime::Builder::new_multi_thread()
