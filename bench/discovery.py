@@ -7,9 +7,11 @@ learner, worker registration committed and applied everywhere). Each new node th
 SIGTERM. At the end, every node's /api/v1/stats gives the delivery delay percentiles of the
 stats gossip it received from each peer (sender's sampling time to arrival).
 
-Usage: bench/discovery.py [TRIALS] [--mdns]
+Usage: bench/discovery.py [TRIALS] [--mdns] [--gossip-secs N]
   --mdns: find peers by mDNS on the host's interfaces instead of --join on loopback
           (needs an interface with multicast).
+  --gossip-secs N: keep the 3 peers running N more seconds before reading the gossip delays
+          (default 60), so that the percentiles cover enough messages.
 Uses target/release/testmesh unless TESTMESH_BIN is set.
 """
 
@@ -24,9 +26,15 @@ import time
 import urllib.request
 
 BIN = os.environ.get("TESTMESH_BIN", "target/release/testmesh")
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
+argv = sys.argv[1:]
+GOSSIP_SECS = 60
+if "--gossip-secs" in argv:
+    i = argv.index("--gossip-secs")
+    GOSSIP_SECS = int(argv[i + 1])
+    del argv[i : i + 2]
+MDNS = "--mdns" in argv
+args = [a for a in argv if not a.startswith("--")]
 TRIALS = int(args[0]) if args else 20
-MDNS = "--mdns" in sys.argv
 
 
 def wait_file(path, secs=30):
@@ -106,6 +114,7 @@ def main():
             f"discovery over {len(times)} trials: p50 {pct(times, 0.5):.0f} ms, "
             f"p99 {pct(times, 0.99):.0f} ms, max {max(times):.0f} ms"
         )
+        time.sleep(GOSSIP_SECS)
         p50s, p99s, counts = [], [], 0
         for u in urls:
             for node, s in get(u + "/api/v1/stats")["nodes"].items():
