@@ -508,3 +508,66 @@ fn bench_raft_commits_on_three_durable_voters() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("use 1, 3 or 5"));
 }
+
+#[test]
+fn predict_eval_reports_model_and_baseline_and_explains_bad_input() {
+    // Run time = speed(model) × steps × images with noise, rows in time order.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("trace.csv");
+    let mut text = String::from("when,model,steps,images,secs\n");
+    let mut x: u64 = 7;
+    for i in 0..1500 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let r = x >> 33;
+        let (model, speed) = [("A", 0.05), ("B", 0.12), ("C", 0.3)][(r % 3) as usize];
+        let steps = 10 + (r / 3) % 50;
+        let images = 1 << ((r / 200) % 4);
+        let noise = 0.9 + ((r / 1000) % 200) as f64 / 1000.0;
+        let secs = speed * steps as f64 * images as f64 * noise;
+        text += &format!("{i:06},{model},{steps},{images},{secs:.3}\n");
+    }
+    text += "001500,A,10,1,\n"; // no target: skipped
+    std::fs::write(&csv, text).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(support::BIN)
+            .args(["predict", "eval", "--train"])
+            .arg(&csv)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "--target",
+        "secs",
+        "--time-column",
+        "when",
+        "--key",
+        "model",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["train_rows"], 1200);
+    assert_eq!(r["test_rows"], 300);
+    assert_eq!(r["skipped_rows"], 1);
+    assert_eq!(r["features"], json!(["model", "steps", "images"]));
+    let (m, b) = (&r["model"], &r["baseline"]);
+    assert!(
+        m["mae"].as_f64().unwrap() < b["mae"].as_f64().unwrap() * 0.5,
+        "the model must beat the per-model median: {r}"
+    );
+    assert!(m["r2"].as_f64().unwrap() > 0.9, "{r}");
+    assert_eq!(r["paths"]["model"], 300);
+
+    let o = run(&["--target", "seconds"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("\"seconds\" is not a column") && err.contains("when, model"),
+        "{err}"
+    );
+    let o = run(&["--target", "secs", "--split", "1.5"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("between 0 and 1"));
+}

@@ -15,6 +15,7 @@ mod bench;
 mod bench_raft;
 mod client;
 mod output;
+mod predict;
 mod tasks;
 
 use std::process::ExitCode;
@@ -75,6 +76,8 @@ pub enum Cmd {
     Status(tasks::JsonArgs),
     /// End-to-end load generator through the API
     Bench(bench::BenchArgs),
+    /// Predictions from history; `predict eval` measures them offline on CSV files
+    Predict(predict::PredictArgs),
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
 }
@@ -146,6 +149,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Undrain(a) => tasks::set_worker_state(a, "undrain").await,
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Predict(a) => match a.cmd {
+            predict::PredictCmd::Eval(e) => predict::eval(e),
+        },
         Cmd::Keygen(a) => {
             match a.out {
                 Some(p) => {
