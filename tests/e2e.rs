@@ -571,3 +571,59 @@ fn predict_eval_reports_model_and_baseline_and_explains_bad_input() {
     let o = run(&["--target", "secs", "--split", "1.5"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("between 0 and 1"));
 }
+
+#[test]
+fn bench_replay_runs_a_trace_through_the_planner() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("nodes.csv");
+    let pods = dir.path().join("pods.csv");
+    std::fs::write(
+        &nodes,
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,4000,16384,1,T4\nn1,8000,32768,0,\n",
+    )
+    .unwrap();
+    // Two GPU pods of 100 s arrive together on a 1-GPU cluster: one waits 100 s. A pod that
+    // needs 2 GPUs never fits. A half-GPU pod shares nothing with a whole one.
+    let mut text = String::from(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n",
+    );
+    text += "a,1000,1024,1,1000,,LS,Running,0,100,0\n";
+    text += "b,1000,1024,1,1000,,LS,Running,0,100,0\n";
+    text += "c,1000,1024,2,1000,,LS,Running,0,100,0\n";
+    text += "d,500,512,0,0,,BE,Running,10,20,10\n";
+    std::fs::write(&pods, text).unwrap();
+    let run = |extra: &[&str]| {
+        std::process::Command::new(support::BIN)
+            .args(["bench", "replay", "--pods"])
+            .arg(&pods)
+            .arg("--nodes")
+            .arg(&nodes)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for policy in ["first-fit", "fitness"] {
+        let o = run(&["--policy", policy, "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["placed"], 3, "{r}");
+        assert_eq!(r["never_fit"], 1, "{r}");
+        assert_eq!(r["wait_secs_p99"], 100.0, "{r}");
+        assert_eq!(r["makespan_secs"], 200.0, "{r}");
+        assert_eq!(
+            r["utilisation"]["gpu"], 1.0,
+            "the GPU is busy all along: {r}"
+        );
+    }
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "name,cpu\nx,1\n").unwrap();
+    let o = std::process::Command::new(support::BIN)
+        .args(["bench", "replay", "--pods"])
+        .arg(&bad)
+        .arg("--nodes")
+        .arg(&nodes)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no column \"cpu_milli\""));
+}

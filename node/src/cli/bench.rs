@@ -54,6 +54,8 @@ pub struct BenchArgs {
 pub enum BenchCmd {
     /// Raft commit throughput and latency on this host's disk and network stack
     Raft(super::bench_raft::RaftBenchArgs),
+    /// Replay a cluster trace through the real planner in simulated time
+    Replay(super::bench_replay::ReplayArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -81,8 +83,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(BenchCmd::Raft(r)) = a.which {
-        return super::bench_raft::run(r).await;
+    match a.which {
+        Some(BenchCmd::Raft(r)) => return super::bench_raft::run(r).await,
+        Some(BenchCmd::Replay(r)) => return super::bench_replay::run(r),
+        None => {}
     }
     if a.tasks == 0 || a.concurrency == 0 || a.batch == 0 {
         bail!("--tasks, --concurrency and --batch must all be at least 1");

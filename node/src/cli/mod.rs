@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_raft;
+mod bench_replay;
 mod client;
 mod output;
 mod predict;

@@ -3,9 +3,10 @@
 //! return. See README.md beside this file for the problem statement and invariants.
 
 pub mod predictor;
+pub mod replay;
 pub mod scheduler;
 
 pub use scheduler::{
-    ClusterView, Options, PendingView, Plan, WorkerView, could_ever_fit, occupy_busy_gpus,
+    ClusterView, Options, PendingView, Plan, Policy, WorkerView, could_ever_fit, occupy_busy_gpus,
     pending_of, schedule, schedule_from, why_pending, workers_of,
 };

@@ -95,12 +95,25 @@ impl<'a> ClusterView<'a> {
 pub struct Options {
     /// Stop scanning after this many feasible workers and take the best of them.
     pub feasible_to_score: usize,
+    pub policy: Policy,
+}
+
+/// How a worker is chosen among those that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// The best-scoring of up to `feasible_to_score` fitting workers, scanning from where the
+    /// last placement left off (the default).
+    #[default]
+    Fitness,
+    /// The first fitting worker in registration order (the classic baseline).
+    FirstFit,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             feasible_to_score: 32,
+            policy: Policy::Fitness,
         }
     }
 }
@@ -177,6 +190,8 @@ pub fn schedule_from<'a>(
     let has_cpu = |w: &WorkerView<'_>| w.allocated.cpu < w.capacity.cpu;
     let mut open = workers.iter().filter(|w| has_cpu(w)).count();
     let mut cursor = 0usize;
+    let first_fit = opts.policy == Policy::FirstFit;
+    let enough = if first_fit { 1 } else { opts.feasible_to_score };
     for task in pending {
         if open == 0 {
             break;
@@ -189,8 +204,9 @@ pub fn schedule_from<'a>(
         let mut best: Option<(usize, f64, Vec<_>)> = None;
         let mut feasible = 0;
         let mut shortfalls = Vec::new();
+        let start = if first_fit { 0 } else { cursor };
         for k in 0..n {
-            let i = (cursor + k) % n;
+            let i = (start + k) % n;
             let w = &workers[i];
             match resources::fit(w.capacity, &w.allocated, w.labels, req) {
                 Ok(grants) => {
@@ -199,7 +215,7 @@ pub fn schedule_from<'a>(
                         best = Some((i, s, grants));
                     }
                     feasible += 1;
-                    if feasible >= opts.feasible_to_score {
+                    if feasible >= enough {
                         break;
                     }
                 }

@@ -1,0 +1,260 @@
+//! `testmesh bench replay`: a real cluster trace through the real ledger and planner in
+//! simulated time (see `planner::replay`). Reads the Alibaba GPU-cluster trace format
+//! (github.com/alibaba/clusterdata, cluster-trace-gpu-v2023): pods with `cpu_milli`,
+//! `memory_mib`, `num_gpu`, `gpu_milli`, `gpu_spec`, `creation_time`, `scheduled_time`,
+//! `deletion_time` (seconds), and nodes with `cpu_milli`, `memory_mib`, `gpu`, `model`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use testmesh_consensus::model::{Capacity, GpuInfo};
+use testmesh_consensus::resources::{GpuRequest, Requirements, WHOLE_GPU_MILLI};
+use testmesh_consensus::{Bytes, MilliCpu};
+
+use crate::planner::replay::{TraceNode, TracePod, replay};
+use crate::planner::{Options, Policy};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PolicyArg {
+    /// The first node that fits, in trace order
+    FirstFit,
+    /// testmesh's scheduler: the best-scoring of up to 32 fitting nodes
+    Fitness,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// Pods CSV (e.g. openb_pod_list_default.csv)
+    #[arg(long)]
+    pub pods: PathBuf,
+    /// Nodes CSV (e.g. openb_node_list_gpu_node.csv)
+    #[arg(long)]
+    pub nodes: PathBuf,
+    /// Divide the trace's clock by X (arrivals and durations); times in the report are in the
+    /// compressed clock. Placement order does not change: the replay is event-driven.
+    #[arg(long, default_value_t = 1.0)]
+    pub speedup: f64,
+    /// Offered load factor: arrival times are divided by X while run times stay as traced
+    /// (X = 10 brings the same pods ten times as fast)
+    #[arg(long, default_value_t = 1.0)]
+    pub load: f64,
+    #[arg(long, value_enum, default_value = "fitness")]
+    pub policy: PolicyArg,
+    /// Use only N of the nodes, evenly spread over the list (keeps the mix of node types): the
+    /// published node list is a whole cluster, on which the sampled pods rarely queue
+    #[arg(long)]
+    pub node_sample: Option<usize>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+type Row = HashMap<String, String>;
+
+fn read(path: &Path, required: &[&str]) -> anyhow::Result<Vec<(usize, Row)>> {
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let header: Vec<String> = r.headers()?.iter().map(str::to_string).collect();
+    if let Some(missing) = required.iter().find(|c| !header.iter().any(|h| h == *c)) {
+        bail!(
+            "{} has no column {missing:?} (its columns: {}); expected the Alibaba GPU trace format",
+            path.display(),
+            header.join(", ")
+        );
+    }
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.with_context(|| format!("{}: line {}", path.display(), i + 2))?;
+        rows.push((
+            i + 2,
+            header
+                .iter()
+                .cloned()
+                .zip(rec.iter().map(str::to_string))
+                .collect(),
+        ));
+    }
+    Ok(rows)
+}
+
+fn num(path: &Path, line: usize, row: &Row, col: &str) -> anyhow::Result<u64> {
+    let v = row.get(col).map(|s| s.trim()).unwrap_or("");
+    if v.is_empty() {
+        return Ok(0);
+    }
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .map(|x| x as u64)
+        .with_context(|| {
+            format!(
+                "{} line {line}: {col} = {v:?} is not a non-negative number",
+                path.display()
+            )
+        })
+}
+
+pub fn load_nodes(path: &Path) -> anyhow::Result<Vec<TraceNode>> {
+    let rows = read(path, &["cpu_milli", "memory_mib", "gpu", "model"])?;
+    rows.iter()
+        .map(|(line, r)| {
+            let gpus = num(path, *line, r, "gpu")? as u32;
+            let model = r.get("model").cloned().unwrap_or_default();
+            Ok(TraceNode {
+                name: r
+                    .get("sn")
+                    .cloned()
+                    .unwrap_or_else(|| format!("node-{line}")),
+                capacity: Capacity {
+                    cpu: MilliCpu(num(path, *line, r, "cpu_milli")?),
+                    memory: Bytes(num(path, *line, r, "memory_mib")? << 20),
+                    disk: Bytes(0),
+                    gpus: (0..gpus)
+                        .map(|index| GpuInfo {
+                            index,
+                            uuid: String::new(),
+                            model: model.clone(),
+                            memory: Bytes(0),
+                        })
+                        .collect(),
+                },
+            })
+        })
+        .collect()
+}
+
+pub fn load_pods(path: &Path, speedup: f64, load: f64) -> anyhow::Result<Vec<TracePod>> {
+    let rows = read(
+        path,
+        &[
+            "cpu_milli",
+            "memory_mib",
+            "num_gpu",
+            "gpu_milli",
+            "creation_time",
+            "scheduled_time",
+            "deletion_time",
+        ],
+    )?;
+    let ms = |secs: u64| (secs as f64 * 1000.0 / speedup).round() as u64;
+    rows.iter()
+        .map(|(line, r)| {
+            let n = num(path, *line, r, "num_gpu")? as u32;
+            let milli = num(path, *line, r, "gpu_milli")? as u32;
+            let gpu = match (n, milli) {
+                (0, _) => GpuRequest::None,
+                (1, m) if m > 0 && m < WHOLE_GPU_MILLI => GpuRequest::Shared {
+                    milli: m,
+                    memory: Bytes(0),
+                },
+                (count, _) => GpuRequest::Whole { count },
+            };
+            let spec = r.get("gpu_spec").map(|s| s.trim()).unwrap_or("");
+            let created = num(path, *line, r, "creation_time")?;
+            let scheduled = num(path, *line, r, "scheduled_time")?;
+            let deleted = num(path, *line, r, "deletion_time")?;
+            // Run time as traced; a pod that never ended in the trace window runs to its end.
+            let duration = deleted.saturating_sub(scheduled.max(created));
+            Ok(TracePod {
+                name: r
+                    .get("name")
+                    .cloned()
+                    .unwrap_or_else(|| format!("pod-{line}")),
+                requirements: Requirements {
+                    // The ledger needs some cpu on every task.
+                    cpu: MilliCpu(num(path, *line, r, "cpu_milli")?.max(1)),
+                    memory: Bytes(num(path, *line, r, "memory_mib")? << 20),
+                    gpu,
+                    // "A|B" alternatives are not expressible as one substring: no constraint.
+                    gpu_model: (!spec.is_empty() && !spec.contains('|')).then(|| spec.to_string()),
+                    ..Default::default()
+                },
+                arrival: ms((created as f64 / load).round() as u64),
+                duration: ms(duration),
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !(a.speedup.is_finite() && a.speedup > 0.0) {
+        bail!("--speedup {}: use a positive number, e.g. 100", a.speedup);
+    }
+    if !(a.load.is_finite() && a.load > 0.0) {
+        bail!("--load {}: use a positive number, e.g. 10", a.load);
+    }
+    let mut nodes = load_nodes(&a.nodes)?;
+    if let Some(n) = a.node_sample {
+        if n == 0 {
+            bail!("--node-sample must be at least 1");
+        }
+        let all = nodes.len();
+        if n < all {
+            nodes = (0..n).map(|i| nodes[i * all / n].clone()).collect();
+        }
+    }
+    let pods = load_pods(&a.pods, a.speedup, a.load)?;
+    if nodes.is_empty() || pods.is_empty() {
+        bail!(
+            "nothing to replay: {} node(s), {} pod(s)",
+            nodes.len(),
+            pods.len()
+        );
+    }
+    let opts = Options {
+        policy: match a.policy {
+            PolicyArg::FirstFit => Policy::FirstFit,
+            PolicyArg::Fitness => Policy::Fitness,
+        },
+        ..Default::default()
+    };
+    let started = crate::clock::instant();
+    let report = replay(&nodes, &pods, &opts);
+    let wall = started.elapsed();
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["policy"] = format!("{:?}", a.policy).into();
+        v["replay_wall_secs"] = wall.as_secs_f64().into();
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!(
+            "{} pods on {} nodes, policy {:?}, replayed in {:.1} s ({} planner rounds)",
+            report.pods,
+            report.nodes,
+            a.policy,
+            wall.as_secs_f64(),
+            report.planner_rounds
+        );
+        outln!(
+            "placed {}, never fit any node {}, still waiting at the end {}",
+            report.placed,
+            report.never_fit,
+            report.never_placed
+        );
+        for (what, u) in [
+            ("over the makespan", &report.utilisation),
+            (
+                "first arrival to last placement",
+                &report.utilisation_scheduling,
+            ),
+        ] {
+            outln!(
+                "utilisation {what}: cpu {:.1} %, memory {:.1} %, gpu {:.1} %",
+                u.cpu * 100.0,
+                u.memory * 100.0,
+                u.gpu * 100.0
+            );
+        }
+        outln!(
+            "queue wait: p50 {:.0} s, p95 {:.0} s, p99 {:.0} s, mean {:.0} s; makespan {:.0} s",
+            report.wait_secs_p50,
+            report.wait_secs_p95,
+            report.wait_secs_p99,
+            report.wait_secs_mean,
+            report.makespan_secs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
