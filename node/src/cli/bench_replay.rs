@@ -22,6 +22,8 @@ pub enum PolicyArg {
     FirstFit,
     /// testmesh's scheduler: the best-scoring of up to 32 fitting nodes
     Fitness,
+    /// The batch optimizer: largest first, multi-resource alignment (Tetris-like)
+    Batch,
 }
 
 #[derive(Debug, clap::Args)]
@@ -207,6 +209,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         policy: match a.policy {
             PolicyArg::FirstFit => Policy::FirstFit,
             PolicyArg::Fitness => Policy::Fitness,
+            PolicyArg::Batch => Policy::Batch,
         },
         ..Default::default()
     };

@@ -219,8 +219,7 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
             report.planner_rounds += 1;
             let assignments: Vec<Assignment> = {
                 let mut workers = scheduler::workers_of(&ledger);
-                scheduler::schedule_from(&mut workers, scheduler::pending_of(&ledger), opts)
-                    .assignments
+                scheduler::place(&mut workers, scheduler::pending_of(&ledger), opts).assignments
             };
             if !assignments.is_empty() {
                 let placed: Vec<(TaskId, NodeId)> =

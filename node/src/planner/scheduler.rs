@@ -23,6 +23,7 @@ pub struct PendingView<'a> {
     /// The attempt an assignment would create.
     pub next_attempt: u32,
     pub requirements: &'a Requirements,
+    pub priority: i32,
 }
 
 /// A snapshot of what scheduling needs, borrowed from the ledger.
@@ -78,6 +79,7 @@ pub fn pending_of(ledger: &Ledger) -> impl Iterator<Item = PendingView<'_>> {
         id: t.id,
         next_attempt: t.attempt + 1,
         requirements: &t.spec.requirements,
+        priority: t.spec.priority,
     })
 }
 
@@ -107,6 +109,27 @@ pub enum Policy {
     Fitness,
     /// The first fitting worker in registration order (the classic baseline).
     FirstFit,
+    /// A window of the queue at once, largest first within each priority, each task to the
+    /// worker its demand aligns with best (`planner::optimizer`).
+    Batch,
+}
+
+/// Most pending tasks the batch policy looks at in one round.
+pub const BATCH_WINDOW: usize = 2_000;
+
+/// One planning round under `opts.policy`.
+pub fn place<'a>(
+    workers: &mut [WorkerView<'_>],
+    pending: impl IntoIterator<Item = PendingView<'a>>,
+    opts: &Options,
+) -> Plan {
+    match opts.policy {
+        Policy::Batch => super::optimizer::schedule_batch(
+            workers,
+            pending.into_iter().take(BATCH_WINDOW).collect(),
+        ),
+        Policy::Fitness | Policy::FirstFit => schedule_from(workers, pending, opts),
+    }
 }
 
 impl Default for Options {
