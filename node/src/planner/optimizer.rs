@@ -145,7 +145,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use testmesh_consensus::model::GpuInfo;
-    use testmesh_consensus::{Bytes, MilliCpu, NodeId};
+    use testmesh_consensus::{Bytes, MilliCpu, NodeId, TaskId};
 
     use super::*;
 
