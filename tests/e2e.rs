@@ -627,3 +627,52 @@ fn bench_replay_runs_a_trace_through_the_planner() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no column \"cpu_milli\""));
 }
+
+#[tokio::test]
+async fn predictions_come_from_the_execution_history() {
+    let node = TestNode::start(&[]).await;
+    // Nothing ran yet: the request stands.
+    let (code, p) = node
+        .post(
+            "/api/v1/predict",
+            json!({"command": ["sleep", "1"], "name": "slow"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["duration_secs"]["path"], "requested");
+    let mut ids = Vec::new();
+    for (name, secs) in [("quick", "0.1"), ("slow", "1.5")] {
+        for _ in 0..3 {
+            ids.push(
+                node.submit(json!({"command": ["sleep", secs], "name": name, "cpu": "10m"}))
+                    .await,
+            );
+        }
+    }
+    for id in ids {
+        node.wait_state(id, "succeeded").await;
+    }
+    let ask = |name: &str| node.cli(&["predict", "--name", name, "--json", "--", "sleep", "1"]);
+    let read = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let slow = read(ask("slow"));
+    let quick = read(ask("quick"));
+    assert_eq!(slow["history_samples"], 6);
+    // Few samples: per-key medians answer, with the path and a confidence.
+    assert_eq!(slow["duration_secs"]["path"], "key_median", "{slow}");
+    assert_eq!(slow["duration_secs"]["samples"], 3);
+    let (s, q) = (
+        slow["duration_secs"]["value"].as_f64().unwrap(),
+        quick["duration_secs"]["value"].as_f64().unwrap(),
+    );
+    assert!(s >= 1.4 && q < s, "slow {s} s, quick {q} s");
+    let c = slow["duration_secs"]["confidence"].as_f64().unwrap();
+    assert!(c > 0.0 && c < 1.0, "{c}");
+    let text = node.cli(&["predict", "--name", "slow", "--", "sleep", "1"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("via key_median"));
+    // Bad input is explained.
+    let (code, e) = node.post("/api/v1/predict", json!({"command": []})).await;
+    assert_eq!(code, 400, "{e}");
+}

@@ -7,13 +7,14 @@
 //!    nothing else holds one;
 //! 4. the derived indices (pending queue, per-worker tasks, allocation sums) match the tasks.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
     Applied, Assignment, Command, MAX_SUBMIT_BATCH, Rejected, WorkerRegistration,
 };
+use crate::history::{HISTORY_LIMIT, HistoryRecord, program_of};
 use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
 use crate::resources::{self, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 use crate::task::{Attempt, Outcome, Task, TaskSpec, TaskState};
@@ -47,6 +48,50 @@ pub struct Ledger {
     /// Tasks by the log index of their last change, so that watchers cost O(changes).
     by_rev: BTreeSet<(u64, TaskId)>,
     next_task: u64,
+    /// Finished attempts, oldest first, at most [`HISTORY_LIMIT`].
+    history: VecDeque<HistoryRecord>,
+    /// Records ever added (also those dropped), for "retrain after N new samples".
+    history_total: u64,
+}
+
+/// The history record of a task's last attempt, if it ran to an end of its own.
+fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
+    let a = t.attempts.last()?;
+    let outcome = a.outcome.as_ref()?;
+    if !matches!(
+        outcome.state,
+        TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut
+    ) {
+        return None;
+    }
+    let (started, finished) = (a.started_at?, a.finished_at?);
+    let gpu_model = worker
+        .and_then(|w| {
+            let first = a.gpus.first()?;
+            w.capacity.gpus.iter().find(|g| g.index == first.index)
+        })
+        .map(|g| g.model.clone())
+        .unwrap_or_default();
+    Some(HistoryRecord {
+        task: t.id,
+        attempt: a.number,
+        name: t.spec.name.clone(),
+        program: program_of(&t.spec.argv),
+        labels: t.spec.labels.clone(),
+        requirements: t.spec.requirements.clone(),
+        worker: a.worker,
+        cpu_model: worker
+            .map(|w| w.hardware.cpu_model.clone())
+            .unwrap_or_default(),
+        cores: worker.map_or(0, |w| w.hardware.cores),
+        gpu_model,
+        state: outcome.state,
+        started_at: started,
+        finished_at: finished,
+        duration_ms: finished.0.saturating_sub(started.0),
+        peak_rss: outcome.peak_rss,
+        cpu_time_ms: outcome.cpu_time_ms,
+    })
 }
 
 /// Moves a task to revision `index` in the change index.
@@ -123,6 +168,16 @@ impl Ledger {
 
     pub fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Finished attempts, oldest first (bounded; see [`crate::history`]).
+    pub fn history(&self) -> impl DoubleEndedIterator<Item = &HistoryRecord> {
+        self.history.iter()
+    }
+
+    /// History records ever added, including those since dropped.
+    pub fn history_total(&self) -> u64 {
+        self.history_total
     }
 
     /// Tasks assigned to or running on a worker.
@@ -523,6 +578,17 @@ impl Ledger {
         if let Some(a) = t.attempts.last_mut() {
             a.finished_at = Some(at);
             a.outcome = Some(outcome);
+        }
+        if let Some(record) = history_record(
+            t,
+            self.workers
+                .get(&t.attempts.last().map_or(NodeId(0), |a| a.worker)),
+        ) {
+            self.history.push_back(record);
+            self.history_total += 1;
+            while self.history.len() > HISTORY_LIMIT {
+                self.history.pop_front();
+            }
         }
         stamp(&mut self.by_rev, t, index);
         // A handed-back attempt was not the task's fault: it does not use up a retry.

@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod command;
 mod error;
+pub mod history;
 pub mod ledger;
 pub mod model;
 pub mod raft;

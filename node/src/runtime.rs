@@ -239,6 +239,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         data_dir: dir.clone(),
         started: clock::instant(),
         host: host_rx,
+        predictors: Default::default(),
     });
     let app = api::router(state.clone())
         .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));

@@ -348,6 +348,39 @@ fn a_leaving_worker_hands_back_its_attempts_without_using_a_retry() {
     l.check_invariants().unwrap();
 }
 
+#[test]
+fn attempts_that_ran_to_an_end_go_into_the_history() {
+    let (mut l, ids) = two_running_tasks();
+    for id in &ids {
+        l.apply(
+            3,
+            &Command::TaskStarted {
+                task: *id,
+                attempt: 1,
+                worker: NodeId(1),
+                pid: 7,
+                at: UnixMillis(1),
+            },
+        )
+        .unwrap();
+    }
+    finish(&mut l, ids[0], 1, 1, TaskState::Succeeded).unwrap();
+    // Lost attempts say nothing about the task's run time: no record.
+    l.apply(
+        5,
+        &Command::WorkerLost {
+            worker: NodeId(1),
+            at: UnixMillis(9),
+        },
+    )
+    .unwrap();
+    let h: Vec<_> = l.history().collect();
+    assert_eq!(h.len(), 1);
+    assert_eq!((h[0].task, h[0].duration_ms), (ids[0], 3));
+    assert_eq!(h[0].state, TaskState::Succeeded);
+    assert_eq!(l.history_total(), 1);
+}
+
 // ---- property test: random command sequences never break an invariant ----
 
 fn arb_gpu() -> impl Strategy<Value = GpuRequest> {

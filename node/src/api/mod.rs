@@ -3,6 +3,7 @@
 
 mod dto;
 mod error;
+mod predict;
 mod tasks;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct Inner {
     pub data_dir: PathBuf,
     pub started: Instant,
     pub host: watch::Receiver<HostSample>,
+    /// Predictors trained from this replica's execution history (see `predict`).
+    pub predictors: predict::Cache,
 }
 
 pub type AppState = Arc<Inner>;
@@ -117,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}", get(tasks::get_one))
         .route("/api/v1/tasks/{id}/logs", get(tasks::logs))
+        .route("/api/v1/predict", post(predict::predict))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

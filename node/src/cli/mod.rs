@@ -151,7 +151,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
         Cmd::Predict(a) => match a.cmd {
-            predict::PredictCmd::Eval(e) => predict::eval(e),
+            Some(predict::PredictCmd::Eval(e)) => predict::eval(e),
+            None => predict::ask(a).await,
         },
         Cmd::Keygen(a) => {
             match a.out {

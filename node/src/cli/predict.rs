@@ -10,10 +10,57 @@ use serde::Serialize;
 use crate::planner::predictor::eval::Metrics;
 use crate::planner::predictor::{PredictionPath, Predictor, Sample, TrainOptions};
 
+/// Without a subcommand: `testmesh predict [requirements] -- CMD` asks a node what it expects
+/// of that task from its execution history.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct PredictArgs {
     #[command(subcommand)]
-    pub cmd: PredictCmd,
+    pub cmd: Option<PredictCmd>,
+    #[command(flatten)]
+    pub client: super::client::ClientArgs,
+    /// Task name [default: the program's file name]
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub req: super::tasks::RequirementArgs,
+    /// Print the answer as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments (after --)
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `testmesh predict [requirements] -- CMD`.
+pub async fn ask(a: PredictArgs) -> anyhow::Result<ExitCode> {
+    let client = super::client::Client::new(&a.client)?;
+    let req = a.req.to_request(a.name, a.command);
+    let v: serde_json::Value = client.post("/api/v1/predict", &req).await?;
+    if a.json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let line = |what: &str, unit: &str, p: &serde_json::Value| {
+        let path = p["path"].as_str().unwrap_or("");
+        if path == "requested" {
+            format!("{what}: no history yet (the request stands)")
+        } else {
+            format!(
+                "{what}: {:.1} {unit} (confidence {:.2}, from {} via {path})",
+                p["value"].as_f64().unwrap_or(0.0),
+                p["confidence"].as_f64().unwrap_or(0.0),
+                p["samples"].as_u64().unwrap_or(0),
+            )
+        }
+    };
+    outln!("{}", line("run time", "s", &v["duration_secs"]));
+    outln!("{}", line("peak memory", "MiB", &v["peak_memory_mib"]));
+    outln!(
+        "learned from {} finished attempt(s)",
+        v["history_samples"].as_u64().unwrap_or(0)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Subcommand)]

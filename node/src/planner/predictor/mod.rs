@@ -12,6 +12,7 @@
 
 pub mod eval;
 pub mod features;
+pub mod history;
 
 use std::collections::{BTreeMap, HashMap};
 

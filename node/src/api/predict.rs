@@ -1,0 +1,77 @@
+//! `POST /api/v1/predict`: run time and peak memory predicted for a task from the execution
+//! history in this node's replica. Models are trained off the async runtime (`spawn_blocking`)
+//! when first asked and again once enough new attempts have finished.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::error::{ApiError, ApiJson};
+use super::{AppState, TaskRequest, to_spec};
+use crate::planner::predictor::history::{self, Target};
+use crate::planner::predictor::{Prediction, Predictor};
+
+/// Retrain once this many attempts have finished since the last training (fewer while the
+/// history is small).
+const RETRAIN_AFTER: u64 = 50;
+
+/// Trained models and the history count they saw.
+pub type Cache = tokio::sync::Mutex<Option<(u64, Arc<(Predictor, Predictor)>)>>;
+
+#[derive(Debug, Serialize)]
+pub struct PredictView {
+    pub duration_secs: Prediction,
+    pub peak_memory_mib: Prediction,
+    /// Finished attempts the models learned from.
+    pub history_samples: usize,
+}
+
+async fn models(st: &AppState) -> Result<(Arc<(Predictor, Predictor)>, usize), ApiError> {
+    let mut cache = st.predictors.lock().await;
+    let (total, len) = {
+        let l = st.reader.read();
+        (l.history_total(), l.history().count())
+    };
+    // While the history is small every new attempt counts (and training is cheap).
+    if let Some((seen, m)) = cache.as_ref()
+        && total.saturating_sub(*seen) < RETRAIN_AFTER.min(1 + *seen / 10)
+    {
+        return Ok((m.clone(), len));
+    }
+    let (durations, memory) = {
+        let l = st.reader.read();
+        (
+            history::samples(l.history(), Target::DurationSecs),
+            history::samples(l.history(), Target::PeakRssMib),
+        )
+    };
+    let trained = tokio::task::spawn_blocking(move || {
+        let opts = history::options();
+        Ok::<_, crate::error::Error>((
+            Predictor::train(&durations, &opts)?,
+            Predictor::train(&memory, &opts)?,
+        ))
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(format!("training stopped: {e}")))?
+    .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let m = Arc::new(trained);
+    *cache = Some((total, m.clone()));
+    Ok((m, len))
+}
+
+pub async fn predict(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<TaskRequest>,
+) -> Result<Json<PredictView>, ApiError> {
+    let spec = to_spec(&req).map_err(ApiError::BadRequest)?;
+    let (m, n) = models(&st).await?;
+    let f = history::spec_features(&spec);
+    Ok(Json(PredictView {
+        duration_secs: m.0.predict(&f),
+        peak_memory_mib: m.1.predict(&f),
+        history_samples: n,
+    }))
+}
