@@ -174,35 +174,23 @@ impl Writer {
 
     /// Asks the leader to add `node` as a learner.
     pub async fn forward_join(&self, node: NodeId, addr: String) -> Result<(), WriteError> {
-        let mesh = self
-            .mesh
-            .as_ref()
-            .ok_or(WriteError::Unavailable("no mesh".into()))?;
-        let leader = self.leader_peer()?;
-        match mesh
-            .request(leader, Request::Join { node, addr }, FORWARD_TIMEOUT)
-            .await
-        {
-            Ok(Response::Join(r)) => r.map_err(WriteError::from),
-            Ok(other) => Err(WriteError::Unavailable(format!(
-                "unexpected answer {other:?}"
-            ))),
-            Err(e) => Err(WriteError::Unavailable(e)),
-        }
+        self.forward_membership(Request::Join { node, addr }).await
     }
 
     /// Asks the leader to remove `node` from the membership.
     pub async fn forward_leave(&self, node: NodeId) -> Result<(), WriteError> {
+        self.forward_membership(Request::Leave { node }).await
+    }
+
+    /// Sends a membership request (join or leave) to the leader and returns its verdict.
+    async fn forward_membership(&self, req: Request) -> Result<(), WriteError> {
         let mesh = self
             .mesh
             .as_ref()
             .ok_or(WriteError::Unavailable("no mesh".into()))?;
         let leader = self.leader_peer()?;
-        match mesh
-            .request(leader, Request::Leave { node }, FORWARD_TIMEOUT)
-            .await
-        {
-            Ok(Response::Leave(r)) => r.map_err(WriteError::from),
+        match mesh.request(leader, req, FORWARD_TIMEOUT).await {
+            Ok(Response::Join(r) | Response::Leave(r)) => r.map_err(WriteError::from),
             Ok(other) => Err(WriteError::Unavailable(format!(
                 "unexpected answer {other:?}"
             ))),

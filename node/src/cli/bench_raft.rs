@@ -17,6 +17,7 @@ use testmesh_consensus::raft::{self, Raft};
 use testmesh_consensus::{Command, NodeId};
 use tokio::sync::watch;
 
+use super::bench::percentile;
 use crate::cluster::network::{Liveness, MeshNetwork};
 use crate::mesh::{self, MeshConfig, key};
 use crate::stats::StatsStore;
@@ -115,13 +116,6 @@ async fn start_member(dir: &std::path::Path, psk_file: &std::path::Path) -> anyh
         addr,
         _stop: stop,
     })
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
 }
 
 /// One no-op write through the node's write path (group commit included).
