@@ -676,3 +676,38 @@ async fn predictions_come_from_the_execution_history() {
     let (code, e) = node.post("/api/v1/predict", json!({"command": []})).await;
     assert_eq!(code, 400, "{e}");
 }
+
+#[tokio::test]
+async fn the_queue_runs_shortest_predicted_first_within_a_priority() {
+    // One core, one task at a time: the order of the queue is the order of the runs.
+    let node = TestNode::start(&["--cpus", "1"]).await;
+    let run = |name: &str, secs: &str| json!({"command": ["sleep", secs], "name": name, "cpu": 1});
+    // History: "long" takes a second, "short" a tenth.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(node.submit(run("long", "1")).await);
+        ids.push(node.submit(run("short", "0.1")).await);
+    }
+    for id in ids {
+        node.wait_state(id, "succeeded").await;
+    }
+    // The leader checks every second whether to retrain; give it a few chances.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gate = node.dir.path().join("gate");
+    let blocker = node
+        .submit(json!({"command": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": 1}))
+        .await;
+    node.wait_state(blocker, "running").await;
+    let l1 = node.submit(run("long", "1")).await;
+    let l2 = node.submit(run("long", "1")).await;
+    let s = node.submit(run("short", "0.1")).await;
+    std::fs::write(&gate, "").unwrap();
+    let started = |t: &serde_json::Value| t["attempts"][0]["started_at"].as_u64().unwrap();
+    let short = node.wait_state(s, "succeeded").await;
+    let long1 = node.wait_state(l1, "succeeded").await;
+    let long2 = node.wait_state(l2, "succeeded").await;
+    assert!(
+        started(&short) < started(&long1) && started(&short) < started(&long2),
+        "the short task, submitted last, runs first: {short}\n{long1}"
+    );
+}

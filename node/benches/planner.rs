@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use testmesh::planner::{ClusterView, Options, schedule};
+use testmesh::planner::{ClusterView, Options, place, schedule};
 use testmesh_consensus::command::{Command, WorkerRegistration};
 use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{Capacity, GpuInfo, Hardware};
@@ -199,6 +199,28 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(
             || view.clone(),
             |v| schedule(v, &opts),
+            BatchSize::LargeInput,
+        )
+    });
+    // The same with run-time predictions on: shortest predicted first within groups of 64.
+    let with_predictions = Options {
+        shortest_first_group: 64,
+        ..Default::default()
+    };
+    let predicted: Vec<_> = view
+        .pending
+        .iter()
+        .map(|p| {
+            let mut p = *p;
+            // Spread of predicted run times, from 1 s to ~17 min.
+            p.predicted_secs = Some(1.0 + (p.id.0 * 7919 % 1000) as f64);
+            p
+        })
+        .collect();
+    c.bench_function("place_10000_tasks_on_1000_workers_with_predictions", |b| {
+        b.iter_batched_ref(
+            || (view.workers.clone(), predicted.clone()),
+            |(w, q)| place(w, q.clone(), &with_predictions),
             BatchSize::LargeInput,
         )
     });

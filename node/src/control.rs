@@ -4,16 +4,18 @@
 //! is committed (or refused) before the next round looks at the ledger again.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::store::LedgerReader;
-use testmesh_consensus::{Applied, Command, NodeId};
+use testmesh_consensus::{Applied, Command, NodeId, TaskId};
 use tokio::sync::watch;
 
 use crate::clock;
 use crate::cluster::network::Liveness;
 use crate::cluster::{self};
+use crate::planner::predictor::Predictor;
 use crate::planner::{self, Options};
 use crate::stats::SharedStats;
 use crate::writer::Writer;
@@ -33,6 +35,61 @@ pub struct Control {
     pub stats: SharedStats,
     /// Statistics older than this are not trusted for placement.
     pub stats_fresh: Duration,
+    /// The run-time predictor, retrained by [`train_loop`] (None until there is history).
+    pub predictor: SharedPredictor,
+    /// Predictions of pending tasks, per predictor generation: each task is predicted once.
+    pub predicted: std::sync::Mutex<(u64, HashMap<TaskId, Option<f64>>)>,
+}
+
+/// The current run-time predictor and its generation (bumped on every retraining).
+pub type SharedPredictor = Arc<std::sync::RwLock<(u64, Option<Arc<Predictor>>)>>;
+
+/// Retrain once this many attempts have finished since the last training.
+const RETRAIN_AFTER: u64 = 50;
+
+/// On the leader: retrains the run-time predictor off the async runtime when enough new
+/// attempts have finished (every new one while the history is small).
+pub async fn train_loop(
+    reader: LedgerReader,
+    writer: Writer,
+    node: NodeId,
+    slot: SharedPredictor,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::planner::predictor::history::{self, Target};
+    let mut seen: Option<u64> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if writer.raft().metrics().borrow().current_leader != Some(node) {
+            continue;
+        }
+        let total = reader.read().history_total();
+        let due = match seen {
+            None => total > 0,
+            Some(s) => total.saturating_sub(s) >= RETRAIN_AFTER.min(1 + s / 10),
+        };
+        if !due {
+            continue;
+        }
+        let samples = history::samples(reader.read().history(), Target::DurationSecs);
+        let trained =
+            tokio::task::spawn_blocking(move || Predictor::train(&samples, &history::options()))
+                .await;
+        match trained {
+            Ok(Ok(p)) => {
+                let mut g = slot.write().unwrap_or_else(|e| e.into_inner());
+                *g = (g.0 + 1, Some(Arc::new(p)));
+                seen = Some(total);
+                tracing::debug!("run-time predictor retrained on {total} finished attempts");
+            }
+            Ok(Err(e)) => tracing::warn!("predictor training failed: {e}"),
+            Err(e) => tracing::warn!("predictor training stopped: {e}"),
+        }
+    }
 }
 
 impl Control {
@@ -159,6 +216,34 @@ impl Control {
         }
     }
 
+    /// Fills in predicted run times (each task predicted once per predictor generation).
+    fn with_predictions<'a>(
+        &self,
+        ledger: &'a testmesh_consensus::Ledger,
+        mut queue: Vec<planner::PendingView<'a>>,
+    ) -> Vec<planner::PendingView<'a>> {
+        let (generation, predictor) = {
+            let g = self.predictor.read().unwrap_or_else(|e| e.into_inner());
+            (g.0, g.1.clone())
+        };
+        let Some(predictor) = predictor else {
+            return queue;
+        };
+        let mut cache = self.predicted.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != generation || cache.1.len() > 4 * MAX_PENDING_PER_ROUND {
+            *cache = (generation, HashMap::new());
+        }
+        for p in &mut queue {
+            p.predicted_secs = *cache.1.entry(p.id).or_insert_with(|| {
+                let spec = &ledger.task(p.id)?.spec;
+                let pr = predictor.predict(&planner::predictor::history::spec_features(spec));
+                // Only what history says; "requested" means nothing is known.
+                (pr.path != planner::predictor::PredictionPath::Requested).then_some(pr.value)
+            });
+        }
+        queue
+    }
+
     /// GPUs that fresh statistics show busy with processes testmesh did not start.
     fn busy_gpus(&self) -> HashMap<NodeId, Vec<u32>> {
         let now = clock::now().0;
@@ -205,8 +290,11 @@ impl Control {
             }
             let mut workers = planner::workers_of(&ledger);
             planner::occupy_busy_gpus(&mut workers, &busy);
-            let queue = planner::pending_of(&ledger).take(MAX_PENDING_PER_ROUND);
-            planner::schedule_from(&mut workers, queue, &self.options)
+            let queue: Vec<_> = planner::pending_of(&ledger)
+                .take(MAX_PENDING_PER_ROUND)
+                .collect();
+            let queue = self.with_predictions(&ledger, queue);
+            planner::place(&mut workers, queue, &self.options)
         };
         if plan.assignments.is_empty() {
             return;

@@ -205,16 +205,30 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     }
     let batcher = Batcher::spawn(writer.clone());
     loops.spawn(Agent::new(node, dir.clone(), reader.clone(), batcher).run(shutdown.clone()));
+    let predictor: crate::control::SharedPredictor = Default::default();
+    loops.spawn(crate::control::train_loop(
+        reader.clone(),
+        writer.clone(),
+        node,
+        predictor.clone(),
+        shutdown.clone(),
+    ));
     loops.spawn(
         Control {
             node,
             reader: reader.clone(),
             writer: writer.clone(),
-            options: Default::default(),
+            // Shortest predicted run time first within groups of 64 queue positions.
+            options: crate::planner::Options {
+                shortest_first_group: 64,
+                ..Default::default()
+            },
             liveness,
             dead_after: cfg.dead_after,
             stats: stats.clone(),
             stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
+            predictor,
+            predicted: Default::default(),
         }
         .run(shutdown.clone()),
     );

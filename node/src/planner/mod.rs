@@ -9,5 +9,5 @@ pub mod scheduler;
 
 pub use scheduler::{
     ClusterView, Options, PendingView, Plan, Policy, WorkerView, could_ever_fit, occupy_busy_gpus,
-    pending_of, schedule, schedule_from, why_pending, workers_of,
+    pending_of, place, schedule, schedule_from, shortest_first, why_pending, workers_of,
 };

@@ -195,18 +195,21 @@ mod tests {
                 next_attempt: 1,
                 requirements: &small,
                 priority: 5,
+                predicted_secs: None,
             },
             PendingView {
                 id: TaskId(2),
                 next_attempt: 1,
                 requirements: &small,
                 priority: 0,
+                predicted_secs: None,
             },
             PendingView {
                 id: TaskId(3),
                 next_attempt: 1,
                 requirements: &big,
                 priority: 0,
+                predicted_secs: None,
             },
         ];
         let plan = schedule_batch(&mut workers, pending);
@@ -239,12 +242,14 @@ mod tests {
                     next_attempt: 1,
                     requirements: &cpu,
                     priority: 0,
+                    predicted_secs: None,
                 },
                 PendingView {
                     id: TaskId(2),
                     next_attempt: 1,
                     requirements: &gpu,
                     priority: 0,
+                    predicted_secs: None,
                 },
             ],
         );

@@ -24,6 +24,8 @@ pub struct PendingView<'a> {
     pub next_attempt: u32,
     pub requirements: &'a Requirements,
     pub priority: i32,
+    /// Predicted run time in seconds, when the predictor has one.
+    pub predicted_secs: Option<f64>,
 }
 
 /// A snapshot of what scheduling needs, borrowed from the ledger.
@@ -80,6 +82,7 @@ pub fn pending_of(ledger: &Ledger) -> impl Iterator<Item = PendingView<'_>> {
         next_attempt: t.attempt + 1,
         requirements: &t.spec.requirements,
         priority: t.spec.priority,
+        predicted_secs: None,
     })
 }
 
@@ -98,6 +101,39 @@ pub struct Options {
     /// Stop scanning after this many feasible workers and take the best of them.
     pub feasible_to_score: usize,
     pub policy: Policy,
+    /// Within each group of this many consecutive queue positions (same priority), place the
+    /// tasks predicted shortest first; 0 keeps queue order. Bounded so that nobody starves: a
+    /// task is never passed by more than a group's worth of later arrivals.
+    pub shortest_first_group: usize,
+}
+
+/// Reorders a queue shortest-predicted-first within consecutive groups of `group` tasks of
+/// equal priority, lazily (one group at a time). Tasks without a prediction keep their place
+/// relative to each other and go after the predicted ones of their group.
+pub fn shortest_first<'a>(
+    queue: impl Iterator<Item = PendingView<'a>>,
+    group: usize,
+) -> impl Iterator<Item = PendingView<'a>> {
+    let mut queue = queue.peekable();
+    let group = group.max(1);
+    std::iter::from_fn(move || {
+        let first = queue.next()?;
+        let mut chunk = vec![first];
+        while chunk.len() < group {
+            match queue.next_if(|t| t.priority == first.priority) {
+                Some(t) => chunk.push(t),
+                None => break,
+            }
+        }
+        // Stable: equal (or missing) predictions keep queue order.
+        chunk.sort_by(|a, b| {
+            a.predicted_secs
+                .unwrap_or(f64::INFINITY)
+                .total_cmp(&b.predicted_secs.unwrap_or(f64::INFINITY))
+        });
+        Some(chunk)
+    })
+    .flatten()
 }
 
 /// How a worker is chosen among those that fit.
@@ -123,12 +159,13 @@ pub fn place<'a>(
     pending: impl IntoIterator<Item = PendingView<'a>>,
     opts: &Options,
 ) -> Plan {
-    match opts.policy {
-        Policy::Batch => super::optimizer::schedule_batch(
+    match (opts.policy, opts.shortest_first_group) {
+        (Policy::Batch, _) => super::optimizer::schedule_batch(
             workers,
             pending.into_iter().take(BATCH_WINDOW).collect(),
         ),
-        Policy::Fitness | Policy::FirstFit => schedule_from(workers, pending, opts),
+        (_, 0) => schedule_from(workers, pending, opts),
+        (_, g) => schedule_from(workers, shortest_first(pending.into_iter(), g), opts),
     }
 }
 
@@ -137,6 +174,7 @@ impl Default for Options {
         Options {
             feasible_to_score: 32,
             policy: Policy::Fitness,
+            shortest_first_group: 0,
         }
     }
 }

@@ -129,6 +129,45 @@ fn gpus_busy_with_someone_elses_process_are_not_placed_on() {
 }
 
 #[test]
+fn shortest_predicted_first_within_bounded_groups_of_one_priority() {
+    let l = ledger(
+        vec![worker(1, 64000, 64, 0)],
+        vec![
+            task(1000, 1, GpuRequest::None, 1),
+            task(1000, 1, GpuRequest::None, 0),
+            task(1000, 1, GpuRequest::None, 0),
+            task(1000, 1, GpuRequest::None, 0),
+            task(1000, 1, GpuRequest::None, 0),
+        ],
+    );
+    let predicted = [None, Some(50.0), None, Some(5.0), Some(1.0)];
+    let queue: Vec<PendingView<'_>> = pending_of(&l)
+        .map(|mut p| {
+            p.predicted_secs = predicted[(p.id.0 - 1) as usize];
+            p
+        })
+        .collect();
+    let order = |group| -> Vec<u64> {
+        shortest_first(queue.clone().into_iter(), group)
+            .map(|p| p.id.0)
+            .collect()
+    };
+    // Priority 1 stays first; then groups of 2 among the priority-0 tasks 2,3 | 4,5.
+    assert_eq!(order(2), vec![1, 2, 3, 5, 4]);
+    // One group for all of priority 0: shortest first, unpredicted last.
+    assert_eq!(order(64), vec![1, 5, 4, 2, 3]);
+    // The planner places in that order.
+    let opts = Options {
+        shortest_first_group: 64,
+        ..Default::default()
+    };
+    let mut workers = workers_of(&l);
+    let plan = place(&mut workers, queue.clone(), &opts);
+    let placed: Vec<u64> = plan.assignments.iter().map(|a| a.task.0).collect();
+    assert_eq!(placed, vec![1, 5, 4, 2, 3]);
+}
+
+#[test]
 fn best_fit_packs_onto_the_fuller_worker() {
     let mut l = ledger(
         vec![worker(1, 4000, 8, 0), worker(2, 4000, 8, 0)],
