@@ -711,3 +711,42 @@ async fn the_queue_runs_shortest_predicted_first_within_a_priority() {
         "the short task, submitted last, runs first: {short}\n{long1}"
     );
 }
+
+#[tokio::test]
+async fn mem_auto_reserves_the_predicted_peak_and_says_so() {
+    let node = TestNode::start(&[]).await;
+    let task = json!({"command": ["sleep", "0.1"], "name": "probe", "cpu": "10m", "mem": "auto"});
+    // No history yet: nothing reserved, and the label says why.
+    let first = node.submit(task.clone()).await;
+    let t = node.wait_state(first, "succeeded").await;
+    assert_eq!(t["spec"]["requirements"]["memory"], 0);
+    assert!(
+        t["spec"]["labels"]["testmesh.mem_auto"]
+            .as_str()
+            .unwrap()
+            .contains("no history")
+    );
+    for _ in 0..3 {
+        let id = node.submit(task.clone()).await;
+        node.wait_state(id, "succeeded").await;
+    }
+    // With history: the measured peak RSS plus headroom is reserved.
+    let o = node.cli(&[
+        "submit", "--name", "probe", "--mem", "auto", "--cpu", "10m", "--", "sleep", "0.1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let t = node.wait_state(id, "succeeded").await;
+    let reserved = t["spec"]["requirements"]["memory"].as_u64().unwrap();
+    let peak = t["attempts"][0]["outcome"]["peak_rss"].as_u64().unwrap();
+    assert!(reserved > 0, "{t}");
+    assert!(
+        reserved as f64 >= peak as f64 * 0.8,
+        "reserved {reserved}, peak {peak}"
+    );
+    let why = t["spec"]["labels"]["testmesh.mem_auto"].as_str().unwrap();
+    assert!(
+        why.contains("MiB reserved") && why.contains("KeyMedian"),
+        "{why}"
+    );
+}

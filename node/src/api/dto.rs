@@ -158,6 +158,11 @@ fn check_key(what: &str, k: &str) -> Result<(), String> {
 }
 
 /// Validates a request into a spec, with messages that name the field.
+/// `mem: "auto"`: reserve the memory history predicts.
+pub fn mem_is_auto(r: &TaskRequest) -> bool {
+    matches!(&r.mem, Some(Amount::Text(m)) if m.trim().eq_ignore_ascii_case("auto"))
+}
+
 pub fn to_spec(r: &TaskRequest) -> Result<TaskSpec, String> {
     if r.command.is_empty() || r.command[0].trim().is_empty() {
         return Err(
@@ -189,7 +194,12 @@ pub fn to_spec(r: &TaskRequest) -> Result<TaskSpec, String> {
         Some(a) => units::parse_size(&a.text()).map_err(|e| format!("{what}: {e}")),
         None => Ok(Bytes(0)),
     };
-    let memory = size("mem", &r.mem)?;
+    // "auto" is resolved by the node that takes the submit (see `api::predict`).
+    let memory = if mem_is_auto(r) {
+        Bytes(0)
+    } else {
+        size("mem", &r.mem)?
+    };
     let disk = size("disk", &r.disk)?;
     let gpu_mem = size("gpu_mem", &r.gpu_mem)?;
     let gpu = match &r.gpus {

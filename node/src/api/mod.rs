@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 pub use dto::{
     Amount, LogChunk, StatusView, SubmitRequest, SubmitResponse, TaskList, TaskRequest, TaskView,
-    WorkerView, to_spec,
+    WorkerView, mem_is_auto, to_spec,
 };
 pub use error::ApiError;
 

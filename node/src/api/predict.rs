@@ -62,6 +62,33 @@ async fn models(st: &AppState) -> Result<(Arc<(Predictor, Predictor)>, usize), A
     Ok((m, len))
 }
 
+/// Headroom over the predicted peak when `mem: "auto"` reserves it.
+const AUTO_MEMORY_HEADROOM: f64 = 1.25;
+/// Label on a task whose memory was reserved by prediction, saying what was predicted.
+pub const MEM_AUTO_LABEL: &str = "testmesh.mem_auto";
+
+/// `mem: "auto"`: reserves the predicted peak memory plus 25 % (nothing when there is no
+/// history yet), and labels the task with what was predicted and how.
+pub async fn reserve_predicted_memory(
+    st: &AppState,
+    spec: &mut testmesh_consensus::task::TaskSpec,
+) -> Result<(), ApiError> {
+    let (m, _) = models(st).await?;
+    let p = m.1.predict(&history::spec_features(spec));
+    let note = if p.path == crate::planner::predictor::PredictionPath::Requested {
+        "no history yet: nothing reserved".to_string()
+    } else {
+        let mib = (p.value * AUTO_MEMORY_HEADROOM).ceil().max(1.0) as u64;
+        spec.requirements.memory = testmesh_consensus::Bytes(mib << 20);
+        format!(
+            "{mib} MiB reserved: predicted peak {:.0} MiB + 25 % ({:?}, confidence {:.2}, {} samples)",
+            p.value, p.path, p.confidence, p.samples
+        )
+    };
+    spec.labels.insert(MEM_AUTO_LABEL.to_string(), note);
+    Ok(())
+}
+
 pub async fn predict(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<TaskRequest>,

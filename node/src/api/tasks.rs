@@ -399,8 +399,12 @@ pub async fn submit(
     let many = req.tasks.len() > 1;
     let mut specs = Vec::with_capacity(req.tasks.len());
     for (i, t) in req.tasks.iter().enumerate() {
-        let spec = to_spec(t)
+        let mut spec = to_spec(t)
             .map_err(|e| ApiError::BadRequest(if many { format!("task #{i}: {e}") } else { e }))?;
+        if mem_is_auto(t) {
+            // Reserve what history predicts for it.
+            super::predict::reserve_predicted_memory(&st, &mut spec).await?;
+        }
         specs.push(spec);
     }
     if !req.allow_unschedulable {

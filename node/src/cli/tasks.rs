@@ -30,7 +30,8 @@ pub struct RequirementArgs {
     /// CPU cores (2, 0.5) or millicores (500m) [default: 1]
     #[arg(long)]
     pub cpu: Option<String>,
-    /// Memory to reserve, e.g. 512MiB or 4GiB
+    /// Memory to reserve, e.g. 512MiB or 4GiB; `auto` reserves the peak predicted from
+    /// earlier runs of the same task plus 25 % (nothing before there is history)
     #[arg(long)]
     pub mem: Option<String>,
     /// Whole GPUs (1, 2) or a share of one GPU (0.5)
