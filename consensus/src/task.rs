@@ -139,16 +139,24 @@ pub fn tail_of(bytes: &[u8]) -> String {
 }
 
 impl Outcome {
-    pub fn lost(message: impl Into<String>) -> Self {
+    /// An ending in `state` with nothing measured (no exit code, no usage, no output).
+    pub fn bare(state: TaskState) -> Self {
         Outcome {
-            state: TaskState::Lost,
+            state,
             exit_code: None,
             signal: None,
             peak_rss: Bytes(0),
             cpu_time_ms: 0,
-            message: Some(message.into()),
+            message: None,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+        }
+    }
+
+    pub fn lost(message: impl Into<String>) -> Self {
+        Outcome {
+            message: Some(message.into()),
+            ..Outcome::bare(TaskState::Lost)
         }
     }
 }

@@ -94,14 +94,8 @@ fn finish(
             attempt,
             worker: NodeId(worker),
             outcome: Outcome {
-                state,
                 exit_code: Some(if state == TaskState::Succeeded { 0 } else { 1 }),
-                signal: None,
-                peak_rss: Bytes(0),
-                cpu_time_ms: 0,
-                message: None,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
+                ..Outcome::bare(state)
             },
             at: UnixMillis(4),
         },
@@ -410,7 +404,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         3 => (task.clone(), 0u32..4, worker.clone(), prop_oneof![Just(TaskState::Succeeded), Just(TaskState::Failed), Just(TaskState::Lost), Just(TaskState::Running)]).prop_map(|(task, attempt, w, state)| Command::TaskFinished {
             task, attempt, worker: NodeId(w),
-            outcome: Outcome { state, exit_code: None, signal: None, peak_rss: Bytes(0), cpu_time_ms: 0, message: None, stdout_tail: String::new(), stderr_tail: String::new() },
+            outcome: Outcome::bare(state),
             at: UnixMillis(0),
         }),
         2 => (task.clone(), 0u32..4, worker).prop_map(|(task, attempt, w)| Command::TaskStarted { task, attempt, worker: NodeId(w), pid: 1, at: UnixMillis(0) }),

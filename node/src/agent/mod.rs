@@ -191,14 +191,8 @@ impl Agent {
                 task,
                 attempt,
                 Outcome {
-                    state: TaskState::Cancelled,
-                    exit_code: None,
-                    signal: None,
-                    peak_rss: Bytes(0),
-                    cpu_time_ms: 0,
                     message: Some("cancelled before it started".into()),
-                    stdout_tail: String::new(),
-                    stderr_tail: String::new(),
+                    ..Outcome::bare(TaskState::Cancelled)
                 },
             )
             .await;
@@ -243,14 +237,8 @@ impl Agent {
                     s.task,
                     s.attempt,
                     Outcome {
-                        state: TaskState::Failed,
-                        exit_code: None,
-                        signal: None,
-                        peak_rss: Bytes(0),
-                        cpu_time_ms: 0,
                         message: Some(message),
-                        stdout_tail: String::new(),
-                        stderr_tail: String::new(),
+                        ..Outcome::bare(TaskState::Failed)
                     },
                 )
                 .await;

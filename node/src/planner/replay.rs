@@ -13,7 +13,7 @@ use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{Capacity, Hardware};
 use testmesh_consensus::resources::Requirements;
 use testmesh_consensus::task::{Outcome, TaskSpec, TaskState};
-use testmesh_consensus::{Applied, Bytes, Command, NodeId, TaskId, UnixMillis};
+use testmesh_consensus::{Applied, Command, NodeId, TaskId, UnixMillis};
 
 use super::scheduler::{self, Options};
 
@@ -167,14 +167,8 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
                 .and_then(|x| x.current_attempt())
                 .map_or(NodeId(0), |a| a.worker);
             let outcome = Outcome {
-                state: TaskState::Succeeded,
                 exit_code: Some(0),
-                signal: None,
-                peak_rss: Bytes(0),
-                cpu_time_ms: 0,
-                message: None,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
+                ..Outcome::bare(TaskState::Succeeded)
             };
             let _ = apply(
                 &mut ledger,
@@ -293,7 +287,7 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
 
 #[cfg(test)]
 mod tests {
-    use testmesh_consensus::MilliCpu;
+    use testmesh_consensus::{Bytes, MilliCpu};
 
     use super::*;
 
