@@ -383,6 +383,34 @@ async fn the_output_tail_outlives_the_log_file() {
 }
 
 #[tokio::test]
+async fn peak_gpu_memory_is_attributed_to_the_task() {
+    // The simulated GPUs list a process that asks for TESTMESH_SIMULATED_GPU_MIB as NVML lists a
+    // compute process; attribution (pid → task attempt) and the peak are the real code.
+    let node = TestNode::start(&[
+        "--simulate-gpus",
+        "2xSim A100:40GiB",
+        "--stats-interval",
+        "200ms",
+    ])
+    .await;
+    let id = node
+        .submit(json!({"command": ["sleep", "1.5"], "cpu": "10m", "gpus": 2,
+            "env": {"TESTMESH_SIMULATED_GPU_MIB": "700"}}))
+        .await;
+    let t = node.wait_state(id, "succeeded").await;
+    assert_eq!(
+        t["attempts"][0]["outcome"]["peak_gpu_memory"].as_u64(),
+        Some(2 * 700 << 20),
+        "700 MiB on each of its 2 GPUs: {t}"
+    );
+    let cpu_only = node
+        .submit(json!({"command": ["true"], "cpu": "10m"}))
+        .await;
+    let t = node.wait_state(cpu_only, "succeeded").await;
+    assert_eq!(t["attempts"][0]["outcome"]["peak_gpu_memory"], 0);
+}
+
+#[tokio::test]
 async fn gpu_reservations_set_cuda_visible_devices() {
     // Simulated GPUs (no NVIDIA hardware here): the placement and environment path is the real one.
     let node = TestNode::start(&["--simulate-gpus", "2xSim A100:40GiB"]).await;

@@ -34,6 +34,7 @@ pub struct HistoryRecord {
     pub duration_ms: u64,
     pub peak_rss: Bytes,
     pub cpu_time_ms: u64,
+    pub peak_gpu_memory: Bytes,
 }
 
 /// The program of a command line, without its directory.

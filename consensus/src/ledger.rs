@@ -91,6 +91,7 @@ fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
         duration_ms: finished.0.saturating_sub(started.0),
         peak_rss: outcome.peak_rss,
         cpu_time_ms: outcome.cpu_time_ms,
+        peak_gpu_memory: outcome.peak_gpu_memory,
     })
 }
 

@@ -114,6 +114,9 @@ pub struct Outcome {
     pub signal: Option<i32>,
     pub peak_rss: Bytes,
     pub cpu_time_ms: u64,
+    /// Highest GPU memory the attempt's processes held at once, summed over its GPUs, as NVML
+    /// attributes it per process (sampled with the node's stats; 0 without GPUs).
+    pub peak_gpu_memory: Bytes,
     /// Why, in words, when the exit code does not say it (spawn error, timeout, lost worker).
     pub message: Option<String>,
     /// The last bytes of the attempt's output, kept in the ledger so they outlive the worker
@@ -147,6 +150,7 @@ impl Outcome {
             signal: None,
             peak_rss: Bytes(0),
             cpu_time_ms: 0,
+            peak_gpu_memory: Bytes(0),
             message: None,
             stdout_tail: String::new(),
             stderr_tail: String::new(),

@@ -149,7 +149,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         None => NvmlProbe::open(),
     };
     let node_str = node.to_string();
-    let mut monitor = Monitor::new(probe, Box::new(move |pid| agent::is_ours(pid, &node_str)));
+    let mut monitor = Monitor::new(probe, Box::new(move |pid| agent::task_of(pid, &node_str)));
+    let gpu_peaks = monitor.gpu_memory_peaks();
     let mut capacity = monitor.capacity(dir);
     if let Some(c) = cfg.cpus {
         capacity.cpu = c;
@@ -204,7 +205,11 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         });
     }
     let batcher = Batcher::spawn(writer.clone());
-    loops.spawn(Agent::new(node, dir.clone(), reader.clone(), batcher).run(shutdown.clone()));
+    loops.spawn(
+        Agent::new(node, dir.clone(), reader.clone(), batcher)
+            .with_gpu_memory(gpu_peaks)
+            .run(shutdown.clone()),
+    );
     let predictor: crate::control::SharedPredictor = Default::default();
     loops.spawn(crate::control::train_loop(
         reader.clone(),

@@ -20,9 +20,10 @@ use testmesh_consensus::task::{Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of
 use testmesh_consensus::{Bytes, Command, NodeId, TaskId};
 use tokio::sync::watch;
 
-pub use sys::{is_ours, kill_orphans};
+pub use sys::{kill_orphans, task_of};
 
 use crate::clock;
+use crate::monitor::GpuMemoryPeaks;
 use crate::writer::Batcher;
 
 /// Path of one attempt's log file; `stream` is `stdout` or `stderr`.
@@ -65,6 +66,7 @@ pub struct Agent {
     by_pid: HashMap<u32, TaskId>,
     /// Attempts reported finished whose report may not be applied yet.
     reported: HashMap<TaskId, u32>,
+    gpu_memory: GpuMemoryPeaks,
 }
 
 impl Agent {
@@ -79,7 +81,14 @@ impl Agent {
             running: HashMap::new(),
             by_pid: HashMap::new(),
             reported: HashMap::new(),
+            gpu_memory: GpuMemoryPeaks::default(),
         }
+    }
+
+    /// Where the monitor keeps each attempt's peak GPU memory.
+    pub fn with_gpu_memory(mut self, peaks: GpuMemoryPeaks) -> Self {
+        self.gpu_memory = peaks;
+        self
     }
 
     /// Runs until `shutdown` flips to true; then kills every running task group.
@@ -303,6 +312,7 @@ impl Agent {
                 signal: exit.signal,
                 peak_rss: Bytes(exit.max_rss_bytes),
                 cpu_time_ms: exit.cpu_time.as_millis() as u64,
+                peak_gpu_memory: self.gpu_memory.take(task, run.attempt),
                 message,
                 stdout_tail: String::new(),
                 stderr_tail: String::new(),

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use testmesh_consensus::TaskId;
 use tokio::sync::mpsc;
 
 /// How a child ended.
@@ -190,18 +191,34 @@ pub fn signal_group(pgid: u32, signal: i32) {
 pub const SIGTERM: i32 = libc::SIGTERM;
 pub const SIGKILL: i32 = libc::SIGKILL;
 
+/// The task attempt that process `pid` belongs to, when testmesh node `node_id` started it (a
+/// task or a task's child: they all carry its `TESTMESH_NODE_ID`, `TESTMESH_TASK_ID` and
+/// `TESTMESH_ATTEMPT`). A process we cannot inspect is not ours.
+pub fn task_of(pid: u32, node_id: &str) -> Option<(TaskId, u32)> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let (mut ours, mut task, mut attempt) = (false, None, None);
+    for v in env.split(|b| *b == 0) {
+        let Ok(v) = std::str::from_utf8(v) else {
+            continue;
+        };
+        if let Some(n) = v.strip_prefix("TESTMESH_NODE_ID=") {
+            ours = n == node_id;
+        } else if let Some(t) = v.strip_prefix("TESTMESH_TASK_ID=") {
+            task = t.parse().ok().map(TaskId);
+        } else if let Some(a) = v.strip_prefix("TESTMESH_ATTEMPT=") {
+            attempt = a.parse().ok();
+        }
+    }
+    if !ours {
+        return None;
+    }
+    Some((task?, attempt?))
+}
+
 /// Kills the process groups of tasks left behind by an earlier run of this node (after a crash
 /// or `kill -9` its children keep running). They are recognised by the `TESTMESH_NODE_ID`
 /// variable the agent gives every task; returns how many groups were killed. Call it before the
 /// agent starts anything.
-/// Whether process `pid` was started by testmesh node `node_id` (a task or a task's child: they
-/// all carry its `TESTMESH_NODE_ID`). A process we cannot inspect is not ours.
-pub fn is_ours(pid: u32, node_id: &str) -> bool {
-    let needle = format!("TESTMESH_NODE_ID={node_id}");
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
-}
-
 pub fn kill_orphans(node_id: &str) -> usize {
     let me = std::process::id();
     let needle = format!("TESTMESH_NODE_ID={node_id}");

@@ -334,9 +334,14 @@ pub async fn show(a: TaskArgs) -> anyhow::Result<ExitCode> {
                 .map(|c| format!(" exit {c}"))
                 .unwrap_or_default(),
             o.map(|o| format!(
-                " · peak rss {} · cpu {}{}",
+                " · peak rss {} · cpu {}{}{}",
                 o.peak_rss,
                 millis(o.cpu_time_ms),
+                if o.peak_gpu_memory.0 > 0 {
+                    format!(" · peak gpu memory {}", o.peak_gpu_memory)
+                } else {
+                    String::new()
+                },
                 o.message
                     .as_ref()
                     .map(|m| format!(" · {m}"))

@@ -1,5 +1,6 @@
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enums::device::UsedGpuMemory;
 use serde::{Deserialize, Serialize};
 use testmesh_consensus::Bytes;
 use testmesh_consensus::model::GpuInfo;
@@ -18,9 +19,17 @@ pub struct GpuSample {
     /// Of those, the ones testmesh did not start on this node (someone else's job): such a
     /// GPU is not free even when the ledger has nothing reserved on it.
     pub foreign_processes: u32,
-    /// Process ids, for classifying on this host only; never gossiped.
+    /// The compute processes with the memory NVML attributes to each, for classifying and
+    /// attributing on this host only; never gossiped.
     #[serde(skip)]
-    pub pids: Vec<u32>,
+    pub procs: Vec<GpuProcess>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// 0 where the driver cannot tell (e.g. some MIG and Windows modes).
+    pub memory: Bytes,
 }
 
 /// Where GPU information comes from (NVML on real hosts; nothing elsewhere).
@@ -49,7 +58,9 @@ impl GpuProbe for NoGpus {
 /// Simulated GPUs (a fake, named as such): for tests of GPU placement and
 /// `CUDA_VISIBLE_DEVICES` on hosts without NVIDIA hardware, and for demos. Never used unless
 /// `--simulate-gpus` is given; `--simulate-gpu-busy` marks GPUs as running someone else's
-/// process.
+/// process. A process whose environment holds `TESTMESH_SIMULATED_GPU_MIB=N` shows up as a
+/// compute process holding N MiB on each GPU of its `CUDA_VISIBLE_DEVICES`, as NVML would
+/// list a real one.
 pub struct SimulatedGpus {
     pub gpus: Vec<GpuInfo>,
     pub busy: Vec<u32>,
@@ -60,16 +71,25 @@ impl GpuProbe for SimulatedGpus {
         self.gpus.clone()
     }
     fn sample(&self) -> Vec<GpuSample> {
+        let simulated = simulated_processes();
         self.gpus
             .iter()
             .map(|g| {
                 let busy = self.busy.contains(&g.index);
+                let procs: Vec<GpuProcess> = simulated
+                    .iter()
+                    .filter(|(_, gpus, _)| gpus.contains(&g.index))
+                    .map(|&(pid, _, memory)| GpuProcess { pid, memory })
+                    .collect();
                 GpuSample {
                     index: g.index,
                     memory_total: g.memory,
-                    utilization_percent: if busy { 100 } else { 0 },
-                    processes: busy as u32,
+                    memory_used: Bytes(procs.iter().map(|p| p.memory.0).sum()),
+                    utilization_percent: if busy || !procs.is_empty() { 100 } else { 0 },
+                    processes: busy as u32 + procs.len() as u32,
+                    // Someone else's process has no pid here; the monitor adds ours.
                     foreign_processes: busy as u32,
+                    procs,
                     ..Default::default()
                 }
             })
@@ -121,15 +141,25 @@ impl GpuProbe for NvmlProbe {
             .filter_map(|i| {
                 let d = self.nvml.device_by_index(i).ok()?;
                 let mem = d.memory_info().ok();
-                let pids: Vec<u32> = d
+                let procs: Vec<GpuProcess> = d
                     .running_compute_processes()
-                    .map(|ps| ps.into_iter().map(|p| p.pid).collect())
+                    .map(|ps| {
+                        ps.into_iter()
+                            .map(|p| GpuProcess {
+                                pid: p.pid,
+                                memory: Bytes(match p.used_gpu_memory {
+                                    UsedGpuMemory::Used(b) => b,
+                                    UsedGpuMemory::Unavailable => 0,
+                                }),
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 Some(GpuSample {
-                    processes: pids.len() as u32,
+                    processes: procs.len() as u32,
                     // Classified by the monitor, which knows this node's tasks.
                     foreign_processes: 0,
-                    pids,
+                    procs,
                     index: i,
                     utilization_percent: d.utilization_rates().map(|u| u.gpu).unwrap_or(0),
                     memory_used: Bytes(mem.as_ref().map_or(0, |m| m.used)),
@@ -149,6 +179,31 @@ impl GpuProbe for NvmlProbe {
             None => driver,
         })
     }
+}
+
+/// Processes asking the simulated GPUs for memory: (pid, visible GPU indices, memory).
+fn simulated_processes() -> Vec<(u32, Vec<u32>, Bytes)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            let (mut mib, mut visible) = (None, Vec::new());
+            for v in env.split(|b| *b == 0) {
+                let Ok(v) = std::str::from_utf8(v) else {
+                    continue;
+                };
+                if let Some(n) = v.strip_prefix("TESTMESH_SIMULATED_GPU_MIB=") {
+                    mib = n.parse::<u64>().ok();
+                } else if let Some(l) = v.strip_prefix("CUDA_VISIBLE_DEVICES=") {
+                    visible = l.split(',').filter_map(|i| i.parse().ok()).collect();
+                }
+            }
+            Some((pid, visible, Bytes(mib? << 20)))
+        })
+        .collect()
 }
 
 #[cfg(test)]
