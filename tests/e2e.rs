@@ -400,7 +400,7 @@ async fn peak_gpu_memory_is_attributed_to_the_task() {
     let t = node.wait_state(id, "succeeded").await;
     assert_eq!(
         t["attempts"][0]["outcome"]["peak_gpu_memory"].as_u64(),
-        Some(2 * 700 << 20),
+        Some((2 * 700) << 20),
         "700 MiB on each of its 2 GPUs: {t}"
     );
     let cpu_only = node
