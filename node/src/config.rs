@@ -11,6 +11,7 @@ use testmesh_consensus::model::GpuInfo;
 use testmesh_consensus::{Bytes, MilliCpu};
 
 use crate::error::Error;
+use crate::planner::catalogue::InstanceType;
 use crate::units;
 
 pub const DEFAULT_DATA_DIR: &str = "testmesh-data";
@@ -126,6 +127,67 @@ struct FileConfig {
     voters: Option<usize>,
     dead_after: Option<String>,
     drain_timeout: Option<String>,
+    /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
+    #[serde(default)]
+    instance_types: Vec<FileInstanceType>,
+}
+
+/// One `[[instance_types]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileInstanceType {
+    provider: String,
+    name: String,
+    cpus: String,
+    memory: String,
+    #[serde(default)]
+    gpus: u32,
+    #[serde(default)]
+    gpu_model: String,
+    gpu_memory: Option<String>,
+    price_per_hour: f64,
+    #[serde(default = "default_boot_secs")]
+    boot_secs: u32,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn default_boot_secs() -> u32 {
+    90
+}
+
+fn instance_types(file: Vec<FileInstanceType>) -> Result<Vec<InstanceType>, String> {
+    if file.is_empty() {
+        return Ok(crate::planner::catalogue::default_catalogue());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    file.into_iter()
+        .map(|f| {
+            let key = format!("{}/{}", f.provider, f.name);
+            let t = InstanceType {
+                cpu: units::parse_cpu(&f.cpus).map_err(|e| format!("{key}: cpus: {e}"))?,
+                memory: units::parse_size(&f.memory).map_err(|e| format!("{key}: memory: {e}"))?,
+                gpu_memory: match &f.gpu_memory {
+                    Some(m) => {
+                        units::parse_size(m).map_err(|e| format!("{key}: gpu_memory: {e}"))?
+                    }
+                    None => Bytes(0),
+                },
+                provider: f.provider,
+                name: f.name,
+                gpus: f.gpus,
+                gpu_model: f.gpu_model,
+                price_per_hour: f.price_per_hour,
+                boot_secs: f.boot_secs,
+                labels: f.labels,
+            };
+            t.validate()?;
+            if !seen.insert(key.clone()) {
+                return Err(format!("instance type {key} is listed twice"));
+            }
+            Ok(t)
+        })
+        .collect()
 }
 
 /// Validated, immutable node configuration.
@@ -149,6 +211,7 @@ pub struct NodeConfig {
     pub dead_after: std::time::Duration,
     pub stats_interval: std::time::Duration,
     pub stats_retention: std::time::Duration,
+    pub catalogue: Vec<InstanceType>,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -289,7 +352,10 @@ impl NodeConfig {
                 "--stats-interval must be at least 100ms and --stats-retention at least one interval".into(),
             ));
         }
+        let catalogue =
+            instance_types(file.instance_types).map_err(|e| in_file("[[instance_types]]", e))?;
         Ok(NodeConfig {
+            catalogue,
             stats_interval,
             stats_retention,
             dead_after,
@@ -361,5 +427,26 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("IP:PORT"));
+    }
+
+    #[test]
+    fn instance_catalogue_from_the_file() {
+        let c = NodeConfig::build(&NodeArgs::default()).unwrap();
+        assert!(c.catalogue.len() > 5, "the built-in catalogue by default");
+        let t = |extra: &str| {
+            format!(
+                "version = 1\n[[instance_types]]\nprovider = \"docker\"\nname = \"local\"\ncpus = \"2\"\nmemory = \"4GiB\"\nprice_per_hour = 0.0\n{extra}"
+            )
+        };
+        let c = with_file(&t("")).unwrap();
+        assert_eq!(c.catalogue.len(), 1);
+        assert_eq!(c.catalogue[0].cpu, MilliCpu(2000));
+        assert_eq!(c.catalogue[0].boot_secs, 90);
+        let e = with_file(&t("gpus = 2\n")).unwrap_err().to_string();
+        assert!(e.contains("docker/local") && e.contains("gpu_model"), "{e}");
+        let e = with_file(&(t("") + &t("").replace("version = 1\n", "")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
     }
 }

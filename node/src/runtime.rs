@@ -259,6 +259,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         started: clock::instant(),
         host: host_rx,
         predictors: Default::default(),
+        catalogue: cfg.catalogue.clone(),
     });
     let app = api::router(state.clone())
         .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));

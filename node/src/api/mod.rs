@@ -3,6 +3,7 @@
 
 mod dto;
 mod error;
+mod insights;
 mod predict;
 mod tasks;
 
@@ -42,6 +43,8 @@ pub struct Inner {
     pub host: watch::Receiver<HostSample>,
     /// Predictors trained from this replica's execution history (see `predict`).
     pub predictors: predict::Cache,
+    /// Instance types the recommendations choose from.
+    pub catalogue: Vec<crate::planner::catalogue::InstanceType>,
 }
 
 pub type AppState = Arc<Inner>;
@@ -121,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}", get(tasks::get_one))
         .route("/api/v1/tasks/{id}/logs", get(tasks::logs))
         .route("/api/v1/predict", post(predict::predict))
+        .route("/api/v1/insights", get(insights::insights))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -28,7 +28,9 @@ pub struct PredictView {
     pub history_samples: usize,
 }
 
-async fn models(st: &AppState) -> Result<(Arc<(Predictor, Predictor)>, usize), ApiError> {
+pub(super) async fn models(
+    st: &AppState,
+) -> Result<(Arc<(Predictor, Predictor)>, usize), ApiError> {
     let mut cache = st.predictors.lock().await;
     let (total, len) = {
         let l = st.reader.read();

@@ -15,6 +15,7 @@ mod bench;
 mod bench_raft;
 mod bench_replay;
 mod client;
+mod insights;
 mod output;
 mod predict;
 mod tasks;
@@ -79,6 +80,8 @@ pub enum Cmd {
     Bench(bench::BenchArgs),
     /// Predictions from history; `predict eval` measures them offline on CSV files
     Predict(predict::PredictArgs),
+    /// Workload patterns, reserved-vs-used efficiency and worker-type recommendations
+    Insights(insights::InsightsArgs),
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
 }
@@ -154,6 +157,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Some(predict::PredictCmd::Eval(e)) => predict::eval(e),
             None => predict::ask(a).await,
         },
+        Cmd::Insights(a) => insights::run(a).await,
         Cmd::Keygen(a) => {
             match a.out {
                 Some(p) => {
