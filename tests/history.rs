@@ -344,6 +344,22 @@ async fn insights_report_patterns_efficiency_and_worker_types() {
         .find(|s| s["task_name"] == "unit" && s["resource"] == "memory");
     assert!(unit.is_some(), "1 GiB for `true` is right-sized: {e}");
     assert_eq!(e["now"][0]["gpus"], 2);
+    // ... and the predictor learned the GPU memory of GPU tasks.
+    let (code, pv) = node
+        .post(
+            "/api/v1/predict",
+            json!({"command": ["sleep", "1.5"], "name": "gpujob", "cpu": "10m", "gpus": 1}),
+        )
+        .await;
+    assert_eq!(code, 200, "{pv}");
+    assert_eq!(pv["peak_gpu_memory_mib"]["value"], 900.0, "{pv}");
+    let (_, pv) = node
+        .post(
+            "/api/v1/predict",
+            json!({"command": ["true"], "name": "unit"}),
+        )
+        .await;
+    assert!(pv["peak_gpu_memory_mib"].is_null(), "{pv}");
     let r = &v["recommendations"];
     assert_eq!(r["basis"], "queued");
     assert_eq!(r["tasks"], 1);

@@ -69,7 +69,7 @@ pub async fn insights(
                 name: t.spec.name.clone(),
                 requirements: t.spec.requirements.clone(),
                 predicted_secs: models.as_ref().and_then(|m| {
-                    let p = m.0.predict(&spec_features(&t.spec));
+                    let p = m.duration.predict(&spec_features(&t.spec));
                     (p.path != PredictionPath::Requested).then_some(p.value)
                 }),
             })

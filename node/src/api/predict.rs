@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use super::error::{ApiError, ApiJson};
 use super::{AppState, TaskRequest, to_spec};
+use testmesh_consensus::resources::GpuRequest;
+
 use crate::planner::predictor::history::{self, Target};
 use crate::planner::predictor::{Prediction, Predictor};
 
@@ -17,20 +19,27 @@ use crate::planner::predictor::{Prediction, Predictor};
 /// history is small).
 const RETRAIN_AFTER: u64 = 50;
 
+/// One model per predicted quantity.
+pub struct Models {
+    pub duration: Predictor,
+    pub memory: Predictor,
+    pub gpu_memory: Predictor,
+}
+
 /// Trained models and the history count they saw.
-pub type Cache = tokio::sync::Mutex<Option<(u64, Arc<(Predictor, Predictor)>)>>;
+pub type Cache = tokio::sync::Mutex<Option<(u64, Arc<Models>)>>;
 
 #[derive(Debug, Serialize)]
 pub struct PredictView {
     pub duration_secs: Prediction,
     pub peak_memory_mib: Prediction,
+    /// For tasks that ask for GPUs; null otherwise.
+    pub peak_gpu_memory_mib: Option<Prediction>,
     /// Finished attempts the models learned from.
     pub history_samples: usize,
 }
 
-pub(super) async fn models(
-    st: &AppState,
-) -> Result<(Arc<(Predictor, Predictor)>, usize), ApiError> {
+pub(super) async fn models(st: &AppState) -> Result<(Arc<Models>, usize), ApiError> {
     let mut cache = st.predictors.lock().await;
     let (total, len) = {
         let l = st.reader.read();
@@ -42,19 +51,21 @@ pub(super) async fn models(
     {
         return Ok((m.clone(), len));
     }
-    let (durations, memory) = {
+    let (durations, memory, gpu_memory) = {
         let l = st.reader.read();
         (
             history::samples(l.history(), Target::DurationSecs),
             history::samples(l.history(), Target::PeakRssMib),
+            history::samples(l.history(), Target::PeakGpuMemoryMib),
         )
     };
     let trained = tokio::task::spawn_blocking(move || {
         let opts = history::options();
-        Ok::<_, crate::error::Error>((
-            Predictor::train(&durations, &opts)?,
-            Predictor::train(&memory, &opts)?,
-        ))
+        Ok::<_, crate::error::Error>(Models {
+            duration: Predictor::train(&durations, &opts)?,
+            memory: Predictor::train(&memory, &opts)?,
+            gpu_memory: Predictor::train(&gpu_memory, &opts)?,
+        })
     })
     .await
     .map_err(|e| ApiError::Unavailable(format!("training stopped: {e}")))?
@@ -76,7 +87,7 @@ pub async fn reserve_predicted_memory(
     spec: &mut testmesh_consensus::task::TaskSpec,
 ) -> Result<(), ApiError> {
     let (m, _) = models(st).await?;
-    let p = m.1.predict(&history::spec_features(spec));
+    let p = m.memory.predict(&history::spec_features(spec));
     let note = if p.path == crate::planner::predictor::PredictionPath::Requested {
         "no history yet: nothing reserved".to_string()
     } else {
@@ -99,8 +110,10 @@ pub async fn predict(
     let (m, n) = models(&st).await?;
     let f = history::spec_features(&spec);
     Ok(Json(PredictView {
-        duration_secs: m.0.predict(&f),
-        peak_memory_mib: m.1.predict(&f),
+        duration_secs: m.duration.predict(&f),
+        peak_memory_mib: m.memory.predict(&f),
+        peak_gpu_memory_mib: (spec.requirements.gpu != GpuRequest::None)
+            .then(|| m.gpu_memory.predict(&f)),
         history_samples: n,
     }))
 }

@@ -56,6 +56,12 @@ pub async fn ask(a: PredictArgs) -> anyhow::Result<ExitCode> {
     };
     outln!("{}", line("run time", "s", &v["duration_secs"]));
     outln!("{}", line("peak memory", "MiB", &v["peak_memory_mib"]));
+    if !v["peak_gpu_memory_mib"].is_null() {
+        outln!(
+            "{}",
+            line("peak GPU memory", "MiB", &v["peak_gpu_memory_mib"])
+        );
+    }
     outln!(
         "learned from {} finished attempt(s)",
         v["history_samples"].as_u64().unwrap_or(0)

@@ -13,6 +13,9 @@ use crate::planner::catalogue::InstanceType;
 
 /// Most instances one type is packed onto; tasks beyond that are counted as not held.
 pub const MAX_INSTANCES: usize = 1000;
+/// First fit looks at the most recently opened instances only: older ones are nearly full
+/// after a decreasing order, and scanning all of them made packing quadratic.
+const LOOKBACK: usize = 16;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Recommendations {
@@ -52,7 +55,8 @@ pub struct Packing {
     pub placed: Vec<Option<usize>>,
 }
 
-/// Packs `demand` onto as few instances of `t` as first-fit decreasing finds.
+/// Packs `demand` onto as few instances of `t` as first-fit decreasing (with a bounded look
+/// back) finds.
 pub fn pack(demand: &[&Requirements], t: &InstanceType) -> Packing {
     let cap = t.capacity();
     let share = |r: &Requirements| -> f64 {
@@ -75,9 +79,9 @@ pub fn pack(demand: &[&Requirements], t: &InstanceType) -> Packing {
         if resources::fit(&cap, &empty, &t.labels, req).is_err() {
             continue;
         }
-        let slot = instances
-            .iter()
-            .position(|a| resources::fit(&cap, a, &t.labels, req).is_ok());
+        let from = instances.len().saturating_sub(LOOKBACK);
+        let slot = (from..instances.len())
+            .find(|&s| resources::fit(&cap, &instances[s], &t.labels, req).is_ok());
         let slot = match slot {
             Some(s) => s,
             None if instances.len() < MAX_INSTANCES => {

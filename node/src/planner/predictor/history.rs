@@ -15,6 +15,8 @@ pub enum Target {
     DurationSecs,
     /// Peak resident memory in MiB.
     PeakRssMib,
+    /// Peak GPU memory in MiB, learned from attempts that had GPUs only.
+    PeakGpuMemoryMib,
 }
 
 const FEATURES: [&str; 5] = ["name", "program", "cpu_milli", "memory_mib", "gpu"];
@@ -48,6 +50,7 @@ pub fn samples<'a>(
     target: Target,
 ) -> Vec<Sample> {
     records
+        .filter(|r| target != Target::PeakGpuMemoryMib || r.requirements.gpu != GpuRequest::None)
         .map(|r| Sample {
             features: {
                 let mut f = features_of(&r.name, std::slice::from_ref(&r.program), &r.requirements);
@@ -57,6 +60,7 @@ pub fn samples<'a>(
             target: match target {
                 Target::DurationSecs => r.duration_ms as f64 / 1000.0,
                 Target::PeakRssMib => r.peak_rss.0 as f64 / (1 << 20) as f64,
+                Target::PeakGpuMemoryMib => r.peak_gpu_memory.0 as f64 / (1 << 20) as f64,
             },
         })
         .collect()
