@@ -449,4 +449,23 @@ mod tests {
             .to_string();
         assert!(e.contains("listed twice"), "{e}");
     }
+
+    #[test]
+    fn the_shipped_example_config_parses_with_its_catalogue_example() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config/node.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        with_file(&text).unwrap();
+        let block = text
+            .find("# [[instance_types]]")
+            .expect("the catalogue example");
+        let uncommented: String = text[block..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = with_file(&format!("{}{uncommented}\n", &text[..block])).unwrap();
+        assert_eq!(c.catalogue.len(), 1);
+        assert_eq!(c.catalogue[0].key(), "aws/g5.xlarge");
+        assert_eq!(c.catalogue[0].labels["pool"], "gpu");
+    }
 }
