@@ -83,6 +83,11 @@ pub enum Command {
         worker: NodeId,
         at: UnixMillis,
     },
+    /// Autoscaling: policy, launch intents, instance lifecycle, decisions.
+    Scaling {
+        cmd: crate::scaling::ScalingCommand,
+        at: UnixMillis,
+    },
     /// Several independent commands in one log entry (group commit); each is applied on its own.
     Batch(Vec<Command>),
 }
@@ -113,6 +118,7 @@ pub enum Applied {
     WorkerState {
         lost: Vec<TaskId>,
     },
+    Scaling(crate::scaling::ScalingApplied),
     Batch(Vec<Result<Applied, Rejected>>),
 }
 
@@ -122,6 +128,12 @@ pub enum Applied {
 pub enum Rejected {
     #[error("invalid task spec: {0}")]
     InvalidSpec(String),
+    #[error("invalid scaling command: {0}")]
+    InvalidScaling(String),
+    #[error("no launch intent {0}")]
+    UnknownIntent(u64),
+    #[error("instance of intent {intent} has already ended ({state})")]
+    InstanceEnded { intent: u64, state: String },
     #[error("task {0} does not exist")]
     UnknownTask(TaskId),
     #[error("worker {0} is not registered")]

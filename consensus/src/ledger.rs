@@ -17,6 +17,7 @@ use crate::command::{
 use crate::history::{HISTORY_LIMIT, HistoryRecord, program_of};
 use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
 use crate::resources::{self, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
+use crate::scaling::Scaling;
 use crate::task::{Attempt, Outcome, Task, TaskSpec, TaskState};
 
 /// Resources held by one attempt of one task on one worker.
@@ -52,6 +53,7 @@ pub struct Ledger {
     history: VecDeque<HistoryRecord>,
     /// Records ever added (also those dropped), for "retrain after N new samples".
     history_total: u64,
+    scaling: Scaling,
 }
 
 /// The history record of a task's last attempt, if it ran to an end of its own.
@@ -181,6 +183,11 @@ impl Ledger {
         self.history_total
     }
 
+    /// Autoscaling state: policy, instances, decisions.
+    pub fn scaling(&self) -> &Scaling {
+        &self.scaling
+    }
+
     /// Tasks assigned to or running on a worker.
     pub fn active_on(&self, worker: NodeId) -> impl Iterator<Item = &Task> {
         self.worker_tasks
@@ -211,6 +218,7 @@ impl Ledger {
                     .collect(),
             )),
             Command::RegisterWorker { worker, at } => self.register(index, worker, *at),
+            Command::Scaling { cmd, at } => self.scaling.apply(cmd, *at).map(Applied::Scaling),
             Command::Submit {
                 request_id,
                 tasks,
@@ -409,6 +417,7 @@ impl Ledger {
             allocated: prev.map(|w| w.allocated.clone()).unwrap_or_default(),
         };
         self.workers.insert(reg.id, worker);
+        self.scaling.worker_registered(reg.id, &reg.labels, at);
         Ok(Applied::WorkerRegistered { lost })
     }
 
