@@ -2,6 +2,7 @@
 //! no clock, no tokio. The control loop (`crate::control`) feeds them and carries out what they
 //! return. See README.md beside this file for the problem statement and invariants.
 
+pub mod autoscaler;
 pub mod catalogue;
 pub mod insights;
 pub mod optimizer;
