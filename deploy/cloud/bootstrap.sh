@@ -1,0 +1,44 @@
+#!/bin/bash
+# testmesh worker bootstrap: the EC2 user data (run by cloud-init) and the GCE startup script
+# that the aws and gcp providers give every instance they launch. The provider fills in the
+# three placeholders: the cluster's swarm key, the `testmesh node` arguments (join addresses and
+# the labels that tie the worker to its launch intent) and where to get the binary.
+# Runs as root at first boot; safe to run again (GCE runs startup scripts at every boot).
+set -euo pipefail
+
+install -d -m 0755 /etc/testmesh /var/lib/testmesh
+umask 077
+cat > /etc/testmesh/swarm.key <<'TESTMESH_SWARM_KEY'
+{{SWARM_KEY}}
+TESTMESH_SWARM_KEY
+umask 022
+
+# The image may already carry the binary (the fastest boot); otherwise fetch it.
+if ! command -v testmesh >/dev/null 2>&1; then
+  url='{{INSTALL_URL}}'
+  if [ -z "$url" ]; then
+    echo "testmesh is not installed and no install_url is configured" >&2
+    exit 1
+  fi
+  curl -fsSL --retry 5 "$url" -o /usr/local/bin/testmesh
+  chmod 0755 /usr/local/bin/testmesh
+fi
+
+cat > /etc/systemd/system/testmesh.service <<UNIT
+[Unit]
+Description=testmesh node
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=$(command -v testmesh) node --data-dir /var/lib/testmesh --http 0.0.0.0:7070 --swarm-key /etc/testmesh/swarm.key {{NODE_ARGS}}
+Restart=on-failure
+# SIGTERM: the node drains, hands back what it runs and leaves the cluster.
+KillSignal=SIGTERM
+TimeoutStopSec=45
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl enable --now testmesh.service

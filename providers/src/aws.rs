@@ -1,0 +1,235 @@
+//! EC2 instances through aws-sdk-ec2. Credentials come from the standard AWS chain
+//! (environment, profile, SSO, instance role) and are only used on the leader. Every launch
+//! carries the intent id as its ClientToken (EC2 returns the first instance for a repeated
+//! token) and as a tag; the listing is by the cluster tag, so reconcile also finds instances a
+//! token could not de-duplicate (emulators ignore tokens).
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    Filter, IamInstanceProfileSpecification, InstanceStateName, InstanceType, ResourceType, Tag,
+    TagSpecification,
+};
+use base64::Engine;
+use futures::future::BoxFuture;
+
+use crate::{CLUSTER_TAG, Error, Instance, LaunchSpec, Provider, shell_words};
+
+/// The bootstrap script every instance runs at first boot (deploy/cloud/bootstrap.sh).
+pub const BOOTSTRAP: &str = include_str!("../../deploy/cloud/bootstrap.sh");
+
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    pub name: String,
+    pub region: String,
+    /// The AMI: any Linux with systemd (and curl, when testmesh is not baked in).
+    pub image_id: String,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub key_name: Option<String>,
+    pub instance_profile: Option<String>,
+    /// Where instances download the testmesh binary when the AMI lacks it.
+    pub install_url: Option<String>,
+    /// A different EC2 endpoint (an emulator, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+}
+
+pub struct AwsProvider {
+    config: AwsConfig,
+    client: Client,
+}
+
+/// The bootstrap script with the key, the node arguments and the install URL filled in.
+pub fn bootstrap_script(spec: &LaunchSpec, install_url: Option<&str>) -> String {
+    BOOTSTRAP
+        .replace("{{SWARM_KEY}}", spec.swarm_key.trim_end())
+        .replace("{{NODE_ARGS}}", &shell_words(&spec.node_args))
+        .replace("{{INSTALL_URL}}", install_url.unwrap_or(""))
+}
+
+impl AwsProvider {
+    pub async fn connect(config: AwsConfig) -> Result<Self, Error> {
+        if config.image_id.is_empty() {
+            return Err(Error::config(
+                &config.name,
+                "image_id (an AMI id) is required",
+            ));
+        }
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(config.region.clone()))
+            .load()
+            .await;
+        let mut b = aws_sdk_ec2::config::Builder::from(&shared);
+        if let Some(url) = &config.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        Ok(AwsProvider {
+            client: Client::from_conf(b.build()),
+            config,
+        })
+    }
+
+    fn err<E: ProvideErrorMetadata + std::fmt::Display>(&self, what: &str, e: E) -> Error {
+        let code = e.code().unwrap_or("").to_string();
+        // Capacity and throttling pass; permissions, bad AMIs and bad parameters do not.
+        let retry = code.is_empty()
+            || code.contains("Capacity")
+            || code.contains("Throttl")
+            || code.contains("RequestLimitExceeded")
+            || code.contains("Unavailable")
+            || code.contains("InternalError");
+        let detail = e
+            .message()
+            .map(str::to_string)
+            .unwrap_or_else(|| e.to_string());
+        Error::api(&self.config.name, format!("{what}: {code} {detail}"), retry)
+    }
+
+    async fn launch_one(&self, spec: &LaunchSpec) -> Result<String, Error> {
+        let mut tags = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (k, v) in spec.tags() {
+            tags = tags.tags(Tag::builder().key(k).value(v).build());
+        }
+        tags = tags.tags(Tag::builder().key("Name").value(spec.name()).build());
+        let user_data = base64::engine::general_purpose::STANDARD
+            .encode(bootstrap_script(spec, self.config.install_url.as_deref()));
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&self.config.image_id)
+            .instance_type(InstanceType::from(spec.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .client_token(format!("{}-{}", spec.cluster_id, spec.intent))
+            .user_data(user_data)
+            .tag_specifications(tags.build());
+        if let Some(s) = &self.config.subnet_id {
+            req = req.subnet_id(s);
+        }
+        for g in &self.config.security_group_ids {
+            req = req.security_group_ids(g);
+        }
+        if let Some(k) = &self.config.key_name {
+            req = req.key_name(k);
+        }
+        if let Some(p) = &self.config.instance_profile {
+            req = req
+                .iam_instance_profile(IamInstanceProfileSpecification::builder().name(p).build());
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| self.err("RunInstances", e.into_service_error()))?;
+        out.instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(str::to_string)
+            .ok_or_else(|| Error::api(&self.config.name, "RunInstances returned no instance", true))
+    }
+
+    async fn list_all(&self, cluster_id: &str) -> Result<Vec<Instance>, Error> {
+        let mut out = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name(format!("tag:{CLUSTER_TAG}"))
+                        .values(cluster_id)
+                        .build(),
+                )
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| self.err("DescribeInstances", e.into_service_error()))?;
+            for r in page.reservations() {
+                for i in r.instances() {
+                    let tags: std::collections::BTreeMap<String, String> = i
+                        .tags()
+                        .iter()
+                        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                        .collect();
+                    let state = i.state().and_then(|s| s.name()).cloned();
+                    out.push(Instance {
+                        provider_id: i.instance_id().unwrap_or_default().to_string(),
+                        name: tags.get("Name").cloned().unwrap_or_default(),
+                        intent: crate::intent_of(&tags),
+                        alive: matches!(
+                            state,
+                            Some(InstanceStateName::Pending | InstanceStateName::Running)
+                        ),
+                    });
+                }
+            }
+            next = page.next_token().map(str::to_string);
+            if next.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn terminate_one(&self, id: &str) -> Result<(), Error> {
+        match self
+            .client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = e.into_service_error();
+                if e.code() == Some("InvalidInstanceID.NotFound") {
+                    return Ok(());
+                }
+                Err(self.err("TerminateInstances", e))
+            }
+        }
+    }
+}
+
+impl Provider for AwsProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<String, Error>> {
+        Box::pin(self.launch_one(spec))
+    }
+
+    fn list<'a>(&'a self, cluster_id: &'a str) -> BoxFuture<'a, Result<Vec<Instance>, Error>> {
+        Box::pin(self.list_all(cluster_id))
+    }
+
+    fn terminate<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.terminate_one(provider_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bootstrap_script_carries_key_args_and_url() {
+        let spec = LaunchSpec {
+            cluster_id: "c".into(),
+            intent: 3,
+            instance_type: "m7i.large".into(),
+            cpu_milli: 2000,
+            memory_bytes: 8 << 30,
+            gpus: 0,
+            gpu_model: String::new(),
+            gpu_memory_bytes: 0,
+            node_args: vec!["--join".into(), "/ip4/10.0.0.1/tcp/7071".into()],
+            swarm_key: "/key/swarm/psk/1.0.0/\n/base16/\nabcd\n".into(),
+        };
+        let s = bootstrap_script(&spec, Some("https://example.org/testmesh"));
+        assert!(s.contains("/base16/\nabcd\nTESTMESH_SWARM_KEY"), "{s}");
+        assert!(s.contains("'--join' '/ip4/10.0.0.1/tcp/7071'"));
+        assert!(s.contains("url='https://example.org/testmesh'"));
+        assert!(!s.contains("{{"), "every placeholder filled");
+    }
+}
