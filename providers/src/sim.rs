@@ -159,8 +159,12 @@ impl SimProvider {
         if let Some(pid) = Self::pid_of(&dir) {
             // SIGTERM: the node drains, hands back what it runs and leaves the cluster.
             signal(pid, "TERM");
-            let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            while Self::pid_of(&dir).is_some() && tokio::time::Instant::now() < deadline {
+            // Counted in polls rather than read from a clock (this crate has none of its own).
+            let polls = STOP_GRACE.as_millis() / 100;
+            for _ in 0..polls {
+                if Self::pid_of(&dir).is_none() {
+                    break;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if let Some(pid) = Self::pid_of(&dir) {
