@@ -130,6 +130,9 @@ struct FileConfig {
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
+    /// Where the autoscaler may get workers from.
+    #[serde(default)]
+    providers: Vec<crate::scaling::config::FileProvider>,
 }
 
 /// One `[[instance_types]]` entry.
@@ -212,6 +215,7 @@ pub struct NodeConfig {
     pub stats_interval: std::time::Duration,
     pub stats_retention: std::time::Duration,
     pub catalogue: Vec<InstanceType>,
+    pub providers: Vec<crate::scaling::config::FileProvider>,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -354,7 +358,10 @@ impl NodeConfig {
         }
         let catalogue =
             instance_types(file.instance_types).map_err(|e| in_file("[[instance_types]]", e))?;
+        crate::scaling::config::validate(&file.providers)
+            .map_err(|e| in_file("[[providers]]", e))?;
         Ok(NodeConfig {
+            providers: file.providers,
             catalogue,
             stats_interval,
             stats_retention,

@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod monitor;
 pub mod planner;
 pub mod runtime;
+pub mod scaling;
 pub mod stats;
 pub mod units;
 pub mod writer;

@@ -232,7 +232,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             dead_after: cfg.dead_after,
             stats: stats.clone(),
             stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
-            predictor,
+            predictor: predictor.clone(),
             predicted: Default::default(),
         }
         .run(shutdown.clone()),
@@ -248,6 +248,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         addr: cfg.http.to_string(),
         source,
     })?;
+    let scaler = crate::scaling::shared(cfg.providers.clone());
     let state = Arc::new(api::Inner {
         node,
         reader: reader.clone(),
@@ -260,6 +261,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         host: host_rx,
         predictors: Default::default(),
         catalogue: cfg.catalogue.clone(),
+        scaler: scaler.clone(),
     });
     let app = api::router(state.clone())
         .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));
@@ -278,6 +280,22 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
     write_file(&dir.join("mesh.addr"), &(mesh_addrs.join("\n") + "\n"))?;
+    loops.spawn(
+        crate::scaling::Scaler {
+            node,
+            reader: reader.clone(),
+            writer: writer.clone(),
+            stats: stats.clone(),
+            predictor,
+            catalogue: cfg.catalogue.clone(),
+            shared: scaler,
+            own_addrs: mesh_addrs.clone(),
+            swarm_key: std::fs::read_to_string(&swarm_key_path)
+                .map_err(|e| Error::io("cannot read the swarm key", &swarm_key_path, e))?,
+            data_dir: dir.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     write_file(&dir.join("http.addr"), &local.to_string())?;
     write_file(&dir.join("node.id"), &node.to_string())?;
     println!(

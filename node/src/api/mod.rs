@@ -5,6 +5,7 @@ mod dto;
 mod error;
 mod insights;
 mod predict;
+mod scaling;
 mod tasks;
 
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct Inner {
     pub predictors: predict::Cache,
     /// Instance types the recommendations choose from.
     pub catalogue: Vec<crate::planner::catalogue::InstanceType>,
+    /// The autoscaler's edge on this node (active on the leader).
+    pub scaler: crate::scaling::SharedScaler,
 }
 
 pub type AppState = Arc<Inner>;
@@ -125,6 +128,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/logs", get(tasks::logs))
         .route("/api/v1/predict", post(predict::predict))
         .route("/api/v1/insights", get(insights::insights))
+        .route("/api/v1/scaling", get(scaling::scaling))
+        .route(
+            "/api/v1/policy",
+            get(scaling::get_policy).put(scaling::put_policy),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

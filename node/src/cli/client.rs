@@ -98,6 +98,23 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.write(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.write(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn write<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let token = self.token.as_deref().ok_or_else(|| {
             anyhow!(
                 "no API token: pass --token, set TESTMESH_TOKEN, or run where {} exists",
@@ -106,7 +123,7 @@ impl Client {
         })?;
         self.send(
             self.http
-                .post(format!("{}{path}", self.base))
+                .request(method, format!("{}{path}", self.base))
                 .bearer_auth(token)
                 .json(body),
         )

@@ -18,6 +18,7 @@ mod client;
 mod insights;
 mod output;
 mod predict;
+mod scaling;
 mod tasks;
 
 use std::process::ExitCode;
@@ -82,6 +83,10 @@ pub enum Cmd {
     Predict(predict::PredictArgs),
     /// Workload patterns, reserved-vs-used efficiency and worker-type recommendations
     Insights(insights::InsightsArgs),
+    /// Autoscaling: instances, decisions and why
+    Scaling(scaling::ScalingArgs),
+    /// Show or change the autoscaling policy
+    Policy(scaling::PolicyArgs),
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
 }
@@ -158,6 +163,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             None => predict::ask(a).await,
         },
         Cmd::Insights(a) => insights::run(a).await,
+        Cmd::Scaling(a) => scaling::scaling(a).await,
+        Cmd::Policy(a) => scaling::policy(a).await,
         Cmd::Keygen(a) => {
             match a.out {
                 Some(p) => {

@@ -1,0 +1,371 @@
+//! What the scaler carries out: launches, drains, terminations, deadlines and reconciliation.
+//! Provider calls run in background tasks (a Docker stop waits for the node inside to leave);
+//! an intent has at most one operation under way on this node (`Shared::busy`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testmesh_consensus::model::WorkerState;
+use testmesh_consensus::scaling::{CloudInstance, INTENT_LABEL, InstanceState, ScalingCommand};
+use testmesh_consensus::{Command, NodeId, UnixMillis};
+use testmesh_providers::LaunchSpec;
+
+use super::{Scaler, lock};
+use crate::clock;
+
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(90);
+/// A `Requested` intent that no launch on this node is working on is relaunched after this
+/// long (the leader that wrote it is gone); the launch is idempotent per intent.
+const ORPHANED_INTENT_AFTER_MS: u64 = 10_000;
+
+/// Claims `intent` for one operation; false when one is already under way.
+fn claim(this: &Scaler, intent: u64) -> bool {
+    lock(&this.shared).busy.insert(intent)
+}
+
+fn release(this: &Scaler, intent: u64) {
+    lock(&this.shared).busy.remove(&intent);
+}
+
+pub fn spawn_launch(this: Arc<Scaler>, intent: u64) {
+    if !claim(&this, intent) {
+        return;
+    }
+    tokio::spawn(async move {
+        launch(&this, intent).await;
+        release(&this, intent);
+    });
+}
+
+async fn launch(this: &Scaler, intent: u64) {
+    let (inst, cluster) = {
+        let l = this.reader.read();
+        let s = l.scaling();
+        match (s.instance(intent), s.cluster_id()) {
+            (Some(i), Some(c)) if i.state == InstanceState::Requested => (i.clone(), c.to_string()),
+            _ => return,
+        }
+    };
+    let fail = |reason: String| async move {
+        let _ = this.write(ScalingCommand::Failed { intent, reason }).await;
+    };
+    let Some(provider) = this.provider(&inst.provider) else {
+        this.failed(&inst.provider, "not connected");
+        return fail(format!(
+            "provider {} is not configured or not reachable on the leader",
+            inst.provider
+        ))
+        .await;
+    };
+    let Some(t) = this
+        .catalogue
+        .iter()
+        .find(|t| t.provider == inst.provider && t.name == inst.instance_type)
+    else {
+        return fail(format!(
+            "{}/{} is not in the leader's catalogue",
+            inst.provider, inst.instance_type
+        ))
+        .await;
+    };
+    let spec = LaunchSpec {
+        cluster_id: cluster,
+        intent,
+        instance_type: t.name.clone(),
+        cpu_milli: t.cpu.0,
+        memory_bytes: t.memory.0,
+        gpus: t.gpus,
+        gpu_model: t.gpu_model.clone(),
+        gpu_memory_bytes: t.gpu_memory.0,
+        node_args: node_args(this, &inst, t),
+        swarm_key: this.swarm_key.clone(),
+    };
+    match tokio::time::timeout(LAUNCH_TIMEOUT, provider.launch(&spec)).await {
+        Ok(Ok(provider_id)) => {
+            this.succeeded(&inst.provider);
+            tracing::info!("launched {} for intent {intent}: {provider_id}", t.key());
+            let _ = this
+                .write(ScalingCommand::Launched {
+                    intent,
+                    provider_id,
+                })
+                .await;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!("launch of intent {intent} failed: {e}");
+            this.failed(&inst.provider, &e.to_string());
+            fail(format!("launch failed: {e}")).await;
+        }
+        Err(_) => {
+            this.failed(&inst.provider, "launch timed out");
+            // Whatever it started is an orphan now: reconcile terminates it.
+            fail(format!(
+                "launch did not answer within {} s",
+                LAUNCH_TIMEOUT.as_secs()
+            ))
+            .await;
+        }
+    }
+}
+
+/// The `testmesh node` arguments of a new worker: where to join and the labels that tie it to
+/// its intent (and, for containers, its size).
+fn node_args(
+    this: &Scaler,
+    inst: &CloudInstance,
+    t: &crate::planner::catalogue::InstanceType,
+) -> Vec<String> {
+    let spec = lock(&this.shared)
+        .providers
+        .get(&inst.provider)
+        .map(|p| p.spec.clone());
+    let mut args = Vec::new();
+    let mut labels: BTreeMap<String, String> = BTreeMap::from([
+        (INTENT_LABEL.to_string(), inst.intent.to_string()),
+        ("testmesh.provider".to_string(), inst.provider.clone()),
+        (
+            "testmesh.instance_type".to_string(),
+            inst.instance_type.clone(),
+        ),
+    ]);
+    labels.extend(t.labels.clone());
+    if let Some(spec) = &spec {
+        labels.extend(spec.common().labels.clone());
+        let join: Vec<String> = if spec.common().join.is_empty() {
+            let local = spec.is_local();
+            this.own_addrs
+                .iter()
+                .filter(|a| local || !(a.starts_with("/ip4/127.") || a.starts_with("/ip6/::1/")))
+                .cloned()
+                .collect()
+        } else {
+            spec.common().join.to_vec()
+        };
+        for a in join {
+            args.extend(["--join".to_string(), a]);
+        }
+        if spec.sizes_its_nodes() {
+            args.extend([
+                "--data-dir".to_string(),
+                "/data".to_string(),
+                "--http".to_string(),
+                "0.0.0.0:7070".to_string(),
+                "--cpus".to_string(),
+                format!("{}m", t.cpu.0),
+                "--memory".to_string(),
+                t.memory.0.to_string(),
+            ]);
+        }
+    }
+    for (k, v) in labels {
+        args.extend(["--label".to_string(), format!("{k}={v}")]);
+    }
+    args
+}
+
+/// Scale-down, step one: drain the workers (no new tasks), and mark their instances.
+pub async fn drain(this: &Scaler, nodes: &[NodeId]) {
+    for n in nodes {
+        let _ = this
+            .writer
+            .write(Command::SetWorkerState {
+                worker: *n,
+                state: WorkerState::Draining,
+                at: clock::now(),
+            })
+            .await;
+        let intent = this
+            .reader
+            .read()
+            .scaling()
+            .instance_of(*n)
+            .map(|i| i.intent);
+        if let Some(intent) = intent {
+            let _ = this.write(ScalingCommand::Draining { intent }).await;
+        }
+    }
+}
+
+/// Ends `intent`: terminates its instance (if it was ever launched) and records the end.
+fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: String) {
+    if !claim(&this, inst.intent) {
+        return;
+    }
+    tokio::spawn(async move {
+        let intent = inst.intent;
+        let mut ok = true;
+        let provider_id = match inst.provider_id.clone() {
+            Some(id) => Some(id),
+            // Never confirmed: it may still exist under its intent tag.
+            None => find(&this, &inst).await,
+        };
+        if let (Some(id), Some(p)) = (provider_id, this.provider(&inst.provider)) {
+            match tokio::time::timeout(TERMINATE_TIMEOUT, p.terminate(&id)).await {
+                Ok(Ok(())) => tracing::info!("terminated {id} (intent {intent}): {reason}"),
+                Ok(Err(e)) => {
+                    tracing::warn!("terminating {id}: {e}");
+                    ok = false;
+                }
+                Err(_) => ok = false,
+            }
+        }
+        if ok {
+            let cmd = if failed {
+                ScalingCommand::Failed { intent, reason }
+            } else {
+                ScalingCommand::Terminated { intent, reason }
+            };
+            let _ = this.write(cmd).await;
+        }
+        release(&this, intent);
+    });
+}
+
+async fn find(this: &Scaler, inst: &CloudInstance) -> Option<String> {
+    let cluster = this.reader.read().scaling().cluster_id()?.to_string();
+    let p = this.provider(&inst.provider)?;
+    let list = p.list(&cluster).await.ok()?;
+    list.into_iter()
+        .find(|i| i.intent == Some(inst.intent) && i.alive)
+        .map(|i| i.provider_id)
+}
+
+/// Deadlines and clean-ups, every tick.
+pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
+    let (instances, deadline, workers) = {
+        let l = this.reader.read();
+        let s = l.scaling();
+        let instances: Vec<CloudInstance> = s
+            .instances()
+            .filter(|i| !i.state.is_ended())
+            .cloned()
+            .collect();
+        let workers: BTreeMap<NodeId, (WorkerState, bool)> = l
+            .workers()
+            .map(|w| (w.id, (w.state, l.active_on(w.id).next().is_some())))
+            .collect();
+        (instances, s.policy().registration_deadline_ms, workers)
+    };
+    let busy = lock(&this.shared).busy.clone();
+    for i in instances {
+        if busy.contains(&i.intent) {
+            continue;
+        }
+        let age = now.0.saturating_sub(i.requested_at.0);
+        let worker = i.worker.and_then(|w| workers.get(&w).copied());
+        match i.state {
+            InstanceState::Requested | InstanceState::Launched if age > deadline => {
+                let reason = format!("did not join within {} s", deadline / 1000);
+                this.failed(&i.provider, &reason);
+                spawn_end(this.clone(), i, true, reason);
+            }
+            InstanceState::Requested if age > ORPHANED_INTENT_AFTER_MS => {
+                spawn_launch(this.clone(), i.intent);
+            }
+            InstanceState::Draining if worker.is_none_or(|(_, active)| !active) => {
+                spawn_end(this.clone(), i, false, "scaled down: idle".into());
+            }
+            InstanceState::Joined | InstanceState::Draining => match worker {
+                Some((WorkerState::Lost, _)) => spawn_end(
+                    this.clone(),
+                    i,
+                    true,
+                    "its worker stopped responding".into(),
+                ),
+                Some((WorkerState::Left, _)) => {
+                    spawn_end(this.clone(), i, false, "its worker left the cluster".into())
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Compares every provider's listing with the ledger: adopts launches the ledger has not
+/// heard of yet, redoes launches that never happened, terminates orphans, and marks instances
+/// that vanished.
+pub async fn reconcile(this: Arc<Scaler>) {
+    let Some(cluster) = this
+        .reader
+        .read()
+        .scaling()
+        .cluster_id()
+        .map(str::to_string)
+    else {
+        return;
+    };
+    let names: Vec<String> = lock(&this.shared).providers.keys().cloned().collect();
+    for name in names {
+        let Some(p) = this.provider(&name) else {
+            continue;
+        };
+        let listed = match p.list(&cluster).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("reconcile: listing {name}: {e}");
+                continue;
+            }
+        };
+        let ledger: Vec<CloudInstance> = this
+            .reader
+            .read()
+            .scaling()
+            .instances()
+            .filter(|i| i.provider == name)
+            .cloned()
+            .collect();
+        let busy = lock(&this.shared).busy.clone();
+        for inst in listed.iter().filter(|i| i.alive) {
+            let known = inst
+                .intent
+                .and_then(|n| ledger.iter().find(|l| l.intent == n));
+            match known {
+                Some(l) if l.state == InstanceState::Requested => {
+                    tracing::info!(
+                        "reconcile: adopting {} for intent {}",
+                        inst.provider_id,
+                        l.intent
+                    );
+                    let _ = this
+                        .write(ScalingCommand::Launched {
+                            intent: l.intent,
+                            provider_id: inst.provider_id.clone(),
+                        })
+                        .await;
+                }
+                Some(l) if !l.state.is_ended() => {}
+                _ if inst.intent.is_some_and(|n| busy.contains(&n)) => {}
+                _ => {
+                    tracing::warn!(
+                        "reconcile: terminating orphan {} ({}): no live intent in the ledger",
+                        inst.provider_id,
+                        inst.name
+                    );
+                    if let Err(e) = p.terminate(&inst.provider_id).await {
+                        tracing::warn!("reconcile: terminating {}: {e}", inst.provider_id);
+                    }
+                }
+            }
+        }
+        for l in ledger.iter().filter(|l| !busy.contains(&l.intent)) {
+            let present = listed.iter().any(|i| i.alive && i.intent == Some(l.intent));
+            match l.state {
+                InstanceState::Requested if !present => spawn_launch(this.clone(), l.intent),
+                InstanceState::Launched | InstanceState::Joined | InstanceState::Draining
+                    if !present =>
+                {
+                    let _ = this
+                        .write(ScalingCommand::Failed {
+                            intent: l.intent,
+                            reason: format!("vanished from {name}"),
+                        })
+                        .await;
+                }
+                _ => {}
+            }
+        }
+    }
+}
