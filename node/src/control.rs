@@ -201,7 +201,8 @@ impl Control {
         if silent.is_empty() {
             return;
         }
-        let caught_up = cluster::caught_up_learners(&m, &learners);
+        let mut caught_up = cluster::caught_up_learners(&m, &learners);
+        caught_up.retain(|l| self.writer.may_vote(*l));
         let Some(new) = cluster::voters_replacing_silent(&voters, &caught_up, &silent) else {
             return;
         };

@@ -109,7 +109,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     )
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
-    let writer = Writer::new(raft.clone(), node, Some(mesh.clone()));
+    let writer = Writer::new(raft.clone(), node, Some(mesh.clone())).with_ledger(reader.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
     loops.spawn(cluster::serve(
@@ -133,6 +133,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     ));
     loops.spawn(cluster::grow(
         raft.clone(),
+        writer.clone(),
         node,
         cfg.voters,
         shutdown.clone(),

@@ -32,6 +32,8 @@ pub struct Writer {
     mesh: Option<MeshClient>,
     /// The group-commit queue of this node's own commits (see [`group_commit`]).
     group: mpsc::Sender<(Command, Indexed)>,
+    /// This node's replica, to tell which members may hold a Raft vote.
+    ledger: Option<testmesh_consensus::store::LedgerReader>,
 }
 
 type Committed = Result<(Result<Applied, Rejected>, u64), WriteError>;
@@ -60,7 +62,25 @@ impl Writer {
             me,
             mesh,
             group,
+            ledger: None,
         }
+    }
+
+    pub fn with_ledger(mut self, ledger: testmesh_consensus::store::LedgerReader) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Whether `node` may become a Raft voter: only once it has registered as a worker, and
+    /// never a worker an autoscaler launched — those come and go with demand (two removed at
+    /// once must not cost the majority).
+    pub fn may_vote(&self, node: NodeId) -> bool {
+        self.ledger.as_ref().is_none_or(|l| {
+            l.read().worker(node).is_some_and(|w| {
+                !w.labels
+                    .contains_key(testmesh_consensus::scaling::INTENT_LABEL)
+            })
+        })
     }
 
     pub fn raft(&self) -> &Raft {

@@ -190,7 +190,8 @@ pub async fn remove_member(raft: &Raft, writer: &Writer, node: NodeId) -> Result
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let change = if voters.contains(&node) {
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
-        let caught_up = caught_up_learners(&m, &learners);
+        let mut caught_up = caught_up_learners(&m, &learners);
+        caught_up.retain(|l| writer.may_vote(*l));
         let Some(new) = voters_without(&voters, node, &caught_up) else {
             return Err(WriteFailure::Unavailable(
                 "the last voter cannot leave: the cluster would have no one to keep its ledger"
@@ -363,7 +364,13 @@ pub async fn form(
 }
 
 /// On the leader: promote caught-up learners to voters while there are fewer than `target`.
-pub async fn grow(raft: Raft, me: NodeId, target: usize, mut shutdown: watch::Receiver<bool>) {
+pub async fn grow(
+    raft: Raft,
+    writer: Writer,
+    me: NodeId,
+    target: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -382,6 +389,7 @@ pub async fn grow(raft: Raft, me: NodeId, target: usize, mut shutdown: watch::Re
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
         let caught_up: BTreeSet<NodeId> = caught_up_learners(&m, &learners)
             .into_iter()
+            .filter(|l| writer.may_vote(*l))
             .take(target - voters.len())
             .collect();
         if caught_up.is_empty() {

@@ -1,0 +1,208 @@
+//! Autoscaling end to end with real workers: the `sim` provider's workers are real `testmesh
+//! node` processes on loopback (offering the made-up capacity of their instance type). A
+//! backlog that the pool cannot hold makes the leader launch workers that join by themselves
+//! and run it; idle workers are drained and removed; a worker that never joins is terminated at
+//! its deadline.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use serde_json::{Value, json};
+use support::TestNode;
+
+/// Kills whatever a test's simulated workers left running (they are in their own process
+/// groups, so stopping the leader does not stop them).
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .arg("-f")
+            .arg(self.0.display().to_string())
+            .status();
+    }
+}
+
+fn config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    let p = dir.join("node.toml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"version = 1
+[[instance_types]]
+provider = "sim"
+name = "sim-2cpu"
+cpus = "2"
+memory = "2GiB"
+price_per_hour = 0.10
+boot_secs = 5
+
+[[providers]]
+kind = "sim"
+dir = "{}"
+{extra}
+"#,
+            dir.join("sim").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn instances(v: &Value) -> Vec<Value> {
+    v["instances"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_backlog_scales_out_onto_joining_workers_and_idle_ones_scale_in() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(cfg_dir.path().to_path_buf());
+    let cfg = config(cfg_dir.path(), "");
+    let node = TestNode::start(&["--config", cfg.to_str().unwrap(), "--cpus", "1"]).await;
+    let me = node.node_id();
+
+    // Bad policies are refused with the reason and change nothing.
+    let (code, v) = node.put("/api/v1/policy", json!({"enabled": true})).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("provider"),
+        "{v}"
+    );
+    let (code, _) = node.put("/api/v1/policy", json!({"max_wokers": 3})).await;
+    assert_eq!(code, 400);
+    let (code, v) = node
+        .put(
+            "/api/v1/policy",
+            json!({"enabled": true, "providers": ["sim"], "scale_up_cooldown": "1s",
+                   "idle_timeout": "3s", "scale_down_cooldown": "2s", "max_workers": 4}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["idle_timeout"], "3s");
+
+    // Three 2-core tasks on a 1-core pool: nothing here can ever run them.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, v) = node
+            .post(
+                "/api/v1/tasks",
+                json!({"tasks": [{"command": ["sleep", "1"], "cpu": 2, "name": "burst"}],
+                       "allow_unschedulable": true}),
+            )
+            .await;
+        assert_eq!(code, 201, "{v}");
+        ids.push(v["tasks"][0].as_u64().unwrap());
+    }
+    for id in &ids {
+        let t = node.wait_task(*id, 90, |t| t["state"] == "succeeded").await;
+        let worker = t["attempts"][0]["worker"].as_str().unwrap().to_string();
+        assert_ne!(worker, me, "ran on a launched worker");
+    }
+    let v = node.get("/api/v1/scaling").await.1;
+    assert!(!v["cluster_id"].as_str().unwrap().is_empty());
+    let up = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "up")
+        .cloned()
+        .expect("an up decision");
+    assert!(
+        up["reason"].as_str().unwrap().contains("cannot be placed"),
+        "{up}"
+    );
+    let launched: u32 = up["launches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["count"].as_u64().unwrap() as u32)
+        .sum();
+    assert!((1..=4).contains(&launched), "{up}");
+    for i in instances(&v) {
+        assert_eq!(i["provider"], "sim");
+        assert!(i["worker"].is_string() || i["state"] != "joined", "{i}");
+    }
+
+    // Idle for 3 s: drained, terminated, gone.
+    let v = node
+        .wait_get("/api/v1/scaling", 90, |v| {
+            let is = instances(v);
+            !is.is_empty() && is.iter().all(|i| i["state"] == "terminated")
+        })
+        .await;
+    for i in instances(&v) {
+        assert_eq!(i["end_reason"], "scaled down: idle", "{i}");
+    }
+    assert!(
+        v["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "down")
+    );
+    assert_eq!(v["hourly_cost"], 0.0);
+    let left = std::fs::read_dir(cfg_dir.path().join("sim"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "every simulated worker removed its instance dir");
+    let (_, ws) = node.get("/api/v1/workers").await;
+    for w in ws.as_array().unwrap() {
+        if w["id"] != me.as_str() {
+            assert_eq!(
+                w["state"], "left",
+                "removed workers left the cluster cleanly: {w}"
+            );
+        }
+    }
+    let o = node.cli(&["scaling"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("scaled down: idle"));
+}
+
+#[tokio::test]
+async fn a_worker_that_never_joins_is_terminated_at_its_deadline() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(cfg_dir.path().to_path_buf());
+    // Nothing listens at this join address: the worker starts but never joins.
+    let cfg = config(cfg_dir.path(), "join = [\"/ip4/127.0.0.1/tcp/9\"]");
+    let node = TestNode::start(&["--config", cfg.to_str().unwrap(), "--cpus", "1"]).await;
+    let (code, v) = node
+        .put(
+            "/api/v1/policy",
+            json!({"enabled": true, "providers": ["sim"], "registration_deadline": "3s",
+                   "max_workers": 1}),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let (code, _) = node
+        .post(
+            "/api/v1/tasks",
+            json!({"tasks": [{"command": ["true"], "cpu": 2}], "allow_unschedulable": true}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let v = node
+        .wait_get("/api/v1/scaling", 60, |v| {
+            instances(v).iter().any(|i| i["state"] == "failed")
+        })
+        .await;
+    let failed = instances(&v)
+        .into_iter()
+        .find(|i| i["state"] == "failed")
+        .unwrap();
+    assert_eq!(failed["end_reason"], "did not join within 3 s", "{failed}");
+    // Terminated: its process and directory are gone.
+    let name = failed["provider_id"].as_str().unwrap();
+    let dir = cfg_dir.path().join("sim").join(name);
+    for _ in 0..100 {
+        if !dir.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!dir.exists(), "the instance was terminated");
+    // The provider backs off after the failure.
+    let p = &v["scaler"]["providers"][0];
+    assert_eq!(p["name"], "sim");
+    assert!(p["failures"].as_u64().unwrap() >= 1, "{p}");
+}
