@@ -309,20 +309,15 @@ pub async fn reconcile(this: Arc<Scaler>) {
                 continue;
             }
         };
-        let ledger: Vec<CloudInstance> = this
-            .reader
-            .read()
-            .scaling()
-            .instances()
-            .filter(|i| i.provider == name)
-            .cloned()
-            .collect();
+        // Every instance of the ledger: providers may share an account or an engine and list
+        // each other's instances.
+        let all: Vec<CloudInstance> = this.reader.read().scaling().instances().cloned().collect();
+        let ledger: Vec<&CloudInstance> = all.iter().filter(|i| i.provider == name).collect();
         let busy = lock(&this.shared).busy.clone();
         for inst in listed.iter().filter(|i| i.alive) {
-            let known = inst
-                .intent
-                .and_then(|n| ledger.iter().find(|l| l.intent == n));
+            let known = inst.intent.and_then(|n| all.iter().find(|l| l.intent == n));
             match known {
+                Some(l) if l.provider != name => {}
                 Some(l) if l.state == InstanceState::Requested => {
                     tracing::info!(
                         "reconcile: adopting {} for intent {}",
