@@ -69,6 +69,47 @@ impl AwsProvider {
         })
     }
 
+    /// With a client built elsewhere (static credentials for an emulator, a custom retry
+    /// policy).
+    pub fn with_client(config: AwsConfig, client: Client) -> Self {
+        AwsProvider { config, client }
+    }
+
+    /// An instance already started for this intent (pending or running), if any: EC2 honours
+    /// the ClientToken, but emulators and some partitions do not, so look first.
+    async fn existing(&self, spec: &LaunchSpec) -> Result<Option<String>, Error> {
+        let out = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{CLUSTER_TAG}"))
+                    .values(&spec.cluster_id)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{}", crate::INTENT_TAG))
+                    .values(spec.intent.to_string())
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeInstances", e.into_service_error()))?;
+        Ok(out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find_map(|i| i.instance_id().map(str::to_string)))
+    }
+
     fn err<E: ProvideErrorMetadata + std::fmt::Display>(&self, what: &str, e: E) -> Error {
         let code = e.code().unwrap_or("").to_string();
         // Capacity and throttling pass; permissions, bad AMIs and bad parameters do not.
@@ -86,6 +127,9 @@ impl AwsProvider {
     }
 
     async fn launch_one(&self, spec: &LaunchSpec) -> Result<String, Error> {
+        if let Some(id) = self.existing(spec).await? {
+            return Ok(id);
+        }
         let mut tags = TagSpecification::builder().resource_type(ResourceType::Instance);
         for (k, v) in spec.tags() {
             tags = tags.tags(Tag::builder().key(k).value(v).build());

@@ -22,11 +22,33 @@ pub struct TestNode {
     http: reqwest::Client,
     /// Wait for `/readyz` after each start (off for nodes expected to stay out of a cluster).
     pub wait_ready: bool,
+    /// Extra environment of the node process.
+    pub env: Vec<(String, String)>,
 }
 
 impl TestNode {
     pub async fn start(extra: &[&str]) -> TestNode {
         Self::start_with(extra, true).await
+    }
+
+    /// A node with extra environment variables (e.g. cloud credentials for an emulator).
+    pub async fn start_env(extra: &[&str], env: &[(&str, &str)]) -> TestNode {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut n = TestNode {
+            wait_ready: true,
+            dir,
+            child: None,
+            url: String::new(),
+            token: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        n.spawn().await;
+        n
     }
 
     pub async fn start_with(extra: &[&str], wait_ready: bool) -> TestNode {
@@ -39,6 +61,7 @@ impl TestNode {
             token: String::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http: reqwest::Client::new(),
+            env: Vec::new(),
         };
         n.spawn().await;
         n
@@ -69,6 +92,7 @@ impl TestNode {
             ])
             .args(&self.extra)
             .env("TESTMESH_LOG", "info,openraft=error")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

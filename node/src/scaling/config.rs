@@ -192,6 +192,7 @@ impl FileProvider {
                 install_url: g.install_url.clone(),
                 service_account: g.service_account.clone(),
                 endpoint: g.endpoint.clone(),
+                access_token: None,
             })?),
             FileProvider::Sim(s) => Arc::new(SimProvider::new(SimConfig {
                 name,
