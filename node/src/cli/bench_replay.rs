@@ -48,9 +48,24 @@ pub struct ReplayArgs {
     /// published node list is a whole cluster, on which the sampled pods rarely queue
     #[arg(long)]
     pub node_sample: Option<usize>,
+    /// Scale: start from the --node-sample nodes (default 10) and let a policy buy instances
+    /// of the trace's node types (priced by a stated model) as the sim provider would
+    #[arg(long, value_enum)]
+    pub scale: Option<ScaleArg>,
+    /// With --scale: most instances bought at once
+    #[arg(long, default_value_t = 200)]
+    pub max_workers: u32,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScaleArg {
+    /// The autoscaler (cost-aware packing, caps, cooldowns, idle removal)
+    Autoscaler,
+    /// A plain utilisation threshold: +2 of the commonest type above 80 % or while tasks wait
+    Threshold,
 }
 
 type Row = HashMap<String, String>;
@@ -187,8 +202,10 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !(a.load.is_finite() && a.load > 0.0) {
         bail!("--load {}: use a positive number, e.g. 10", a.load);
     }
-    let mut nodes = load_nodes(&a.nodes)?;
-    if let Some(n) = a.node_sample {
+    let all_nodes = load_nodes(&a.nodes)?;
+    let mut nodes = all_nodes.clone();
+    let sample = a.node_sample.or(a.scale.map(|_| 10));
+    if let Some(n) = sample {
         if n == 0 {
             bail!("--node-sample must be at least 1");
         }
@@ -213,6 +230,20 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         ..Default::default()
     };
+    if let Some(scale) = a.scale {
+        if a.max_workers == 0 {
+            bail!("--max-workers must be at least 1");
+        }
+        return super::bench_replay_scaling::run(
+            scale,
+            &all_nodes,
+            &nodes,
+            &pods,
+            &opts,
+            a.max_workers,
+            a.json,
+        );
+    }
     let started = crate::clock::instant();
     let report = replay(&nodes, &pods, &opts);
     let wall = started.elapsed();

@@ -14,6 +14,7 @@ macro_rules! outln {
 mod bench;
 mod bench_raft;
 mod bench_replay;
+mod bench_replay_scaling;
 mod client;
 mod insights;
 mod output;

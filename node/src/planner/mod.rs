@@ -8,6 +8,7 @@ pub mod insights;
 pub mod optimizer;
 pub mod predictor;
 pub mod replay;
+pub mod replay_scaling;
 pub mod scheduler;
 
 pub use scheduler::{

@@ -9,6 +9,7 @@
 //! flight count as capacity already bought.
 
 mod choose;
+pub use choose::micros;
 #[cfg(test)]
 mod tests;
 
