@@ -7,19 +7,15 @@
 // Tests measure their own deadlines; the one-clock rule is for the product code.
 #![allow(clippy::disallowed_methods)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_testmesh");
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker")
-}
+use support::{BIN, docker};
 
 fn docker_ok(args: &[&str]) -> String {
     let o = docker(args);
@@ -86,21 +82,9 @@ impl Drop for Env {
     }
 }
 
-fn docker_available() -> bool {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
-    if !docker_available() {
-        assert!(
-            std::env::var("TESTMESH_STRICT").is_err(),
-            "TESTMESH_STRICT=1 but no Docker engine is reachable"
-        );
-        eprintln!("skipped: no Docker engine is reachable (docker info failed)");
+    if !support::docker_or_skip() {
         return;
     }
     let id = std::process::id();
@@ -110,17 +94,7 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
         containers: (1..=3).map(|i| format!("testmesh-test-{id}-{i}")).collect(),
         dir: tempfile::tempdir().unwrap(),
     };
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let o = Command::new("bash")
-        .arg(format!("{root}/deploy/docker/build-image.sh"))
-        .args(["--binary", BIN, "--tag", &env.tag])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "image build failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    support::build_image(&env.tag);
     let key = env.dir.path().join("swarm.key");
     let o = Command::new(BIN)
         .args(["keygen", "--out", key.to_str().unwrap()])

@@ -11,22 +11,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{BIN, TestNode};
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker")
-}
-
-fn docker_available() -> bool {
-    docker(&["info"]).status.success()
-}
+use support::{TestNode, docker};
 
 /// Removes the test's containers, network and image, whatever happened.
 struct Cleanup {
@@ -77,12 +65,7 @@ fn instances(v: &Value) -> Vec<Value> {
 
 #[tokio::test]
 async fn docker_workers_join_run_the_backlog_survive_a_leader_crash_and_scale_in() {
-    if !docker_available() {
-        assert!(
-            std::env::var("TESTMESH_STRICT").is_err(),
-            "TESTMESH_STRICT=1 but no Docker engine is reachable"
-        );
-        eprintln!("skipped: no Docker engine is reachable (docker info failed)");
+    if !support::docker_or_skip() {
         return;
     }
     let id = std::process::id();
@@ -91,17 +74,7 @@ async fn docker_workers_join_run_the_backlog_survive_a_leader_crash_and_scale_in
         network: format!("testmesh-test-scale-{id}"),
         cluster: std::sync::Mutex::new(None),
     };
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let o = Command::new("bash")
-        .arg(format!("{root}/deploy/docker/build-image.sh"))
-        .args(["--binary", BIN, "--tag", &env.tag])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "image build failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    support::build_image(&env.tag);
     assert!(
         docker(&["network", "create", &env.network])
             .status

@@ -11,9 +11,8 @@ use aws_sdk_ec2::types::{
     TagSpecification,
 };
 use base64::Engine;
-use futures::future::BoxFuture;
 
-use crate::{CLUSTER_TAG, Error, Instance, LaunchSpec, Provider, shell_words};
+use crate::{CLUSTER_TAG, Error, Instance, LaunchSpec, shell_words};
 
 /// The bootstrap script every instance runs at first boot (deploy/cloud/bootstrap.sh).
 pub const BOOTSTRAP: &str = include_str!("../../deploy/cloud/bootstrap.sh");
@@ -234,23 +233,7 @@ impl AwsProvider {
     }
 }
 
-impl Provider for AwsProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<String, Error>> {
-        Box::pin(self.launch_one(spec))
-    }
-
-    fn list<'a>(&'a self, cluster_id: &'a str) -> BoxFuture<'a, Result<Vec<Instance>, Error>> {
-        Box::pin(self.list_all(cluster_id))
-    }
-
-    fn terminate<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.terminate_one(provider_id))
-    }
-}
+provider_impl!(AwsProvider);
 
 #[cfg(test)]
 mod tests {

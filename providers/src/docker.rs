@@ -12,9 +12,8 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
-use futures::future::BoxFuture;
 
-use crate::{CLUSTER_TAG, Error, Instance, LaunchSpec, Provider, intent_of};
+use crate::{CLUSTER_TAG, Error, Instance, LaunchSpec, intent_of};
 
 /// Where the swarm key goes inside the container.
 const KEY_PATH: &str = "/etc/testmesh/swarm.key";
@@ -203,23 +202,7 @@ impl DockerProvider {
     }
 }
 
-impl Provider for DockerProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<String, Error>> {
-        Box::pin(self.launch_one(spec))
-    }
-
-    fn list<'a>(&'a self, cluster_id: &'a str) -> BoxFuture<'a, Result<Vec<Instance>, Error>> {
-        Box::pin(self.list_all(cluster_id))
-    }
-
-    fn terminate<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.terminate_one(provider_id))
-    }
-}
+provider_impl!(DockerProvider);
 
 #[cfg(test)]
 mod tests {

@@ -6,10 +6,9 @@
 //! Tests run it against a local fake of these three endpoints (tests/scaling.rs, named as a
 //! fake): no real GCE API can be reached from here.
 
-use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::{Error, Instance, LaunchSpec, Provider};
+use crate::{Error, Instance, LaunchSpec};
 
 /// GCE labels allow no dots: the tags go in as these keys.
 pub const CLUSTER_LABEL: &str = "testmesh-cluster";
@@ -221,23 +220,7 @@ impl GcpProvider {
     }
 }
 
-impl Provider for GcpProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<String, Error>> {
-        Box::pin(self.launch_one(spec))
-    }
-
-    fn list<'a>(&'a self, cluster_id: &'a str) -> BoxFuture<'a, Result<Vec<Instance>, Error>> {
-        Box::pin(self.list_all(cluster_id))
-    }
-
-    fn terminate<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.terminate_one(provider_id))
-    }
-}
+provider_impl!(GcpProvider);
 
 #[cfg(test)]
 mod tests {

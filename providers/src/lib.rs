@@ -9,6 +9,39 @@
 //! - [`sim::SimProvider`]: simulated workers for demos and benchmarks — real `testmesh node`
 //!   processes on this host that offer the capacity of the instance type they stand for.
 
+/// Implements [`Provider`] for a provider type with a `config.name` and inherent async
+/// `launch_one`, `list_all` and `terminate_one` methods.
+macro_rules! provider_impl {
+    ($t:ty) => {
+        impl $crate::Provider for $t {
+            fn name(&self) -> &str {
+                &self.config.name
+            }
+
+            fn launch<'a>(
+                &'a self,
+                spec: &'a $crate::LaunchSpec,
+            ) -> futures::future::BoxFuture<'a, Result<String, $crate::Error>> {
+                Box::pin(self.launch_one(spec))
+            }
+
+            fn list<'a>(
+                &'a self,
+                cluster_id: &'a str,
+            ) -> futures::future::BoxFuture<'a, Result<Vec<$crate::Instance>, $crate::Error>> {
+                Box::pin(self.list_all(cluster_id))
+            }
+
+            fn terminate<'a>(
+                &'a self,
+                provider_id: &'a str,
+            ) -> futures::future::BoxFuture<'a, Result<(), $crate::Error>> {
+                Box::pin(self.terminate_one(provider_id))
+            }
+        }
+    };
+}
+
 pub mod aws;
 pub mod docker;
 mod error;

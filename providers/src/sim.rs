@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-
-use crate::{CLUSTER_TAG, Error, INTENT_TAG, Instance, LaunchSpec, Provider};
+use crate::{CLUSTER_TAG, Error, INTENT_TAG, Instance, LaunchSpec};
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -58,7 +56,7 @@ impl SimProvider {
             .then_some(pid)
     }
 
-    fn launch_one(&self, spec: &LaunchSpec) -> Result<String, Error> {
+    async fn launch_one(&self, spec: &LaunchSpec) -> Result<String, Error> {
         let name = spec.name();
         let dir = self.config.dir.join(&name);
         if Self::pid_of(&dir).is_some() {
@@ -122,7 +120,7 @@ impl SimProvider {
         Ok(name)
     }
 
-    fn list_all(&self, cluster_id: &str) -> Result<Vec<Instance>, Error> {
+    async fn list_all(&self, cluster_id: &str) -> Result<Vec<Instance>, Error> {
         let mut out = Vec::new();
         let entries = std::fs::read_dir(&self.config.dir).map_err(|e| self.io("list", e))?;
         for e in entries.flatten() {
@@ -198,27 +196,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
-impl Provider for SimProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn launch<'a>(&'a self, spec: &'a LaunchSpec) -> BoxFuture<'a, Result<String, Error>> {
-        Box::pin(async move { self.launch_one(spec) })
-    }
-
-    fn list<'a>(&'a self, cluster_id: &'a str) -> BoxFuture<'a, Result<Vec<Instance>, Error>> {
-        Box::pin(async move { self.list_all(cluster_id) })
-    }
-
-    fn terminate<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self.terminate_one(provider_id))
-    }
-}
+provider_impl!(SimProvider);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Provider;
 
     fn spec(intent: u64, node_args: Vec<String>) -> LaunchSpec {
         LaunchSpec {

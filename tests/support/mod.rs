@@ -180,22 +180,17 @@ impl TestNode {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+        self.send(reqwest::Method::POST, path, body).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
-            .put(format!("{}{path}", self.url))
+            .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
@@ -371,4 +366,45 @@ pub fn signal(node: &TestNode, sig: &str) {
         .args([sig, &pid.to_string()])
         .status()
         .unwrap();
+}
+
+/// Whether a Docker engine answers; without one a test skips with the reason, except under
+/// TESTMESH_STRICT=1 (CI), where that is a failure.
+pub fn docker_or_skip() -> bool {
+    let up = Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !up {
+        assert!(
+            std::env::var("TESTMESH_STRICT").is_err(),
+            "TESTMESH_STRICT=1 but no Docker engine is reachable"
+        );
+        eprintln!("skipped: no Docker engine is reachable (docker info failed)");
+    }
+    up
+}
+
+/// Runs the docker CLI.
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker")
+}
+
+/// Builds the project's container image from this test binary with deploy/docker/build-image.sh
+/// (no registry, no base image).
+pub fn build_image(tag: &str) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let o = Command::new("bash")
+        .arg(format!("{root}/deploy/docker/build-image.sh"))
+        .args(["--binary", BIN, "--tag", tag])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "image build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

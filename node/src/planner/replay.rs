@@ -63,11 +63,97 @@ pub struct ReplayReport {
     pub planner_rounds: usize,
 }
 
-fn percentile(sorted: &[u64], q: f64) -> f64 {
+/// The `q` quantile of sorted milliseconds, in seconds.
+pub(super) fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+/// The simulated cluster: a ledger and the log index of its next command.
+#[derive(Default)]
+pub(super) struct Sim {
+    pub ledger: Ledger,
+    index: u64,
+}
+
+impl Sim {
+    pub fn apply(&mut self, cmd: Command) -> Result<Applied, testmesh_consensus::Rejected> {
+        self.index += 1;
+        self.ledger.apply(self.index, &cmd)
+    }
+
+    /// A task's attempt succeeded at `at`.
+    pub fn finish(&mut self, task: TaskId, at: UnixMillis) {
+        let attempt = self.ledger.task(task).map_or(1, |x| x.attempt);
+        let worker = self
+            .ledger
+            .task(task)
+            .and_then(|x| x.current_attempt())
+            .map_or(NodeId(0), |a| a.worker);
+        let outcome = Outcome {
+            exit_code: Some(0),
+            ..Outcome::bare(TaskState::Succeeded)
+        };
+        let _ = self.apply(Command::TaskFinished {
+            task,
+            attempt,
+            worker,
+            outcome,
+            at,
+        });
+    }
+
+    /// Submits pod `i` (identified by its position: names in a trace need not be unique).
+    pub fn submit(&mut self, i: usize, pod: &TracePod, at: UnixMillis) -> Option<TaskId> {
+        let spec = TaskSpec {
+            name: pod.name.clone(),
+            argv: vec![pod.name.clone()],
+            requirements: pod.requirements.clone(),
+            ..Default::default()
+        };
+        match self.apply(Command::Submit {
+            request_id: format!("replay-{i}"),
+            tasks: vec![spec],
+            at,
+        }) {
+            Ok(Applied::Submitted { tasks, .. }) => tasks.first().copied(),
+            _ => None,
+        }
+    }
+
+    /// One planner round: the assignments it commits, each started at once.
+    pub fn place(&mut self, opts: &Options, at: UnixMillis) -> Vec<(TaskId, NodeId)> {
+        let assignments: Vec<Assignment> = {
+            let mut workers = scheduler::workers_of(&self.ledger);
+            scheduler::place(&mut workers, scheduler::pending_of(&self.ledger), opts).assignments
+        };
+        if assignments.is_empty() {
+            return Vec::new();
+        }
+        let placed: Vec<(TaskId, NodeId)> =
+            assignments.iter().map(|a| (a.task, a.worker)).collect();
+        let ok: Vec<bool> = match self.apply(Command::Assign { assignments, at }) {
+            Ok(Applied::Assigned { results }) => results.iter().map(|r| r.is_ok()).collect(),
+            _ => vec![false; placed.len()],
+        };
+        let placed: Vec<(TaskId, NodeId)> = placed
+            .into_iter()
+            .zip(ok)
+            .filter_map(|(p, ok)| ok.then_some(p))
+            .collect();
+        for (task, worker) in &placed {
+            let _ = self.apply(Command::TaskStarted {
+                task: *task,
+                attempt: 1,
+                worker: *worker,
+                pid: 1,
+                at,
+            });
+        }
+        placed
+    }
 }
 
 /// Totals of what is reserved in the ledger right now: (cpu milli, memory bytes, gpu milli).
@@ -88,12 +174,7 @@ fn reserved(ledger: &Ledger) -> (f64, f64, f64) {
 
 /// Replays `pods` on `nodes` with the planner `opts`; see the module docs.
 pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayReport {
-    let mut ledger = Ledger::default();
-    let mut index = 0u64;
-    let mut apply = |ledger: &mut Ledger, cmd: &Command| {
-        index += 1;
-        ledger.apply(index, cmd)
-    };
+    let mut sim = Sim::default();
     for (i, n) in nodes.iter().enumerate() {
         let reg = WorkerRegistration {
             id: NodeId(i as u64 + 1),
@@ -106,13 +187,10 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
             boot_id: 1,
             version: String::new(),
         };
-        let _ = apply(
-            &mut ledger,
-            &Command::RegisterWorker {
-                worker: reg,
-                at: UnixMillis(0),
-            },
-        );
+        let _ = sim.apply(Command::RegisterWorker {
+            worker: reg,
+            at: UnixMillis(0),
+        });
     }
     let capacity = nodes.iter().fold((0.0, 0.0, 0.0), |(c, m, g), n| {
         (
@@ -152,7 +230,7 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
             (None, Some(d)) => d,
         };
         // What was reserved since the last event, held until now.
-        let (c, m, g) = reserved(&ledger);
+        let (c, m, g) = reserved(&sim.ledger);
         let dt = (t - last_t) as f64;
         area = (area.0 + c * dt, area.1 + m * dt, area.2 + g * dt);
         history.push((t, area));
@@ -161,95 +239,35 @@ pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayR
 
         while let Some((done_at, task)) = completions.first().copied().filter(|(d, _)| *d == t) {
             completions.remove(&(done_at, task));
-            let attempt = ledger.task(task).map_or(1, |x| x.attempt);
-            let worker = ledger
-                .task(task)
-                .and_then(|x| x.current_attempt())
-                .map_or(NodeId(0), |a| a.worker);
-            let outcome = Outcome {
-                exit_code: Some(0),
-                ..Outcome::bare(TaskState::Succeeded)
-            };
-            let _ = apply(
-                &mut ledger,
-                &Command::TaskFinished {
-                    task,
-                    attempt,
-                    worker,
-                    outcome,
-                    at,
-                },
-            );
+            sim.finish(task, at);
             end = end.max(t);
         }
         while let Some(&i) = order.get(next_arrival).filter(|i| pods[**i].arrival == t) {
             next_arrival += 1;
             let pod = &pods[i];
-            let caps = ledger.workers().map(|w| (&w.capacity, &w.labels));
+            let caps = sim.ledger.workers().map(|w| (&w.capacity, &w.labels));
             if scheduler::could_ever_fit(caps, &pod.requirements).is_err() {
                 report.never_fit += 1;
                 continue;
             }
-            let spec = TaskSpec {
-                name: pod.name.clone(),
-                argv: vec![pod.name.clone()],
-                requirements: pod.requirements.clone(),
-                ..Default::default()
-            };
-            if let Ok(Applied::Submitted { tasks, .. }) = apply(
-                &mut ledger,
-                &Command::Submit {
-                    // By position: names in a trace need not be unique.
-                    request_id: format!("replay-{i}"),
-                    tasks: vec![spec],
-                    at,
-                },
-            ) {
-                pod_of.insert(tasks[0], i);
+            if let Some(task) = sim.submit(i, pod, at) {
+                pod_of.insert(task, i);
             }
         }
 
-        if ledger.pending_count() > 0 {
+        if sim.ledger.pending_count() > 0 {
             report.planner_rounds += 1;
-            let assignments: Vec<Assignment> = {
-                let mut workers = scheduler::workers_of(&ledger);
-                scheduler::place(&mut workers, scheduler::pending_of(&ledger), opts).assignments
-            };
-            if !assignments.is_empty() {
-                let placed: Vec<(TaskId, NodeId)> =
-                    assignments.iter().map(|a| (a.task, a.worker)).collect();
-                let results = apply(&mut ledger, &Command::Assign { assignments, at });
-                let ok: Vec<bool> = match results {
-                    Ok(Applied::Assigned { results }) => {
-                        results.iter().map(|r| r.is_ok()).collect()
-                    }
-                    _ => vec![false; placed.len()],
-                };
-                for ((task, worker), ok) in placed.into_iter().zip(ok) {
-                    if !ok {
-                        continue;
-                    }
-                    let pod = &pods[pod_of[&task]];
-                    let _ = apply(
-                        &mut ledger,
-                        &Command::TaskStarted {
-                            task,
-                            attempt: 1,
-                            worker,
-                            pid: 1,
-                            at,
-                        },
-                    );
-                    waits.push(t - pod.arrival);
-                    last_placed = t;
-                    completions.insert((t + pod.duration.max(1), task));
-                    report.placed += 1;
-                }
+            for (task, _) in sim.place(opts, at) {
+                let pod = &pods[pod_of[&task]];
+                waits.push(t - pod.arrival);
+                last_placed = t;
+                completions.insert((t + pod.duration.max(1), task));
+                report.placed += 1;
             }
         }
     }
 
-    report.never_placed = ledger.pending_count();
+    report.never_placed = sim.ledger.pending_count();
     waits.sort_unstable();
     let span = (end - start) as f64;
     report.makespan_secs = span / 1000.0;

@@ -12,19 +12,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use testmesh_consensus::command::WorkerRegistration;
-use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{Hardware, WorkerState};
 use testmesh_consensus::resources;
 use testmesh_consensus::scaling::{
     DecisionKind, DecisionRecord, INTENT_LABEL, InstanceState, LaunchRequest, ScalingApplied,
     ScalingCommand, ScalingPolicy,
 };
-use testmesh_consensus::task::{Outcome, TaskSpec, TaskState};
 use testmesh_consensus::{Applied, Command, NodeId, TaskId, UnixMillis};
 
 use super::autoscaler::{self, Action, Demand, InstanceView, ManagedWorker, Pool, Snapshot};
 use super::catalogue::InstanceType;
-use super::replay::{TraceNode, TracePod};
+use super::replay::{Sim, TraceNode, TracePod, percentile};
 use super::scheduler::{self, Options};
 
 #[derive(Debug, Clone)]
@@ -64,18 +62,6 @@ pub struct ScalingReport {
 /// Simulated seconds between scaling decisions.
 pub const TICK_MS: u64 = 30_000;
 
-struct Sim {
-    ledger: Ledger,
-    index: u64,
-}
-
-impl Sim {
-    fn apply(&mut self, cmd: Command) -> Result<Applied, testmesh_consensus::Rejected> {
-        self.index += 1;
-        self.ledger.apply(self.index, &cmd)
-    }
-}
-
 fn register(
     sim: &mut Sim,
     id: u64,
@@ -103,13 +89,6 @@ fn register(
     });
 }
 
-fn pct(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
-}
-
 pub fn replay_scaling(
     base: &[TraceNode],
     catalogue: &[InstanceType],
@@ -117,10 +96,7 @@ pub fn replay_scaling(
     opts: &Options,
     policy: &ScalePolicy,
 ) -> ScalingReport {
-    let mut sim = Sim {
-        ledger: Ledger::default(),
-        index: 0,
-    };
+    let mut sim = Sim::default();
     for (i, n) in base.iter().enumerate() {
         register(&mut sim, i as u64 + 1, &n.name, n.capacity.clone(), None, 0);
     }
@@ -183,21 +159,7 @@ pub fn replay_scaling(
 
         while let Some((done, task)) = completions.first().copied().filter(|(d, _)| *d == t) {
             completions.remove(&(done, task));
-            let worker = sim
-                .ledger
-                .task(task)
-                .and_then(|x| x.current_attempt())
-                .map_or(NodeId(0), |a| a.worker);
-            let _ = sim.apply(Command::TaskFinished {
-                task,
-                attempt: 1,
-                worker,
-                outcome: Outcome {
-                    exit_code: Some(0),
-                    ..Outcome::bare(TaskState::Succeeded)
-                },
-                at,
-            });
+            sim.finish(task, at);
             end = end.max(t);
         }
         while let Some((rt, intent)) = ready.first().copied().filter(|(r, _)| *r == t) {
@@ -238,50 +200,16 @@ pub fn replay_scaling(
                 report.never_fit += 1;
                 continue;
             }
-            let spec = TaskSpec {
-                name: pod.name.clone(),
-                argv: vec![pod.name.clone()],
-                requirements: pod.requirements.clone(),
-                ..Default::default()
-            };
-            if let Ok(Applied::Submitted { tasks, .. }) = sim.apply(Command::Submit {
-                request_id: format!("replay-{i}"),
-                tasks: vec![spec],
-                at,
-            }) {
-                pod_of.insert(tasks[0], i);
+            if let Some(task) = sim.submit(i, pod, at) {
+                pod_of.insert(task, i);
             }
         }
         if sim.ledger.pending_count() > 0 {
-            let assignments = {
-                let mut workers = scheduler::workers_of(&sim.ledger);
-                scheduler::place(&mut workers, scheduler::pending_of(&sim.ledger), opts).assignments
-            };
-            if !assignments.is_empty() {
-                let placed: Vec<(TaskId, NodeId)> =
-                    assignments.iter().map(|a| (a.task, a.worker)).collect();
-                let ok: Vec<bool> = match sim.apply(Command::Assign { assignments, at }) {
-                    Ok(Applied::Assigned { results }) => {
-                        results.iter().map(|r| r.is_ok()).collect()
-                    }
-                    _ => vec![false; placed.len()],
-                };
-                for ((task, worker), ok) in placed.into_iter().zip(ok) {
-                    if !ok {
-                        continue;
-                    }
-                    let pod = &pods[pod_of[&task]];
-                    let _ = sim.apply(Command::TaskStarted {
-                        task,
-                        attempt: 1,
-                        worker,
-                        pid: 1,
-                        at,
-                    });
-                    waits.push(t - pod.arrival);
-                    completions.insert((t + pod.duration.max(1), task));
-                    report.placed += 1;
-                }
+            for (task, _) in sim.place(opts, at) {
+                let pod = &pods[pod_of[&task]];
+                waits.push(t - pod.arrival);
+                completions.insert((t + pod.duration.max(1), task));
+                report.placed += 1;
             }
         }
         // Idle bookkeeping, and drained workers with nothing left go away.
@@ -351,9 +279,9 @@ pub fn replay_scaling(
     }
     waits.sort_unstable();
     report.makespan_secs = (end - start) as f64 / 1000.0;
-    report.wait_secs_p50 = pct(&waits, 0.5);
-    report.wait_secs_p95 = pct(&waits, 0.95);
-    report.wait_secs_p99 = pct(&waits, 0.99);
+    report.wait_secs_p50 = percentile(&waits, 0.5);
+    report.wait_secs_p95 = percentile(&waits, 0.95);
+    report.wait_secs_p99 = percentile(&waits, 0.99);
     report.wait_secs_mean = if waits.is_empty() {
         0.0
     } else {
