@@ -4,6 +4,7 @@
 mod dto;
 mod error;
 mod insights;
+mod metrics;
 mod predict;
 mod scaling;
 mod tasks;
@@ -117,6 +118,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/status", get(tasks::status))
         .route("/api/v1/workers", get(tasks::workers))
         .route("/api/v1/stats", get(tasks::stats))

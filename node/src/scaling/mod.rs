@@ -41,6 +41,8 @@ pub struct ProviderEntry {
     pub connected: Option<Arc<dyn Provider>>,
     pub error: Option<String>,
     failures: u32,
+    /// Failures ever (for the metrics; `failures` counts the current run of them).
+    errors_total: u64,
     backoff_until: Option<Instant>,
 }
 
@@ -51,6 +53,7 @@ impl ProviderEntry {
             connected: None,
             error: None,
             failures: 0,
+            errors_total: 0,
             backoff_until: None,
         }
     }
@@ -70,6 +73,7 @@ pub struct ProviderView {
     pub kind: String,
     pub connected: bool,
     pub failures: u32,
+    pub errors_total: u64,
     pub backoff_secs: Option<f64>,
     pub error: Option<String>,
 }
@@ -312,6 +316,7 @@ impl Scaler {
         let mut s = lock(&self.shared);
         if let Some(p) = s.providers.get_mut(provider) {
             p.failures += 1;
+            p.errors_total += 1;
             let secs = (5u64 << p.failures.min(7)).min(600) / 2;
             p.backoff_until = Some(clock::instant() + Duration::from_secs(secs));
             p.error = Some(error.to_string());
@@ -349,6 +354,7 @@ pub fn view(shared: &SharedScaler) -> ScalerView {
             kind: p.spec.kind().to_string(),
             connected: p.connected.is_some(),
             failures: p.failures,
+            errors_total: p.errors_total,
             backoff_secs: p
                 .backoff_until
                 .filter(|t| *t > now)
