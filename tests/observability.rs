@@ -101,3 +101,98 @@ async fn metrics_describe_the_cluster_and_pass_promtool() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[tokio::test]
+async fn loopback_refuses_foreign_hosts_and_cross_site_writes() {
+    let node = TestNode::start(&[]).await;
+    let http = reqwest::Client::new();
+    // DNS rebinding: a name that resolves here but is not ours.
+    let r = http
+        .get(format!("{}/api/v1/status", node.url))
+        .header("host", "evil.example:7070")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("loopback only"));
+    // A page elsewhere posting with the token (say, stolen into a form): refused.
+    let task = json!({"tasks": [{"command": ["true"], "cpu": "10m"}]});
+    let r = http
+        .post(format!("{}/api/v1/tasks", node.url))
+        .bearer_auth(&node.token)
+        .header("origin", "https://evil.example")
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The node's own pages (same origin) and the CLI (no Origin) may.
+    let r = http
+        .post(format!("{}/api/v1/tasks", node.url))
+        .bearer_auth(&node.token)
+        .header("origin", node.url.clone())
+        .json(&task)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (code, _) = node.get("/api/v1/status").await;
+    assert_eq!(code, 200, "reads on loopback need no token");
+}
+
+#[tokio::test]
+async fn beyond_loopback_reads_need_the_token_unless_public() {
+    let node = TestNode::start(&["--http", "0.0.0.0:0"]).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = http.get(format!("{}{path}", node.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+    let r = get("/api/v1/status", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("--public-dashboard"));
+    assert_eq!(
+        get("/api/v1/status", Some(&node.token))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(get("/", None).await.unwrap().status(), 401);
+    // A browser passes the token once; the cookie carries it afterwards.
+    let r = get(&format!("/?token={}", node.token), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let r = http
+        .get(format!("{}/", node.url))
+        .header("cookie", pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The CLI sends the token on reads too.
+    let o = node.cli(&["status"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let public = TestNode::start(&["--http", "0.0.0.0:0", "--public-dashboard"]).await;
+    let r = reqwest::get(format!("{}/api/v1/status", public.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "public reads");
+    let r = http
+        .post(format!("{}/api/v1/tasks", public.url))
+        .json(&json!({"tasks": [{"command": ["true"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "writes still need the token");
+}

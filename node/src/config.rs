@@ -66,6 +66,10 @@ pub struct NodeArgs {
     /// How far back each node keeps (downsampled) statistics of every node [default: 1h]
     #[arg(long, value_parser = units::parse_duration)]
     pub stats_retention: Option<std::time::Duration>,
+    /// Serve the dashboard and read-only API without the token on a non-loopback --http
+    /// address (writes still need it)
+    #[arg(long)]
+    pub public_dashboard: bool,
     /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
@@ -127,6 +131,7 @@ struct FileConfig {
     voters: Option<usize>,
     dead_after: Option<String>,
     drain_timeout: Option<String>,
+    public_dashboard: Option<bool>,
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
@@ -216,6 +221,7 @@ pub struct NodeConfig {
     pub stats_retention: std::time::Duration,
     pub catalogue: Vec<InstanceType>,
     pub providers: Vec<crate::scaling::config::FileProvider>,
+    pub public_dashboard: bool,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -361,6 +367,7 @@ impl NodeConfig {
         crate::scaling::config::validate(&file.providers)
             .map_err(|e| in_file("[[providers]]", e))?;
         Ok(NodeConfig {
+            public_dashboard: args.public_dashboard || file.public_dashboard.unwrap_or(false),
             providers: file.providers,
             catalogue,
             stats_interval,

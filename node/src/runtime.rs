@@ -264,8 +264,17 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         catalogue: cfg.catalogue.clone(),
         scaler: scaler.clone(),
     });
+    let access = api::access::Access {
+        bound: local,
+        token: state.token.clone(),
+        public: cfg.public_dashboard,
+    };
     let app = api::router(state.clone())
-        .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))));
+        .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            api::access::guard,
+        ));
 
     // Tests and scripts that bind port 0 read the real addresses from these files.
     let mut mesh_addrs = Vec::new();

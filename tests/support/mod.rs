@@ -83,13 +83,12 @@ impl TestNode {
             .arg("node")
             .arg("--data-dir")
             .arg(&data)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--no-mdns",
-            ])
+            .args(if self.extra.iter().any(|a| a == "--http") {
+                &[][..]
+            } else {
+                &["--http", "127.0.0.1:0"][..]
+            })
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
             .args(&self.extra)
             .env("TESTMESH_LOG", "info,openraft=error")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -17,6 +17,7 @@ use crate::writer::WriteError;
 pub enum ApiError {
     BadRequest(String),
     Unauthorized(String),
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     Unprocessable(String),
@@ -40,6 +41,7 @@ impl IntoResponse for ApiError {
         let (status, code, message) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, "unauthorized", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unschedulable", m),

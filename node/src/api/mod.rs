@@ -1,6 +1,7 @@
 //! The HTTP API under `/api/v1`, plus `/healthz`. Reads come from this node's replica; writes go
 //! through Raft and need `Authorization: Bearer <token>`.
 
+pub mod access;
 mod dto;
 mod error;
 mod insights;

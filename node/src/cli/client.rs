@@ -88,9 +88,13 @@ impl Client {
             .with_context(|| format!("unexpected response from {}", self.base))
     }
 
+    /// Reads carry the token when there is one: a node serving beyond loopback wants it.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
