@@ -3,17 +3,22 @@
 //! Raft or the network.
 //!
 //! Today: the overview page (cluster, workers with reserved vs total capacity, task counts,
-//! recent tasks), refreshed by the browser every few seconds.
+//! recent tasks, charts), refreshed by the browser every few seconds, and the charts as SVG
+//! (`/dashboard/charts/NAME.svg`, see [`charts`]).
+
+pub mod charts;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::response::Html;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use testmesh_consensus::model::Worker;
+use testmesh_consensus::scaling::{CloudInstance, DecisionRecord};
 use testmesh_consensus::task::{Task, TaskState};
 
 /// What the overview shows.
@@ -31,10 +36,64 @@ pub struct Overview {
 /// Read-only access to the cluster as this node sees it.
 pub trait Source: Send + Sync + 'static {
     fn overview(&self) -> Overview;
+    /// Every node's statistics since `now - window_ms`, and `now` (Unix milliseconds).
+    fn series(&self, window_ms: u64) -> (u64, Vec<charts::NodeSeries>);
+    /// Cores in use per worker id, from the latest samples.
+    fn used_cores(&self) -> Vec<(String, f64)>;
+    /// Recorded scaling decisions (oldest first) and the instances.
+    fn scaling(&self) -> (Vec<DecisionRecord>, Vec<CloudInstance>);
 }
 
+/// Charts available under `/dashboard/charts/NAME.svg`.
+pub const CHARTS: [&str; 6] = [
+    "cpu",
+    "memory",
+    "gpu",
+    "gpu_memory",
+    "allocation",
+    "scaling",
+];
+/// How far back the time charts look.
+const WINDOW_MS: u64 = 3_600_000;
+
 pub fn router(source: Arc<dyn Source>) -> Router {
-    Router::new().route("/", get(overview)).with_state(source)
+    Router::new()
+        .route("/", get(overview))
+        .route("/dashboard/charts/{file}", get(chart))
+        .with_state(source)
+}
+
+/// One chart as SVG.
+pub fn render_chart(src: &dyn Source, name: &str) -> Result<Option<String>, charts::ChartError> {
+    let metric = charts::Metric::ALL.into_iter().find(|m| m.name() == name);
+    if let Some(m) = metric {
+        let (now, series) = src.series(WINDOW_MS);
+        return charts::heatmap(&series, m, now, WINDOW_MS).map(Some);
+    }
+    match name {
+        "allocation" => charts::allocation(&src.overview().workers, &src.used_cores()).map(Some),
+        "scaling" => {
+            let (decisions, instances) = src.scaling();
+            let (now, _) = src.series(0);
+            charts::scaling(&decisions, &instances, now, WINDOW_MS).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn chart(State(src): State<Arc<dyn Source>>, Path(file): Path<String>) -> Response {
+    let not_found = |m: String| (StatusCode::NOT_FOUND, m).into_response();
+    let Some(name) = file.strip_suffix(".svg") else {
+        return not_found(format!(
+            "{file}: charts are served as NAME.svg (PNG export is not available yet); names: {}",
+            CHARTS.join(", ")
+        ));
+    };
+    match render_chart(src.as_ref(), name) {
+        Ok(Some(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Ok(None) => not_found(format!("no chart {name:?}; charts: {}", CHARTS.join(", "))),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -113,7 +172,14 @@ pub fn render_overview(o: &Overview) -> String {
             esc(&t.spec.argv.join(" "))
         );
     }
-    h.push_str("</table></body></html>");
+    h.push_str("</table><h2>Charts</h2><div id=charts>");
+    for c in CHARTS {
+        let _ = write!(
+            h,
+            "<figure><img src='/dashboard/charts/{c}.svg' alt='{c} chart' style='max-width:100%'><figcaption><a href='/dashboard/charts/{c}.svg'>{c}.svg</a></figcaption></figure>"
+        );
+    }
+    h.push_str("</div></body></html>");
     h
 }
 

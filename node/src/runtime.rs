@@ -1,7 +1,6 @@
 //! The composition root: builds every component of a node in a logged order, starts its loops
 //! and stops them on one shutdown signal (SIGINT or SIGTERM).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -270,7 +269,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         public: cfg.public_dashboard,
     };
     let app = api::router(state.clone())
-        .merge(testmesh_dashboard::router(Arc::new(DashboardSource(state))))
+        .merge(testmesh_dashboard::router(Arc::new(
+            crate::dashboard_source::DashboardSource(state),
+        )))
         .layer(axum::middleware::from_fn_with_state(
             access,
             api::access::guard,
@@ -495,28 +496,5 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
-/// What the dashboard reads: this node's replica.
-struct DashboardSource(api::AppState);
-
-impl testmesh_dashboard::Source for DashboardSource {
-    fn overview(&self) -> testmesh_dashboard::Overview {
-        let st = &self.0;
-        let m = st.writer.raft().metrics().borrow().clone();
-        let l = st.reader.read();
-        let mut by_state = BTreeMap::new();
-        for t in l.tasks() {
-            *by_state.entry(t.state).or_insert(0usize) += 1;
-        }
-        testmesh_dashboard::Overview {
-            node: st.node.to_string(),
-            leader: m.current_leader.map(|n| n.to_string()),
-            term: m.current_term,
-            workers: l.workers().cloned().collect(),
-            tasks_by_state: by_state,
-            recent: l.tasks().rev().take(20).cloned().collect(),
-        }
     }
 }

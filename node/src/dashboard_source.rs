@@ -1,0 +1,118 @@
+//! What the dashboard reads: this node's replica, Raft metrics and gossip statistics, turned
+//! into the dashboard crate's plain types.
+
+use std::collections::BTreeMap;
+
+use crate::api::AppState;
+use crate::clock;
+
+/// What the dashboard reads: this node's replica.
+pub struct DashboardSource(pub AppState);
+
+impl testmesh_dashboard::Source for DashboardSource {
+    fn overview(&self) -> testmesh_dashboard::Overview {
+        let st = &self.0;
+        let m = st.writer.raft().metrics().borrow().clone();
+        let l = st.reader.read();
+        let mut by_state = BTreeMap::new();
+        for t in l.tasks() {
+            *by_state.entry(t.state).or_insert(0usize) += 1;
+        }
+        testmesh_dashboard::Overview {
+            node: st.node.to_string(),
+            leader: m.current_leader.map(|n| n.to_string()),
+            term: m.current_term,
+            workers: l.workers().cloned().collect(),
+            tasks_by_state: by_state,
+            recent: l.tasks().rev().take(20).cloned().collect(),
+        }
+    }
+
+    fn series(&self, window_ms: u64) -> (u64, Vec<testmesh_dashboard::charts::NodeSeries>) {
+        use testmesh_dashboard::charts::{NodeSeries, StatPoint};
+        let now = clock::now().0;
+        let hosts: BTreeMap<testmesh_consensus::NodeId, String> = self
+            .0
+            .reader
+            .read()
+            .workers()
+            .map(|w| (w.id, w.hardware.hostname.clone()))
+            .collect();
+        let stats = self.0.stats.read().unwrap_or_else(|p| p.into_inner());
+        let since = testmesh_consensus::UnixMillis(now.saturating_sub(window_ms));
+        let point = |p: &crate::stats::Point| {
+            let s = &p.sample;
+            let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let n = s.gpus.len() as f64;
+            StatPoint {
+                at_ms: p.at.0,
+                cpu: s.cpu_percent as f64 / 100.0,
+                memory: frac(s.memory_used.0, s.memory_total.0),
+                gpu: (n > 0.0).then(|| {
+                    s.gpus
+                        .iter()
+                        .map(|g| g.utilization_percent as f64)
+                        .sum::<f64>()
+                        / n
+                        / 100.0
+                }),
+                gpu_memory: (n > 0.0).then(|| {
+                    s.gpus
+                        .iter()
+                        .map(|g| frac(g.memory_used.0, g.memory_total.0))
+                        .sum::<f64>()
+                        / n
+                }),
+            }
+        };
+        let series = stats
+            .view(None, since)
+            .into_iter()
+            .map(|(id, v)| {
+                // The downsampled history first, then the recent samples at full resolution.
+                let first_fine = v.samples.first().map_or(u64::MAX, |p| p.at.0);
+                let mut points: Vec<StatPoint> = v
+                    .history
+                    .iter()
+                    .filter(|p| p.at.0 >= since.0 && p.at.0 < first_fine)
+                    .map(point)
+                    .collect();
+                points.extend(v.samples.iter().map(point));
+                NodeSeries {
+                    node: id.to_string(),
+                    hostname: hosts.get(&id).cloned().unwrap_or_default(),
+                    points,
+                }
+            })
+            .collect();
+        (now, series)
+    }
+
+    fn used_cores(&self) -> Vec<(String, f64)> {
+        let l = self.0.reader.read();
+        let stats = self.0.stats.read().unwrap_or_else(|p| p.into_inner());
+        l.workers()
+            .filter_map(|w| {
+                let p = stats.latest(w.id)?;
+                Some((
+                    w.id.to_string(),
+                    p.sample.cpu_percent as f64 / 100.0 * w.capacity.cpu.0 as f64 / 1000.0,
+                ))
+            })
+            .collect()
+    }
+
+    fn scaling(
+        &self,
+    ) -> (
+        Vec<testmesh_consensus::scaling::DecisionRecord>,
+        Vec<testmesh_consensus::scaling::CloudInstance>,
+    ) {
+        let l = self.0.reader.read();
+        let s = l.scaling();
+        (
+            s.decisions().cloned().collect(),
+            s.instances().cloned().collect(),
+        )
+    }
+}

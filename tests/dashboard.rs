@@ -1,0 +1,89 @@
+//! The dashboard of a real node: every chart with data, well-formed, and the pages that show
+//! them.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::TestNode;
+
+async fn fetch(node: &TestNode, path: &str) -> (u16, String, String) {
+    let r = reqwest::get(format!("{}{path}", node.url)).await.unwrap();
+    let code = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (code, ct, r.text().await.unwrap())
+}
+
+/// Shapes drawn: rects and paths beyond a handful of axis and background elements.
+fn drawn(svg: &str) -> usize {
+    let doc =
+        roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("malformed SVG ({e}):\n{svg}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("rect") || n.has_tag_name("polyline") || n.has_tag_name("path"))
+        .count()
+}
+
+#[tokio::test]
+async fn every_chart_renders_with_data_and_the_overview_shows_them() {
+    let node = TestNode::start(&[
+        "--simulate-gpus",
+        "2xSim A100:40GiB",
+        "--stats-interval",
+        "200ms",
+    ])
+    .await;
+    let id = node
+        .submit(json!({"command": ["sleep", "0.5"], "cpu": "10m", "gpus": 1,
+            "env": {"TESTMESH_SIMULATED_GPU_MIB": "512"}}))
+        .await;
+    node.wait_state(id, "succeeded").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (_, empty_ct, empty) = fetch(&node, "/dashboard/charts/scaling.svg").await;
+    assert_eq!(empty_ct, "image/svg+xml");
+    let baseline = drawn(&empty);
+    for name in ["cpu", "memory", "gpu", "gpu_memory", "allocation"] {
+        let (code, ct, svg) = fetch(&node, &format!("/dashboard/charts/{name}.svg")).await;
+        assert_eq!(code, 200, "{name}: {svg}");
+        assert_eq!(ct, "image/svg+xml", "{name}");
+        let n = drawn(&svg);
+        assert!(
+            n > 20,
+            "{name}: only {n} shapes drawn — empty chart?\n{svg}"
+        );
+        assert!(
+            svg.contains("vm") || svg.contains(&node.node_id()[..6]) || n > baseline,
+            "{name}"
+        );
+    }
+    let (code, _, body) = fetch(&node, "/dashboard/charts/nope.svg").await;
+    assert_eq!(code, 404);
+    assert!(body.contains("allocation"), "lists the charts: {body}");
+    let (code, _, body) = fetch(&node, "/dashboard/charts/cpu.png").await;
+    assert_eq!(code, 404);
+    assert!(body.contains("NAME.svg"), "{body}");
+
+    let (code, ct, page) = fetch(&node, "/").await;
+    assert_eq!(code, 200);
+    assert!(ct.starts_with("text/html"));
+    for name in [
+        "cpu",
+        "memory",
+        "gpu",
+        "gpu_memory",
+        "allocation",
+        "scaling",
+    ] {
+        assert!(
+            page.contains(&format!("/dashboard/charts/{name}.svg")),
+            "{name}"
+        );
+    }
+}
