@@ -1,6 +1,9 @@
 //! The dashboard of a real node: every chart with data, well-formed, and the pages that show
 //! them.
 
+// Tests measure their own deadlines; the one-clock rule is for the product code.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "support/mod.rs"]
 mod support;
 
@@ -86,4 +89,56 @@ async fn every_chart_renders_with_data_and_the_overview_shows_them() {
             "{name}"
         );
     }
+}
+
+/// The next message of a live stream, as JSON.
+async fn next_update<S>(ws: &mut S) -> serde_json::Value
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("an update within 10 s")
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(m.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn live_updates_arrive_over_the_websocket_and_cross_site_ones_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let node = TestNode::start(&["--dashboard-interval", "200ms"]).await;
+    let ws_url = node.url.replace("http://", "ws://") + "/dashboard/live";
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let first = next_update(&mut ws).await;
+    assert_eq!(first["node"], node.node_id());
+    assert!(first["tasks"].get("succeeded").is_none());
+    let submitted = std::time::Instant::now();
+    let id = node
+        .submit(json!({"command": ["true"], "cpu": "10m"}))
+        .await;
+    node.wait_state(id, "succeeded").await;
+    loop {
+        let u = next_update(&mut ws).await;
+        if u["tasks"]["succeeded"] == 1 {
+            eprintln!(
+                "the finished task showed up on the live stream {:.0} ms after its submission",
+                submitted.elapsed().as_secs_f64() * 1000.0
+            );
+            break;
+        }
+    }
+    // A page on another site may not open the stream (browsers send its Origin).
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
 }

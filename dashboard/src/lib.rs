@@ -7,6 +7,7 @@
 //! (`/dashboard/charts/NAME.svg`, see [`charts`]).
 
 pub mod charts;
+mod live;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -56,11 +57,19 @@ pub const CHARTS: [&str; 6] = [
 /// How far back the time charts look.
 const WINDOW_MS: u64 = 3_600_000;
 
-pub fn router(source: Arc<dyn Source>) -> Router {
+/// The dashboard's routes; live pages get an update every `interval`.
+pub fn router(source: Arc<dyn Source>, interval: std::time::Duration) -> Router {
+    let live = Router::new()
+        .route("/dashboard/live", get(live::upgrade))
+        .with_state(live::Live {
+            source: source.clone(),
+            interval,
+        });
     Router::new()
         .route("/", get(overview))
         .route("/dashboard/charts/{file}", get(chart))
         .with_state(source)
+        .merge(live)
 }
 
 /// One chart as SVG.
@@ -118,7 +127,7 @@ pub fn render_overview(o: &Overview) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5><meta name=viewport content='width=device-width,initial-scale=1'><title>testmesh</title><style>{STYLE}</style></head><body><h1>testmesh</h1><p>node <code>{}</code> · leader <code>{}</code> · term {}</p>",
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'><title>testmesh</title><style>{STYLE}</style></head><body><h1>testmesh</h1><p>node <code>{}</code> · leader <code id=leader>{}</code> · term <span id=term>{}</span> · <span id=live>connecting…</span></p>",
         esc(&o.node),
         esc(o.leader.as_deref().unwrap_or("none")),
         o.term
@@ -156,7 +165,7 @@ pub fn render_overview(o: &Overview) -> String {
     for s in TaskState::ALL {
         let _ = write!(
             h,
-            "<td>{}</td>",
+            "<td id=count-{s}>{}</td>",
             o.tasks_by_state.get(&s).copied().unwrap_or(0)
         );
     }
@@ -179,7 +188,9 @@ pub fn render_overview(o: &Overview) -> String {
             "<figure><img src='/dashboard/charts/{c}.svg' alt='{c} chart' style='max-width:100%'><figcaption><a href='/dashboard/charts/{c}.svg'>{c}.svg</a></figcaption></figure>"
         );
     }
-    h.push_str("</div></body></html>");
+    h.push_str("</div><script>");
+    h.push_str(live::SCRIPT);
+    h.push_str("</script></body></html>");
     h
 }
 
@@ -212,7 +223,8 @@ mod tests {
             rev: 0,
         });
         let h = render_overview(&o);
-        assert!(h.contains("&lt;script&gt;") && !h.contains("<script>"));
+        assert!(h.contains("&lt;script&gt;"));
+        assert_eq!(h.matches("<script>").count(), 1, "only the page's own live script");
         assert!(h.contains("<th>pending</th>"));
     }
 }

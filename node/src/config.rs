@@ -66,6 +66,9 @@ pub struct NodeArgs {
     /// How far back each node keeps (downsampled) statistics of every node [default: 1h]
     #[arg(long, value_parser = units::parse_duration)]
     pub stats_retention: Option<std::time::Duration>,
+    /// How often open dashboard pages get a live update [default: 2s]
+    #[arg(long, value_parser = units::parse_duration)]
+    pub dashboard_interval: Option<std::time::Duration>,
     /// Serve the dashboard and read-only API without the token on a non-loopback --http
     /// address (writes still need it)
     #[arg(long)]
@@ -222,6 +225,7 @@ pub struct NodeConfig {
     pub catalogue: Vec<InstanceType>,
     pub providers: Vec<crate::scaling::config::FileProvider>,
     pub public_dashboard: bool,
+    pub dashboard_interval: std::time::Duration,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -366,7 +370,16 @@ impl NodeConfig {
             instance_types(file.instance_types).map_err(|e| in_file("[[instance_types]]", e))?;
         crate::scaling::config::validate(&file.providers)
             .map_err(|e| in_file("[[providers]]", e))?;
+        let dashboard_interval = args
+            .dashboard_interval
+            .unwrap_or(std::time::Duration::from_secs(2));
+        if dashboard_interval < std::time::Duration::from_millis(100) {
+            return Err(Error::Config(
+                "--dashboard-interval must be at least 100ms".into(),
+            ));
+        }
         Ok(NodeConfig {
+            dashboard_interval,
             public_dashboard: args.public_dashboard || file.public_dashboard.unwrap_or(false),
             providers: file.providers,
             catalogue,

@@ -269,9 +269,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         public: cfg.public_dashboard,
     };
     let app = api::router(state.clone())
-        .merge(testmesh_dashboard::router(Arc::new(
-            crate::dashboard_source::DashboardSource(state),
-        )))
+        .merge(testmesh_dashboard::router(
+            Arc::new(crate::dashboard_source::DashboardSource(state)),
+            cfg.dashboard_interval,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             access,
             api::access::guard,
