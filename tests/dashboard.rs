@@ -142,3 +142,53 @@ async fn live_updates_arrive_over_the_websocket_and_cross_site_ones_are_refused(
     let e = tokio_tungstenite::connect_async(req).await.unwrap_err();
     assert!(e.to_string().contains("403"), "{e}");
 }
+
+#[tokio::test]
+async fn the_report_has_a_section_per_chart_and_the_tables() {
+    let node = TestNode::start(&[]).await;
+    let id = node
+        .submit(json!({"command": ["true"], "name": "unit", "cpu": "10m"}))
+        .await;
+    node.wait_state(id, "succeeded").await;
+    let out = node.dir.path().join("report.html");
+    let o = node.cli(&["report", "--out", out.to_str().unwrap(), "--since", "10m"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&out).unwrap();
+    for chart in [
+        "cpu",
+        "memory",
+        "gpu",
+        "gpu_memory",
+        "allocation",
+        "scaling",
+    ] {
+        let at = html
+            .find(&format!("<section id=chart-{chart}>"))
+            .unwrap_or_else(|| panic!("no section for {chart}"));
+        assert!(html[at..].starts_with(&format!("<section id=chart-{chart}><h2>")));
+        assert!(html[at..].contains("<svg"), "{chart} has its SVG inline");
+    }
+    for id in [
+        "summary",
+        "tasks",
+        "utilisation",
+        "efficiency",
+        "scaling",
+        "recommendations",
+    ] {
+        assert!(html.contains(&format!("<section id={id}>")), "{id}");
+    }
+    assert!(
+        html.contains("<td>succeeded</td><td>1</td>"),
+        "task outcomes"
+    );
+    for external in ["src=\"http", "src='http", "href=\"http", "url(http"] {
+        assert!(
+            !html.contains(external),
+            "no external requests ({external})"
+        );
+    }
+    let o = node.cli(&["report", "--out", "/tmp/x.pdf"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("PDF output is not available yet"));
+}

@@ -224,7 +224,11 @@ mod tests {
         });
         let h = render_overview(&o);
         assert!(h.contains("&lt;script&gt;"));
-        assert_eq!(h.matches("<script>").count(), 1, "only the page's own live script");
+        assert_eq!(
+            h.matches("<script>").count(),
+            1,
+            "only the page's own live script"
+        );
         assert!(h.contains("<th>pending</th>"));
     }
 }

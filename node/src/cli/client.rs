@@ -68,6 +68,22 @@ impl Client {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let body = self.send_raw(req).await?;
+        serde_json::from_slice(&body)
+            .with_context(|| format!("unexpected response from {}", self.base))
+    }
+
+    /// A GET whose answer is not JSON (an SVG chart), as text.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let body = self.send_raw(req).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn send_raw(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow!("cannot reach testmesh at {}: is `testmesh node` running there? (set --server or TESTMESH_SERVER)", self.base)
@@ -76,7 +92,7 @@ impl Client {
             }
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.context("reading the response")?;
+        let body = resp.bytes().await.context("reading the response")?.to_vec();
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -84,8 +100,7 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
             return Err(anyhow!("{message} (HTTP {})", status.as_u16()));
         }
-        serde_json::from_slice(&body)
-            .with_context(|| format!("unexpected response from {}", self.base))
+        Ok(body)
     }
 
     /// Reads carry the token when there is one: a node serving beyond loopback wants it.

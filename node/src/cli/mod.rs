@@ -19,6 +19,7 @@ mod client;
 mod insights;
 mod output;
 mod predict;
+mod report;
 mod scaling;
 mod tasks;
 
@@ -84,6 +85,8 @@ pub enum Cmd {
     Predict(predict::PredictArgs),
     /// Workload patterns, reserved-vs-used efficiency and worker-type recommendations
     Insights(insights::InsightsArgs),
+    /// Write a report (charts, utilisation, efficiency, scaling, outcomes, recommendations)
+    Report(report::ReportArgs),
     /// Autoscaling: instances, decisions and why
     Scaling(scaling::ScalingArgs),
     /// Show or change the autoscaling policy
@@ -165,6 +168,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         },
         Cmd::Insights(a) => insights::run(a).await,
         Cmd::Scaling(a) => scaling::scaling(a).await,
+        Cmd::Report(a) => report::run(a).await,
         Cmd::Policy(a) => scaling::policy(a).await,
         Cmd::Keygen(a) => {
             match a.out {
