@@ -192,3 +192,46 @@ async fn the_report_has_a_section_per_chart_and_the_tables() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("PDF output is not available yet"));
 }
+
+#[test]
+fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(support::BIN)
+        .args([
+            "demo",
+            "--workers",
+            "2",
+            "--duration",
+            "4s",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains("dashboard at http://127.0.0.1:"), "{out}");
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<section id=chart-scaling>"));
+    assert!(
+        html.contains("<td>up</td>"),
+        "the autoscaler launched simulated workers"
+    );
+    // Nothing of the demo keeps running.
+    std::thread::sleep(Duration::from_secs(1));
+    let left = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "leftover processes"
+    );
+}

@@ -16,6 +16,7 @@ mod bench_raft;
 mod bench_replay;
 mod bench_replay_scaling;
 mod client;
+mod demo;
 mod insights;
 mod output;
 mod predict;
@@ -85,6 +86,9 @@ pub enum Cmd {
     Predict(predict::PredictArgs),
     /// Workload patterns, reserved-vs-used efficiency and worker-type recommendations
     Insights(insights::InsightsArgs),
+    /// A local demo cluster: simulated workers, autoscaling, a bursty workload, the dashboard
+    /// and a report
+    Demo(demo::DemoArgs),
     /// Write a report (charts, utilisation, efficiency, scaling, outcomes, recommendations)
     Report(report::ReportArgs),
     /// Autoscaling: instances, decisions and why
@@ -169,6 +173,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Insights(a) => insights::run(a).await,
         Cmd::Scaling(a) => scaling::scaling(a).await,
         Cmd::Report(a) => report::run(a).await,
+        Cmd::Demo(a) => demo::run(a).await,
         Cmd::Policy(a) => scaling::policy(a).await,
         Cmd::Keygen(a) => {
             match a.out {

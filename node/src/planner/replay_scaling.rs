@@ -411,6 +411,10 @@ fn autoscale(
                     .then(|| UnixMillis(idle_since.get(&w.id).copied().unwrap_or(t))),
                 cpu_percent: None,
                 cpu_milli: w.capacity.cpu.0,
+                fits_waiting: unschedulable.iter().any(|d| {
+                    resources::fit(&w.capacity, &Default::default(), &w.labels, &d.requirements)
+                        .is_ok()
+                }),
             })
         })
         .collect();

@@ -70,6 +70,8 @@ pub fn build<'a>(i: &Inputs<'a>) -> Snapshot<'a> {
             .sum::<Option<f64>>()
             .map(|core_ms| core_ms / pool.cpu_capacity_milli.max(1) as f64)
     };
+    let waiting: Vec<&testmesh_consensus::resources::Requirements> =
+        unschedulable.iter().map(|d| &d.requirements).collect();
     let s = l.scaling();
     let instances: Vec<InstanceView> = s
         .instances()
@@ -102,6 +104,9 @@ pub fn build<'a>(i: &Inputs<'a>) -> Snapshot<'a> {
                 },
                 cpu_percent: i.stats.latest(w.id).map(|p| p.sample.cpu_percent as f64),
                 cpu_milli: w.capacity.cpu.0,
+                fits_waiting: waiting.iter().any(|r| {
+                    resources::fit(&w.capacity, &Allocated::default(), &w.labels, r).is_ok()
+                }),
             })
         })
         .collect();

@@ -56,6 +56,8 @@ pub struct ManagedWorker {
     pub cpu_percent: Option<f64>,
     /// Its capacity, for the hysteresis check.
     pub cpu_milli: u64,
+    /// Some waiting task would fit it when empty: worth keeping while tasks wait.
+    pub fits_waiting: bool,
 }
 
 /// Reserved and total CPU of the active workers (static and managed).
@@ -134,7 +136,13 @@ pub fn decide(s: &Snapshot) -> Decision {
     if !uncovered.is_empty() {
         return match scale_up(s, &caps, &uncovered) {
             Ok((launches, why)) => decision(Action::Up(launches), why),
-            Err(why) => decision(Action::Hold, why),
+            // Held at a cap or the budget: idle workers that cannot run any of the waiting
+            // tasks only block the slots (and the money) a fitting type needs.
+            Err(Blocked::Capped(why)) => match scale_down(s, &live, true) {
+                Ok((nodes, down)) => decision(Action::Down(nodes), format!("{why}; {down}")),
+                Err(_) => decision(Action::Hold, why),
+            },
+            Err(Blocked::Wait(why)) => decision(Action::Hold, why),
         };
     }
     if !s.unschedulable.is_empty() {
@@ -147,10 +155,18 @@ pub fn decide(s: &Snapshot) -> Decision {
             ),
         );
     }
-    match scale_down(s, &live) {
+    match scale_down(s, &live, false) {
         Ok((nodes, why)) => decision(Action::Down(nodes), why),
         Err(why) => decision(Action::Hold, why),
     }
+}
+
+/// Why a scale-up did not happen.
+enum Blocked {
+    /// Cooldown, or waiting is as fast: nothing to do now.
+    Wait(String),
+    /// Caps, budget or providers allow no instance that holds the demand.
+    Capped(String),
 }
 
 fn since(now: UnixMillis, t: Option<UnixMillis>) -> u64 {
@@ -161,17 +177,18 @@ fn scale_up(
     s: &Snapshot,
     caps: &choose::Caps,
     uncovered: &[&Demand],
-) -> Result<(Vec<LaunchRequest>, String), String> {
+) -> Result<(Vec<LaunchRequest>, String), Blocked> {
     let p = s.policy;
     let since_up = since(s.now, s.last_up);
     if since_up < p.scale_up_cooldown_ms {
-        return Err(format!(
+        return Err(Blocked::Wait(format!(
             "{} task(s) need new capacity; scale-up cooldown for {:.1} s more",
             uncovered.len(),
             (p.scale_up_cooldown_ms - since_up) as f64 / 1000.0
-        ));
+        )));
     }
-    let (launches, held) = choose::cheapest_launches(s, caps, uncovered)?;
+    let (launches, held) =
+        choose::cheapest_launches(s, caps, uncovered).map_err(Blocked::Capped)?;
     // Wait or buy: when every task could run here and the pool is predicted to get through
     // them before a new instance would even have booted, waiting is cheaper and as fast.
     let boot = launches
@@ -187,10 +204,10 @@ fn scale_up(
         && let Some(wait) = s.local_wait_secs
         && wait <= boot
     {
-        return Err(format!(
+        return Err(Blocked::Wait(format!(
             "{} task(s) wait, but the pool should get through them in ~{wait:.0} s, sooner than a new instance boots (~{boot:.0} s)",
             uncovered.len()
-        ));
+        )));
     }
     let what: Vec<String> = launches
         .iter()
@@ -218,7 +235,14 @@ fn scale_up(
     ))
 }
 
-fn scale_down(s: &Snapshot, live: &[&InstanceView]) -> Result<(Vec<NodeId>, String), String> {
+/// Idle managed workers to remove. `swap`: tasks wait that none of them can run; remove those
+/// that fit none of the waiting tasks, whatever the utilisation target (they are replaced, not
+/// given up).
+fn scale_down(
+    s: &Snapshot,
+    live: &[&InstanceView],
+    swap: bool,
+) -> Result<(Vec<NodeId>, String), String> {
     let p = s.policy;
     if s.managed.is_empty() {
         return Err("no managed workers and nothing waiting".into());
@@ -233,6 +257,7 @@ fn scale_down(s: &Snapshot, live: &[&InstanceView]) -> Result<(Vec<NodeId>, Stri
                 .is_some_and(|t| s.now.0.saturating_sub(t.0) >= p.idle_timeout_ms)
         })
         .filter(|w| w.cpu_percent.is_none_or(|c| c < p.idle_cpu_pct as f64))
+        .filter(|w| !swap || !w.fits_waiting)
         .filter(|w| {
             live.iter()
                 .any(|i| i.intent == w.intent && i.state == InstanceState::Joined)
@@ -275,7 +300,7 @@ fn scale_down(s: &Snapshot, live: &[&InstanceView]) -> Result<(Vec<NodeId>, Stri
             continue;
         }
         let rest = capacity.saturating_sub(w.cpu_milli);
-        if rest == 0 || reserved * 100 > rest * p.target_utilisation_pct as u64 {
+        if !swap && (rest == 0 || reserved * 100 > rest * p.target_utilisation_pct as u64) {
             held_back.get_or_insert("the target utilisation");
             continue;
         }
@@ -290,10 +315,15 @@ fn scale_down(s: &Snapshot, live: &[&InstanceView]) -> Result<(Vec<NodeId>, Stri
             held_back.unwrap_or("the policy")
         ));
     }
+    let why = if swap {
+        "none of the waiting tasks fits them"
+    } else {
+        "nothing waiting"
+    };
     Ok((
         remove.clone(),
         format!(
-            "{} worker(s) idle for over {} s with nothing waiting: draining and removing them",
+            "{} worker(s) idle for over {} s, {why}: draining and removing them",
             remove.len(),
             p.idle_timeout_ms / 1000
         ),

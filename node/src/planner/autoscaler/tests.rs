@@ -113,6 +113,7 @@ fn joined(intent: u64, worker: u64, provider: &str, price: u64) -> (InstanceView
             idle_since: Some(UnixMillis(NOW - 600_000)),
             cpu_percent: Some(1.0),
             cpu_milli: 2000,
+            fits_waiting: false,
         },
     )
 }
@@ -323,6 +324,38 @@ fn idle_workers_are_removed_most_expensive_first_within_the_rules() {
     assert!(decide(&s).reason.contains("cooldown"));
 }
 
+#[test]
+fn at_the_cap_idle_workers_that_fit_nothing_waiting_make_room() {
+    let cat = catalogue();
+    let p = ScalingPolicy {
+        max_workers: 2,
+        ..policy()
+    };
+    let mut s = snap(&p, &cat, vec![gpu_task()]);
+    for i in 1..=2 {
+        let (inst, w) = joined(i, 10 + i, "docker", 100_000);
+        s.instances.push(inst);
+        s.managed.push(w);
+    }
+    s.pool.cpu_capacity_milli = 4000;
+    // Two CPU workers, idle, at max_workers; a GPU task waits: they go, a GPU type can come.
+    let d = decide(&s);
+    assert!(
+        matches!(&d.action, Action::Down(n) if n.len() == 2),
+        "{d:?}"
+    );
+    assert!(
+        d.reason.contains("max_workers 2") && d.reason.contains("fits them"),
+        "{}",
+        d.reason
+    );
+    // Workers that could run the waiting task stay.
+    for w in &mut s.managed {
+        w.fits_waiting = true;
+    }
+    assert_eq!(decide(&s).action, Action::Hold);
+}
+
 fn arb_policy() -> impl Strategy<Value = ScalingPolicy> {
     (
         0u32..4,
@@ -397,8 +430,11 @@ proptest! {
                 for n in nodes {
                     let w = s.managed.iter().find(|w| w.id == *n).unwrap();
                     prop_assert_eq!(w.active_tasks, 0, "a busy worker was picked");
+                    prop_assert!(
+                        s.unschedulable.is_empty() || !w.fits_waiting,
+                        "a worker that could run a waiting task was removed"
+                    );
                 }
-                prop_assert!(s.unschedulable.is_empty());
             }
             Action::Hold => {}
         }
@@ -469,6 +505,7 @@ fn square_wave_load_buys_once_and_does_not_flap() {
                     idle_since: (*busy_until <= now).then_some(UnixMillis((*idle_since).min(now))),
                     cpu_percent: Some(0.0),
                     cpu_milli: 2000,
+                    fits_waiting: true,
                 });
             }
         }
