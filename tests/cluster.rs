@@ -107,10 +107,17 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
     for id in &ids {
         nodes[1].wait_state(*id, "succeeded").await;
     }
-    let leader = status(&nodes[0]).await.unwrap()["leader"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Three voters (learners are promoted once registered), so two survivors are a majority.
+    let mut leader = String::new();
+    for _ in 0..300 {
+        let s = status(&nodes[0]).await.unwrap();
+        if s["voters"].as_array().map(Vec::len) == Some(3) {
+            leader = s["leader"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!leader.is_empty(), "the cluster never had 3 voters");
     let li = nodes.iter().position(|n| n.node_id() == leader).unwrap();
     nodes[li].kill9();
     let survivors: Vec<&TestNode> = nodes

@@ -235,3 +235,41 @@ fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
         "leftover processes"
     );
 }
+
+#[tokio::test]
+async fn the_tasks_pages_list_the_queue_and_show_a_task_with_its_output() {
+    let node = TestNode::start(&[]).await;
+    let done = node
+        .submit(
+            json!({"command": ["sh", "-c", "echo '<b>hello</b>'; echo oops >&2; exit 3"],
+            "name": "<i>shouty</i>", "cpu": "10m"}),
+        )
+        .await;
+    node.wait_state(done, "failed").await;
+    let (code, v) = node
+        .post(
+            "/api/v1/tasks",
+            json!({"tasks": [{"command": ["true"], "name": "waits", "gpus": 8}],
+                   "allow_unschedulable": true}),
+        )
+        .await;
+    assert_eq!(code, 201, "{v}");
+    let (code, _, list) = fetch(&node, "/dashboard/tasks").await;
+    assert_eq!(code, 200);
+    let queue = &list[list.find("<table id=queued>").unwrap()..];
+    let queue = &queue[..queue.find("</table>").unwrap()];
+    assert!(queue.contains("waits"), "{queue}");
+    let finished = &list[list.find("<table id=finished>").unwrap()..];
+    assert!(finished.contains("&lt;i&gt;shouty&lt;/i&gt;") && !finished.contains("<i>shouty"));
+    let (code, _, page) = fetch(&node, &format!("/dashboard/tasks/{done}")).await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<b id=state>failed</b>"), "{page}");
+    assert!(page.contains("exit 3"));
+    assert!(
+        page.contains("&lt;b&gt;hello&lt;/b&gt;"),
+        "stdout tail, escaped"
+    );
+    assert!(page.contains("oops"), "stderr tail");
+    assert_eq!(fetch(&node, "/dashboard/tasks/999999").await.0, 404);
+    assert_eq!(fetch(&node, "/dashboard/tasks/x").await.0, 400);
+}

@@ -8,6 +8,7 @@
 
 pub mod charts;
 mod live;
+mod tasks;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -43,6 +44,9 @@ pub trait Source: Send + Sync + 'static {
     fn used_cores(&self) -> Vec<(String, f64)>;
     /// Recorded scaling decisions (oldest first) and the instances.
     fn scaling(&self) -> (Vec<DecisionRecord>, Vec<CloudInstance>);
+    /// The pending queue in order, then the newest other tasks, at most `limit` of each.
+    fn tasks(&self, limit: usize) -> Vec<Task>;
+    fn task(&self, id: u64) -> Option<Task>;
 }
 
 /// Charts available under `/dashboard/charts/NAME.svg`.
@@ -68,6 +72,8 @@ pub fn router(source: Arc<dyn Source>, interval: std::time::Duration) -> Router 
     Router::new()
         .route("/", get(overview))
         .route("/dashboard/charts/{file}", get(chart))
+        .route("/dashboard/tasks", get(tasks::list))
+        .route("/dashboard/tasks/{id}", get(tasks::one))
         .with_state(source)
         .merge(live)
 }
@@ -105,7 +111,7 @@ async fn chart(State(src): State<Arc<dyn Source>>, Path(file): Path<String>) -> 
     }
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -120,7 +126,7 @@ fn pct(used: u64, total: u64) -> f64 {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
 
 /// Renders the overview page.
 pub fn render_overview(o: &Overview) -> String {
@@ -173,15 +179,17 @@ pub fn render_overview(o: &Overview) -> String {
     for t in &o.recent {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            t.id,
+            "<tr><td><a href='/dashboard/tasks/{id}'>{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             esc(&t.spec.name),
             t.state,
             t.attempt,
-            esc(&t.spec.argv.join(" "))
+            esc(&t.spec.argv.join(" ")),
+            id = t.id
         );
     }
-    h.push_str("</table><h2>Charts</h2><div id=charts>");
+    h.push_str(
+        "</table><p><a href='/dashboard/tasks'>all tasks</a></p><h2>Charts</h2><div id=charts>",
+    );
     for c in CHARTS {
         let _ = write!(
             h,

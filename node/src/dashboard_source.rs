@@ -115,4 +115,25 @@ impl testmesh_dashboard::Source for DashboardSource {
             s.instances().cloned().collect(),
         )
     }
+
+    fn tasks(&self, limit: usize) -> Vec<testmesh_consensus::task::Task> {
+        let l = self.0.reader.read();
+        let mut out: Vec<_> = l.pending().take(limit).cloned().collect();
+        out.extend(
+            l.tasks()
+                .rev()
+                .filter(|t| t.state != testmesh_consensus::task::TaskState::Pending)
+                .take(limit)
+                .cloned(),
+        );
+        out
+    }
+
+    fn task(&self, id: u64) -> Option<testmesh_consensus::task::Task> {
+        self.0
+            .reader
+            .read()
+            .task(testmesh_consensus::TaskId(id))
+            .cloned()
+    }
 }

@@ -112,8 +112,22 @@ impl Writer {
     }
 
     /// Commits `cmd` (forwarding it to the leader if this node is not) and returns the
-    /// ledger's verdict on it.
+    /// ledger's verdict on it. When leadership moves under it (the entry was not appended),
+    /// it tries again with the new leader, a few times.
     pub async fn write(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
+        let mut tries = 0;
+        loop {
+            match self.write_once(cmd.clone()).await {
+                Err(WriteError::NotLeader(_)) if tries < 3 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn write_once(&self, cmd: Command) -> Result<Result<Applied, Rejected>, WriteError> {
         let leader = self.raft.metrics().borrow().current_leader;
         let Some(mesh) = self
             .mesh
