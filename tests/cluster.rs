@@ -111,7 +111,9 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
     let mut leader = String::new();
     for _ in 0..300 {
         let s = status(&nodes[0]).await.unwrap();
-        if s["voters"].as_array().map(Vec::len) == Some(3) {
+        // Not mid-change either: killing the leader during joint consensus can leave the old
+        // voter set without a majority.
+        if s["voters"].as_array().map(Vec::len) == Some(3) && s["membership_changing"] == false {
             leader = s["leader"].as_str().unwrap().to_string();
             break;
         }
@@ -126,9 +128,10 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
         .filter(|(i, _)| *i != li)
         .map(|(_, n)| n)
         .collect();
-    // A new leader among the survivors.
+    // A new leader among the survivors (a deadline, not a timing target: on a loaded 2-core
+    // machine an election can take several rounds).
     let mut elected = None;
-    for _ in 0..200 {
+    for _ in 0..600 {
         let s = status(survivors[0]).await.unwrap();
         if let Some(l) = s["leader"].as_str().filter(|l| *l != leader) {
             elected = Some(l.to_string());
@@ -303,16 +306,17 @@ fn quic_addresses_are_refused_because_the_swarm_key_cannot_protect_them() {
 #[tokio::test]
 async fn five_nodes_form_one_cluster_with_five_voters() {
     let nodes = cluster_with(5, &["--voters", "5"]).await;
-    for _ in 0..200 {
-        let s = status(&nodes[0]).await.unwrap();
-        if s["voters"].as_array().map(|v| v.len()) == Some(5) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mut leaders = BTreeSet::new();
+    // Each replica applies the membership change in its own time.
     for n in &nodes {
-        let s = status(n).await.unwrap();
+        let mut s = status(n).await.unwrap();
+        for _ in 0..200 {
+            if s["voters"].as_array().map(|v| v.len()) == Some(5) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s = status(n).await.unwrap();
+        }
         assert_eq!(s["voters"].as_array().unwrap().len(), 5, "{s}");
         leaders.insert(s["leader"].as_str().unwrap().to_string());
     }

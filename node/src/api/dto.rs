@@ -142,6 +142,10 @@ pub struct StatusView {
     pub voters: Vec<String>,
     #[serde(default)]
     pub learners: Vec<String>,
+    /// A membership change is half done (joint consensus): both the old and the new voter
+    /// sets need a majority until it completes.
+    #[serde(default)]
+    pub membership_changing: bool,
     pub workers: usize,
     pub tasks: BTreeMap<String, usize>,
     pub uptime_secs: u64,

@@ -102,6 +102,7 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
             .learner_ids()
             .map(|v| v.to_string())
             .collect(),
+        membership_changing: m.membership_config.membership().get_joint_config().len() > 1,
         workers: ledger.workers().count(),
         tasks,
         uptime_secs: crate::clock::instant().duration_since(st.started).as_secs(),
