@@ -275,16 +275,7 @@ pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
         "testmesh_tasks",
         "Tasks by state (the ledger keeps every task)",
     );
-    for s in [
-        TaskState::Pending,
-        TaskState::Assigned,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::TimedOut,
-        TaskState::Cancelled,
-        TaskState::Lost,
-    ] {
+    for s in TaskState::ALL {
         tasks
             .get_or_create(&StateL {
                 state: s.to_string(),
