@@ -52,11 +52,25 @@ async fn every_chart_renders_with_data_and_the_overview_shows_them() {
     let (_, empty_ct, empty) = fetch(&node, "/dashboard/charts/scaling.svg").await;
     assert_eq!(empty_ct, "image/svg+xml");
     let baseline = drawn(&empty);
-    for name in ["cpu", "memory", "gpu", "gpu_memory", "allocation"] {
+    for name in [
+        "cpu",
+        "memory",
+        "gpu",
+        "gpu_memory",
+        "allocation",
+        "efficiency",
+        "efficiency_by_task",
+        "cost",
+    ] {
         let (code, ct, svg) = fetch(&node, &format!("/dashboard/charts/{name}.svg")).await;
         assert_eq!(code, 200, "{name}: {svg}");
         assert_eq!(ct, "image/svg+xml", "{name}");
         let n = drawn(&svg);
+        if name == "efficiency_by_task" {
+            // One task name: two bars and its tooltip.
+            assert!(svg.contains("<title>sleep: 1 attempts"), "{svg}");
+            continue;
+        }
         assert!(
             n > 20,
             "{name}: only {n} shapes drawn — empty chart?\n{svg}"
@@ -69,26 +83,84 @@ async fn every_chart_renders_with_data_and_the_overview_shows_them() {
     let (code, _, body) = fetch(&node, "/dashboard/charts/nope.svg").await;
     assert_eq!(code, 404);
     assert!(body.contains("allocation"), "lists the charts: {body}");
-    let (code, _, body) = fetch(&node, "/dashboard/charts/cpu.png").await;
+    let (code, _, body) = fetch(&node, "/dashboard/charts/cpu.gif").await;
     assert_eq!(code, 404);
-    assert!(body.contains("NAME.svg"), "{body}");
+    assert!(body.contains("NAME.svg or NAME.png"), "{body}");
+    let (code, _, body) = fetch(&node, "/dashboard/charts/cpu.svg?since=5").await;
+    assert_eq!(code, 400);
+    assert!(body.contains("unit"), "{body}");
 
-    let (code, ct, page) = fetch(&node, "/").await;
-    assert_eq!(code, 200);
-    assert!(ct.starts_with("text/html"));
-    for name in [
-        "cpu",
-        "memory",
-        "gpu",
-        "gpu_memory",
-        "allocation",
-        "scaling",
+    // PNG export: a real image of the chart's size, drawn.
+    let r = reqwest::get(format!("{}/dashboard/charts/gpu.png", node.url))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let png = r.bytes().await.unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // Width in the IHDR chunk: twice the SVG's 900 px.
+    assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 1800);
+    assert!(png.len() > 10_000, "{} bytes", png.len());
+
+    // Every page, with its charts inline (tooltips work there) and its tables.
+    for (path, charts, tables) in [
+        (
+            "/",
+            &["allocation", "cpu", "scaling"][..],
+            &["workers", "task-counts"][..],
+        ),
+        (
+            "/dashboard/utilisation",
+            &["cpu", "memory", "gpu", "gpu_memory"][..],
+            &[][..],
+        ),
+        (
+            "/dashboard/allocation",
+            &["allocation"][..],
+            &["utilisation-now"][..],
+        ),
+        (
+            "/dashboard/scaling",
+            &["scaling"][..],
+            &["decisions", "instances"][..],
+        ),
+        (
+            "/dashboard/efficiency",
+            &["efficiency", "efficiency_by_task"][..],
+            &["efficiency-table", "suggestions"][..],
+        ),
+        ("/dashboard/cost", &["cost"][..], &["cost-by-provider"][..]),
+        (
+            "/dashboard/insights",
+            &[][..],
+            &["patterns-table", "predictions-table", "instance-types"][..],
+        ),
     ] {
-        assert!(
-            page.contains(&format!("/dashboard/charts/{name}.svg")),
-            "{name}"
-        );
+        let (code, ct, page) = fetch(&node, path).await;
+        assert_eq!(code, 200, "{path}");
+        assert!(ct.starts_with("text/html"), "{path}");
+        for name in charts {
+            let at = page
+                .find(&format!("<figure class=chart data-chart={name}><svg"))
+                .unwrap_or_else(|| panic!("{path}: no inline {name} chart"));
+            let svg = &page[at + page[at..].find("<svg").unwrap()..];
+            let svg = &svg[..svg.find("</svg>").unwrap() + 6];
+            assert!(drawn(svg) > 5, "{path}: {name}");
+        }
+        for t in tables {
+            assert!(
+                page.contains(&format!("<table id={t}>")),
+                "{path}: table {t}"
+            );
+        }
     }
+    let (_, _, page) = fetch(&node, "/dashboard/efficiency").await;
+    assert!(
+        page.contains("<title>") && page.contains("attempts"),
+        "tooltips"
+    );
+    let (_, _, page) = fetch(&node, "/dashboard/insights").await;
+    assert!(page.contains("learned from"), "the predictor's standing");
 }
 
 /// The next message of a live stream, as JSON.
@@ -161,6 +233,9 @@ async fn the_report_has_a_section_per_chart_and_the_tables() {
         "gpu_memory",
         "allocation",
         "scaling",
+        "efficiency",
+        "efficiency_by_task",
+        "cost",
     ] {
         let at = html
             .find(&format!("<section id=chart-{chart}>"))
@@ -188,9 +263,56 @@ async fn the_report_has_a_section_per_chart_and_the_tables() {
             "no external requests ({external})"
         );
     }
-    let o = node.cli(&["report", "--out", "/tmp/x.pdf"]);
+
+    // The PDF: it opens, and each chart has its section (text stays text).
+    let pdf = node.dir.path().join("report.pdf");
+    let o = node.cli(&["report", "--out", pdf.to_str().unwrap(), "--since", "10m"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    if support::tool_or_skip("pdfinfo", "poppler-utils") {
+        let info = std::process::Command::new("pdfinfo")
+            .arg(&pdf)
+            .output()
+            .unwrap();
+        assert!(
+            info.status.success(),
+            "{}",
+            String::from_utf8_lossy(&info.stderr)
+        );
+        let info = String::from_utf8_lossy(&info.stdout);
+        let pages: u32 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pages:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(pages >= 3, "{info}");
+        assert!(info.contains("testmesh report"), "{info}");
+        let text = std::process::Command::new("pdftotext")
+            .arg(&pdf)
+            .arg("-")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        for heading in [
+            "CPU utilisation per worker",
+            "Memory per worker",
+            "GPU utilisation per worker",
+            "GPU memory per worker",
+            "Resource allocation: used, reserved, free",
+            "Scaling history",
+            "Efficiency: reserved against used over time",
+            "Efficiency per task name",
+            "Cloud instances and cost",
+            "Task outcomes",
+            "Recommendations",
+        ] {
+            assert!(text.contains(heading), "no section {heading:?} in:\n{text}");
+        }
+    }
+    let o = node.cli(&["report", "--out", "/tmp/x.txt"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("PDF output is not available yet"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(".html or .pdf"));
 }
 
 #[test]

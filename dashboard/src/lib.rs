@@ -2,26 +2,34 @@
 //! external requests (no CDN, no build step). It reads through [`Source`] and knows nothing of
 //! Raft or the network.
 //!
-//! Today: the overview page (cluster, workers with reserved vs total capacity, task counts,
-//! recent tasks, charts), refreshed by the browser every few seconds, and the charts as SVG
-//! (`/dashboard/charts/NAME.svg`, see [`charts`]).
+//! Pages: overview, utilisation, allocation, scaling, efficiency, cost, tasks, insights; every
+//! chart as SVG or PNG (`/dashboard/charts/NAME.svg|png`, see [`charts`]); the report as HTML
+//! or PDF (`/dashboard/report.html|pdf?since=1h`). Pages update live over a WebSocket.
 
 pub mod charts;
+pub mod doc;
+pub mod export;
 mod live;
+pub mod pdf;
+pub mod sections;
 mod tasks;
+pub mod views;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::future::BoxFuture;
 use testmesh_consensus::model::Worker;
-use testmesh_consensus::scaling::{CloudInstance, DecisionRecord};
 use testmesh_consensus::task::{Task, TaskState};
+
+use crate::doc::{Document, Section};
+use crate::views::{Analysis, Reservation, ScalingView, WorkerUsage};
 
 /// What the overview shows.
 #[derive(Debug, Clone, Default)]
@@ -40,29 +48,68 @@ pub trait Source: Send + Sync + 'static {
     fn overview(&self) -> Overview;
     /// Every node's statistics since `now - window_ms`, and `now` (Unix milliseconds).
     fn series(&self, window_ms: u64) -> (u64, Vec<charts::NodeSeries>);
-    /// Cores in use per worker id, from the latest samples.
-    fn used_cores(&self) -> Vec<(String, f64)>;
-    /// Recorded scaling decisions (oldest first) and the instances.
-    fn scaling(&self) -> (Vec<DecisionRecord>, Vec<CloudInstance>);
+    /// Each worker's use now, from its latest sample.
+    fn usage(&self) -> Vec<WorkerUsage>;
+    /// The scaling policy's budget, decisions (oldest first) and instances.
+    fn scaling(&self) -> ScalingView;
+    /// Reservations of attempts that ran at any time since `since_ms`.
+    fn reservations(&self, since_ms: u64) -> Vec<Reservation>;
     /// The pending queue in order, then the newest other tasks, at most `limit` of each.
     fn tasks(&self, limit: usize) -> Vec<Task>;
     fn task(&self, id: u64) -> Option<Task>;
+    /// The planner's analysis of the last `window_ms`.
+    fn analysis(&self, window_ms: u64) -> BoxFuture<'_, Analysis>;
 }
 
-/// Charts available under `/dashboard/charts/NAME.svg`.
-pub const CHARTS: [&str; 6] = [
+/// Charts available under `/dashboard/charts/NAME.svg` (and `.png`).
+pub const CHARTS: [&str; 9] = [
     "cpu",
     "memory",
     "gpu",
     "gpu_memory",
     "allocation",
     "scaling",
+    "efficiency",
+    "efficiency_by_task",
+    "cost",
 ];
-/// How far back the time charts look.
-const WINDOW_MS: u64 = 3_600_000;
+
+pub fn chart_title(name: &str) -> &'static str {
+    match name {
+        "cpu" => "CPU utilisation per worker",
+        "memory" => "Memory per worker",
+        "gpu" => "GPU utilisation per worker",
+        "gpu_memory" => "GPU memory per worker",
+        "allocation" => "Resource allocation: used, reserved, free",
+        "scaling" => "Scaling history",
+        "efficiency" => "Efficiency: reserved against used over time",
+        "efficiency_by_task" => "Efficiency per task name",
+        "cost" => "Cloud instances and cost",
+        _ => "Chart",
+    }
+}
+
+/// How far back the time charts look by default.
+pub const WINDOW_MS: u64 = 3_600_000;
+/// Longest window a chart or report may ask for.
+const MAX_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
+
+/// The pages, in the order of the navigation bar: path, label.
+const PAGES: [(&str, &str); 8] = [
+    ("/", "overview"),
+    ("/dashboard/utilisation", "utilisation"),
+    ("/dashboard/allocation", "allocation"),
+    ("/dashboard/scaling", "scaling"),
+    ("/dashboard/efficiency", "efficiency"),
+    ("/dashboard/cost", "cost"),
+    ("/dashboard/tasks", "tasks"),
+    ("/dashboard/insights", "insights"),
+];
+
+type Src = Arc<dyn Source>;
 
 /// The dashboard's routes; live pages get an update every `interval`.
-pub fn router(source: Arc<dyn Source>, interval: std::time::Duration) -> Router {
+pub fn router(source: Src, interval: std::time::Duration) -> Router {
     let live = Router::new()
         .route("/dashboard/live", get(live::upgrade))
         .with_state(live::Live {
@@ -71,44 +118,324 @@ pub fn router(source: Arc<dyn Source>, interval: std::time::Duration) -> Router 
         });
     Router::new()
         .route("/", get(overview))
+        .route("/dashboard/utilisation", get(utilisation))
+        .route("/dashboard/allocation", get(allocation))
+        .route("/dashboard/scaling", get(scaling))
+        .route("/dashboard/efficiency", get(efficiency))
+        .route("/dashboard/cost", get(cost))
+        .route("/dashboard/insights", get(insights))
         .route("/dashboard/charts/{file}", get(chart))
+        .route("/dashboard/report.html", get(report_html))
+        .route("/dashboard/report.pdf", get(report_pdf))
         .route("/dashboard/tasks", get(tasks::list))
         .route("/dashboard/tasks/{id}", get(tasks::one))
         .with_state(source)
         .merge(live)
 }
 
-/// One chart as SVG.
-pub fn render_chart(src: &dyn Source, name: &str) -> Result<Option<String>, charts::ChartError> {
-    let metric = charts::Metric::ALL.into_iter().find(|m| m.name() == name);
-    if let Some(m) = metric {
-        let (now, series) = src.series(WINDOW_MS);
-        return charts::heatmap(&series, m, now, WINDOW_MS).map(Some);
+/// `?since=` / `?window=` as milliseconds: `90s`, `30m`, `2h`, `7d`.
+fn parse_window(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: write a number and a unit, e.g. 30m, 2h, 7d"))?;
+    let ms = match unit {
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: the unit is one of s, m, h, d (e.g. 30m)")),
+    };
+    let total = n.saturating_mul(ms);
+    if total == 0 || total > MAX_WINDOW_MS {
+        return Err(format!("{s:?}: between 1s and 30d"));
     }
-    match name {
-        "allocation" => charts::allocation(&src.overview().workers, &src.used_cores()).map(Some),
-        "scaling" => {
-            let (decisions, instances) = src.scaling();
-            let (now, _) = src.series(0);
-            charts::scaling(&decisions, &instances, now, WINDOW_MS).map(Some)
+    Ok(total)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowQuery {
+    /// How far back, e.g. `1h`.
+    since: Option<String>,
+    /// Cache-buster added by the live script; ignored.
+    #[serde(rename = "t")]
+    _t: Option<String>,
+}
+
+/// The window asked for, or what was wrong with the query.
+fn window_of(
+    q: Result<Query<WindowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<u64, String> {
+    match q {
+        Ok(Query(WindowQuery { since: None, .. })) => Ok(WINDOW_MS),
+        Ok(Query(WindowQuery { since: Some(s), .. })) => {
+            parse_window(&s).map_err(|e| format!("since: {e}"))
         }
-        _ => Ok(None),
+        Err(e) => Err(format!(
+            "{e}; the only parameter is since=DURATION (e.g. since=2h)"
+        )),
     }
 }
 
-async fn chart(State(src): State<Arc<dyn Source>>, Path(file): Path<String>) -> Response {
+async fn chart(
+    State(src): State<Src>,
+    Path(file): Path<String>,
+    q: Result<Query<WindowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let not_found = |m: String| (StatusCode::NOT_FOUND, m).into_response();
-    let Some(name) = file.strip_suffix(".svg") else {
-        return not_found(format!(
-            "{file}: charts are served as NAME.svg (PNG export is not available yet); names: {}",
-            CHARTS.join(", ")
-        ));
+    let (name, png) = match file.rsplit_once('.') {
+        Some((n, "svg")) => (n, false),
+        Some((n, "png")) => (n, true),
+        _ => {
+            return not_found(format!(
+                "{file}: charts are served as NAME.svg or NAME.png; names: {}",
+                CHARTS.join(", ")
+            ));
+        }
     };
-    match render_chart(src.as_ref(), name) {
-        Ok(Some(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
-        Ok(None) => not_found(format!("no chart {name:?}; charts: {}", CHARTS.join(", "))),
+    let window = match window_of(q) {
+        Ok(w) => w,
+        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+    };
+    let svg = match sections::chart(src.as_ref(), name, window).await {
+        Ok(Some(svg)) => svg,
+        Ok(None) => return not_found(format!("no chart {name:?}; charts: {}", CHARTS.join(", "))),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    if !png {
+        return ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response();
+    }
+    match tokio::task::spawn_blocking(move || export::png(&svg, 2.0)).await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "image/png")], bytes).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The whole report: every chart and table over `window_ms`.
+pub async fn report(src: &dyn Source, window_ms: u64) -> Result<Document, charts::ChartError> {
+    let o = src.overview();
+    let (now, _) = src.series(0);
+    let a = src.analysis(window_ms).await;
+    let s = src.scaling();
+    let mut sections = sections::insight_sections(&a);
+    // The summary first, then every chart, then the tables.
+    let rest = sections.split_off(1);
+    for name in CHARTS.iter().filter(|c| **c != "cost") {
+        sections.push(sections::chart_section(src, name, window_ms).await?);
+    }
+    let cost_svg = sections::chart(src, "cost", window_ms)
+        .await?
+        .unwrap_or_default();
+    let mut chart_cost = Section::new("chart-cost", chart_title("cost"));
+    chart_cost.blocks = sections::cost_section(&s, now, window_ms, cost_svg).blocks;
+    sections.push(chart_cost);
+    let mut outcomes = views::Table::new("task-outcomes", &["state", "tasks"]);
+    for (state, n) in &o.tasks_by_state {
+        outcomes.row(vec![state.to_string(), n.to_string()]);
+    }
+    sections.push(Section::new("tasks", "Task outcomes").table(outcomes));
+    sections.push(Section::new("utilisation", "Utilisation now").table(a.workers_now.clone()));
+    sections.push(
+        Section::new("efficiency", "Efficiency: reserved against used")
+            .table(sections::efficiency_table(&a))
+            .table(a.suggestions.clone()),
+    );
+    sections.push(
+        Section::new("scaling", "Scaling decisions")
+            .text(format!(
+                "Autoscaling is {}.",
+                if s.enabled { "enabled" } else { "disabled" }
+            ))
+            .table(sections::decisions_table(&s, now))
+            .table(sections::instances_table(&s, now)),
+    );
+    sections.extend(rest);
+    Ok(Document {
+        title: "testmesh report".into(),
+        subtitle: format!(
+            "node {}, leader {}, term {}, {} workers; the last {} min",
+            o.node,
+            o.leader.as_deref().unwrap_or("none"),
+            o.term,
+            o.workers.len(),
+            window_ms / 60_000
+        ),
+        sections,
+    })
+}
+
+async fn report_html(
+    State(src): State<Src>,
+    q: Result<Query<WindowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let window = match window_of(q) {
+        Ok(w) => w,
+        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+    };
+    match report(src.as_ref(), window).await {
+        Ok(d) => Html(doc::to_html(&d)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn report_pdf(
+    State(src): State<Src>,
+    q: Result<Query<WindowQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let window = match window_of(q) {
+        Ok(w) => w,
+        Err(m) => return (StatusCode::BAD_REQUEST, m).into_response(),
+    };
+    let d = match report(src.as_ref(), window).await {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    match tokio::task::spawn_blocking(move || pdf::to_pdf(&d)).await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/pdf")], bytes).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A dashboard page: the navigation bar, `body`, and the live script.
+pub fn page(title: &str, current: &str, body: &str) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'><title>{t} · testmesh</title><style>{STYLE}</style></head><body><nav>",
+        t = esc(title)
+    );
+    for (path, label) in PAGES {
+        if path == current {
+            let _ = write!(h, "<b>{label}</b> ");
+        } else {
+            let _ = write!(h, "<a href='{path}'>{label}</a> ");
+        }
+    }
+    let _ = write!(
+        h,
+        "· report <a href='/dashboard/report.html'>HTML</a> <a href='/dashboard/report.pdf'>PDF</a> · <span id=live>connecting…</span></nav><h1>{}</h1>{body}<script>{}</script></body></html>",
+        esc(title),
+        live::SCRIPT
+    );
+    h
+}
+
+async fn chart_page(src: &dyn Source, title: &str, path: &str, names: &[&str]) -> Response {
+    let mut s = Vec::new();
+    for n in names {
+        match sections::chart_section(src, n, WINDOW_MS).await {
+            Ok(x) => s.push(x),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+    let mut body = String::new();
+    doc::sections_html(&mut body, &s);
+    Html(page(title, path, &body)).into_response()
+}
+
+async fn utilisation(State(src): State<Src>) -> Response {
+    chart_page(
+        src.as_ref(),
+        "Utilisation",
+        "/dashboard/utilisation",
+        &["cpu", "memory", "gpu", "gpu_memory"],
+    )
+    .await
+}
+
+async fn allocation(State(src): State<Src>) -> Response {
+    let a = src.analysis(WINDOW_MS).await;
+    let chart = match sections::chart_section(src.as_ref(), "allocation", WINDOW_MS).await {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let mut body = String::new();
+    doc::sections_html(
+        &mut body,
+        &[
+            chart,
+            Section::new("utilisation", "Per worker now").table(a.workers_now),
+        ],
+    );
+    Html(page("Allocation", "/dashboard/allocation", &body)).into_response()
+}
+
+async fn scaling(State(src): State<Src>) -> Response {
+    let s = src.scaling();
+    let (now, _) = src.series(0);
+    let chart = match sections::chart_section(src.as_ref(), "scaling", WINDOW_MS).await {
+        Ok(c) => c,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let mut body = String::new();
+    doc::sections_html(
+        &mut body,
+        &[
+            chart,
+            Section::new("scaling", "Decisions and instances")
+                .text(format!(
+                    "Autoscaling is {}.",
+                    if s.enabled { "enabled" } else { "disabled" }
+                ))
+                .table(sections::decisions_table(&s, now))
+                .table(sections::instances_table(&s, now)),
+        ],
+    );
+    Html(page("Scaling", "/dashboard/scaling", &body)).into_response()
+}
+
+async fn efficiency(State(src): State<Src>) -> Response {
+    let mut s = Vec::new();
+    for n in ["efficiency", "efficiency_by_task"] {
+        match sections::chart_section(src.as_ref(), n, WINDOW_MS).await {
+            Ok(x) => s.push(x),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+    let a = src.analysis(WINDOW_MS).await;
+    s.push(
+        Section::new(
+            "efficiency",
+            "Reserved against used, per task name and worker",
+        )
+        .table(sections::efficiency_table(&a))
+        .table(a.suggestions.clone()),
+    );
+    let mut body = String::new();
+    doc::sections_html(&mut body, &s);
+    Html(page("Efficiency", "/dashboard/efficiency", &body)).into_response()
+}
+
+async fn cost(State(src): State<Src>) -> Response {
+    let s = src.scaling();
+    let (now, _) = src.series(0);
+    let svg = match sections::chart(src.as_ref(), "cost", WINDOW_MS).await {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let mut body = String::new();
+    doc::sections_html(
+        &mut body,
+        &[sections::cost_section(&s, now, WINDOW_MS, svg)],
+    );
+    Html(page("Cost", "/dashboard/cost", &body)).into_response()
+}
+
+async fn insights(State(src): State<Src>) -> Response {
+    let a = src.analysis(WINDOW_MS).await;
+    let mut body = String::new();
+    doc::sections_html(&mut body, &sections::insight_sections(&a));
+    Html(page(
+        "Predictions and insights",
+        "/dashboard/insights",
+        &body,
+    ))
+    .into_response()
 }
 
 pub(crate) fn esc(s: &str) -> String {
@@ -126,14 +453,14 @@ fn pct(used: u64, total: u64) -> f64 {
     }
 }
 
-pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:75rem}nav{padding:.5rem 0;border-bottom:1px solid #ddd}nav a,nav b{margin-right:.6rem}figure{margin:1rem 0}figure svg{max-width:100%;height:auto}figcaption{font-size:.8rem}.tips rect:hover{fill-opacity:.12}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
 
-/// Renders the overview page.
-pub fn render_overview(o: &Overview) -> String {
+/// Renders the overview page; `charts` is HTML of the chart sections shown on it.
+pub fn render_overview(o: &Overview, charts: &str) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'><title>testmesh</title><style>{STYLE}</style></head><body><h1>testmesh</h1><p>node <code>{}</code> · leader <code id=leader>{}</code> · term <span id=term>{}</span> · <span id=live>connecting…</span></p>",
+        "<p>node <code>{}</code> · leader <code id=leader>{}</code> · term <span id=term>{}</span></p>",
         esc(&o.node),
         esc(o.leader.as_deref().unwrap_or("none")),
         o.term
@@ -187,23 +514,31 @@ pub fn render_overview(o: &Overview) -> String {
             id = t.id
         );
     }
-    h.push_str(
-        "</table><p><a href='/dashboard/tasks'>all tasks</a></p><h2>Charts</h2><div id=charts>",
+    h.push_str("</table><p><a href='/dashboard/tasks'>all tasks</a></p>");
+    h.push_str(charts);
+    let _ = write!(
+        h,
+        "<p>Every chart: {}</p>",
+        CHARTS
+            .iter()
+            .map(|c| format!("<a href='/dashboard/charts/{c}.svg'>{c}</a>"))
+            .collect::<Vec<_>>()
+            .join(" · ")
     );
-    for c in CHARTS {
-        let _ = write!(
-            h,
-            "<figure><img src='/dashboard/charts/{c}.svg' alt='{c} chart' style='max-width:100%'><figcaption><a href='/dashboard/charts/{c}.svg'>{c}.svg</a></figcaption></figure>"
-        );
-    }
-    h.push_str("</div><script>");
-    h.push_str(live::SCRIPT);
-    h.push_str("</script></body></html>");
-    h
+    page("testmesh", "/", &h)
 }
 
-async fn overview(State(src): State<Arc<dyn Source>>) -> Html<String> {
-    Html(render_overview(&src.overview()))
+async fn overview(State(src): State<Src>) -> Response {
+    let mut s = Vec::new();
+    for n in ["allocation", "cpu", "scaling"] {
+        match sections::chart_section(src.as_ref(), n, WINDOW_MS).await {
+            Ok(x) => s.push(x),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
+    }
+    let mut charts = String::new();
+    doc::sections_html(&mut charts, &s);
+    Html(render_overview(&src.overview(), &charts)).into_response()
 }
 
 #[cfg(test)]
@@ -230,7 +565,7 @@ mod tests {
             handed_back: 0,
             rev: 0,
         });
-        let h = render_overview(&o);
+        let h = render_overview(&o, "");
         assert!(h.contains("&lt;script&gt;"));
         assert_eq!(
             h.matches("<script>").count(),
@@ -238,5 +573,16 @@ mod tests {
             "only the page's own live script"
         );
         assert!(h.contains("<th>pending</th>"));
+    }
+
+    #[test]
+    fn windows_parse_with_units_and_bad_ones_say_what_to_write() {
+        assert_eq!(parse_window("90s"), Ok(90_000));
+        assert_eq!(parse_window("30m"), Ok(1_800_000));
+        assert_eq!(parse_window("2h"), Ok(7_200_000));
+        assert!(parse_window("2").unwrap_err().contains("unit"));
+        assert!(parse_window("h").unwrap_err().contains("number"));
+        assert!(parse_window("0s").is_err());
+        assert!(parse_window("31d").unwrap_err().contains("30d"));
     }
 }

@@ -61,18 +61,28 @@ async fn push(mut socket: WebSocket, live: Live) {
     }
 }
 
-/// The page side: apply each summary, reload the charts, reconnect when the node restarts.
+/// The page side: apply each summary, redraw the page's charts, reconnect when the node
+/// restarts. Charts are inline SVG (so their tooltips work); each is fetched again and swapped.
 pub const SCRIPT: &str = r#"
 (function connect() {
   const live = document.getElementById('live');
+  const set = (id, v) => { const e = document.getElementById(id); if (e) e.textContent = v; };
   const ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/dashboard/live');
   ws.onopen = () => { live.textContent = 'live'; };
   ws.onmessage = (e) => {
     const d = JSON.parse(e.data);
-    document.getElementById('leader').textContent = d.leader || 'none';
-    document.getElementById('term').textContent = d.term;
+    set('leader', d.leader || 'none');
+    set('term', d.term);
     document.querySelectorAll('[id^=count-]').forEach((c) => { c.textContent = d.tasks[c.id.slice(6)] || 0; });
-    document.querySelectorAll('#charts img').forEach((img) => { img.src = img.src.split('?')[0] + '?t=' + d.at; });
+    document.querySelectorAll('figure.chart[data-chart]').forEach((f) => {
+      fetch('/dashboard/charts/' + f.dataset.chart + '.svg?t=' + d.at).then((r) => r.ok ? r.text() : Promise.reject(r.status)).then((text) => {
+        const box = document.createElement('div');
+        box.innerHTML = text;
+        const fresh = box.querySelector('svg');
+        const old = f.querySelector('svg');
+        if (fresh && old) { f.replaceChild(fresh, old); f.dataset.updated = String(d.at); }
+      }).catch(() => {});
+    });
     live.textContent = 'live · updated ' + new Date(d.at).toLocaleTimeString();
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   };

@@ -9,16 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use testmesh_consensus::task::Task;
 
-use crate::{STYLE, Source, esc};
+use crate::{Source, esc};
 
 /// Rows per table on the list page.
 const ROWS: usize = 200;
 
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'><title>{t} · testmesh</title><style>{STYLE}pre{{background:#f6f6f6;padding:.5rem;overflow:auto;max-height:20rem}}</style></head><body><p><a href='/'>overview</a> · <a href='/dashboard/tasks'>tasks</a></p><h1>{t}</h1>{body}</body></html>",
-        t = esc(title)
-    )
+/// A tasks page, with the output blocks styled.
+fn page_of(title: &str, body: &str) -> String {
+    let body = format!(
+        "<style>pre{{background:#f6f6f6;padding:.5rem;overflow:auto;max-height:20rem}}</style>{body}"
+    );
+    crate::page(title, "/dashboard/tasks", &body)
 }
 
 fn rows(h: &mut String, id: &str, tasks: &[Task]) {
@@ -68,7 +69,7 @@ pub fn render_list(tasks: &[Task]) -> String {
     rows(&mut h, "running", &running);
     h.push_str("<h2>Finished (newest first)</h2>");
     rows(&mut h, "finished", &done);
-    page("Tasks", &h)
+    page_of("Tasks", &h)
 }
 
 /// One task.
@@ -115,7 +116,7 @@ pub fn render_task(t: &Task) -> String {
             ),
         }
     }
-    page(&format!("Task {} · {}", t.id, t.spec.name), &h)
+    page_of(&format!("Task {} · {}", t.id, t.spec.name), &h)
 }
 
 pub async fn list(State(src): State<Arc<dyn Source>>) -> Html<String> {

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use testmesh_dashboard::views::{BUSY_GPU_PCT, Reservation, ScalingView, WorkerUsage};
+
 use crate::api::AppState;
 use crate::clock;
 
@@ -31,12 +33,21 @@ impl testmesh_dashboard::Source for DashboardSource {
     fn series(&self, window_ms: u64) -> (u64, Vec<testmesh_dashboard::charts::NodeSeries>) {
         use testmesh_dashboard::charts::{NodeSeries, StatPoint};
         let now = clock::now().0;
-        let hosts: BTreeMap<testmesh_consensus::NodeId, String> = self
+        let hosts: BTreeMap<testmesh_consensus::NodeId, (String, f64, u32)> = self
             .0
             .reader
             .read()
             .workers()
-            .map(|w| (w.id, w.hardware.hostname.clone()))
+            .map(|w| {
+                (
+                    w.id,
+                    (
+                        w.hardware.hostname.clone(),
+                        w.capacity.cpu.0 as f64 / 1000.0,
+                        w.capacity.gpus.len() as u32,
+                    ),
+                )
+            })
             .collect();
         let stats = self.0.stats.read().unwrap_or_else(|p| p.into_inner());
         let since = testmesh_consensus::UnixMillis(now.saturating_sub(window_ms));
@@ -78,9 +89,12 @@ impl testmesh_dashboard::Source for DashboardSource {
                     .map(point)
                     .collect();
                 points.extend(v.samples.iter().map(point));
+                let (hostname, cores, gpus) = hosts.get(&id).cloned().unwrap_or_default();
                 NodeSeries {
                     node: id.to_string(),
-                    hostname: hosts.get(&id).cloned().unwrap_or_default(),
+                    hostname,
+                    cores,
+                    gpus,
                     points,
                 }
             })
@@ -88,32 +102,61 @@ impl testmesh_dashboard::Source for DashboardSource {
         (now, series)
     }
 
-    fn used_cores(&self) -> Vec<(String, f64)> {
+    fn usage(&self) -> Vec<WorkerUsage> {
         let l = self.0.reader.read();
         let stats = self.0.stats.read().unwrap_or_else(|p| p.into_inner());
         l.workers()
             .filter_map(|w| {
                 let p = stats.latest(w.id)?;
-                Some((
-                    w.id.to_string(),
-                    p.sample.cpu_percent as f64 / 100.0 * w.capacity.cpu.0 as f64 / 1000.0,
-                ))
+                Some(WorkerUsage {
+                    id: w.id.to_string(),
+                    cpu_cores: p.sample.cpu_percent as f64 / 100.0 * w.capacity.cpu.0 as f64
+                        / 1000.0,
+                    memory_bytes: p.sample.memory_used.0,
+                    busy_gpus: p
+                        .sample
+                        .gpus
+                        .iter()
+                        .filter(|g| g.utilization_percent >= BUSY_GPU_PCT)
+                        .map(|g| g.index)
+                        .collect(),
+                })
             })
             .collect()
     }
 
-    fn scaling(
-        &self,
-    ) -> (
-        Vec<testmesh_consensus::scaling::DecisionRecord>,
-        Vec<testmesh_consensus::scaling::CloudInstance>,
-    ) {
+    fn scaling(&self) -> ScalingView {
         let l = self.0.reader.read();
         let s = l.scaling();
-        (
-            s.decisions().cloned().collect(),
-            s.instances().cloned().collect(),
-        )
+        ScalingView {
+            enabled: s.policy().enabled,
+            decisions: s.decisions().cloned().collect(),
+            instances: s.instances().cloned().collect(),
+            budget_micros_per_hour: s.policy().budget_micros_per_hour,
+        }
+    }
+
+    fn reservations(&self, since_ms: u64) -> Vec<Reservation> {
+        let l = self.0.reader.read();
+        let mut out = Vec::new();
+        for t in l.tasks() {
+            for a in &t.attempts {
+                let Some(start) = a.started_at.or(Some(a.assigned_at)) else {
+                    continue;
+                };
+                let end = a.finished_at.map(|e| e.0);
+                if end.is_some_and(|e| e < since_ms) {
+                    continue;
+                }
+                out.push(Reservation {
+                    start_ms: start.0,
+                    end_ms: end,
+                    cpu_cores: t.spec.requirements.cpu.0 as f64 / 1000.0,
+                    gpus: a.gpus.iter().map(|g| g.milli as f64 / 1000.0).sum(),
+                });
+            }
+        }
+        out
     }
 
     fn tasks(&self, limit: usize) -> Vec<testmesh_consensus::task::Task> {
@@ -135,5 +178,12 @@ impl testmesh_dashboard::Source for DashboardSource {
             .read()
             .task(testmesh_consensus::TaskId(id))
             .cloned()
+    }
+
+    fn analysis(
+        &self,
+        window_ms: u64,
+    ) -> futures::future::BoxFuture<'_, testmesh_dashboard::views::Analysis> {
+        Box::pin(crate::dashboard_analysis::analysis(&self.0, window_ms))
     }
 }

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dashboard_analysis;
 pub mod dashboard_source;
 pub mod error;
 pub mod mesh;

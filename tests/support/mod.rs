@@ -384,6 +384,23 @@ pub fn docker_or_skip() -> bool {
     up
 }
 
+/// Whether `tool` is on PATH; without it a test skips with the reason (and how to install it),
+/// except under TESTMESH_STRICT=1 (CI), where that is a failure.
+pub fn tool_or_skip(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("TESTMESH_STRICT").is_err(),
+            "TESTMESH_STRICT=1 but {tool} is missing (apt-get install {package})"
+        );
+        eprintln!("skipped: {tool} is missing (apt-get install {package})");
+    }
+    found
+}
+
 /// Runs the docker CLI.
 pub fn docker(args: &[&str]) -> std::process::Output {
     Command::new("docker")

@@ -2,6 +2,8 @@
 //! recommendations from this node's replica and gossip statistics (see
 //! `planner::insights`).
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -11,6 +13,7 @@ use testmesh_consensus::resources::Requirements;
 
 use super::AppState;
 use super::error::{ApiError, ApiQuery};
+use super::predict::Models;
 use crate::clock;
 use crate::planner::insights::{self, Demand, Insights, LiveUse, Snapshot, WorkerUse};
 use crate::planner::predictor::PredictionPath;
@@ -42,10 +45,21 @@ pub async fn insights(
             "window: at most 30d (the history keeps the latest 50,000 attempts anyway)".into(),
         ));
     }
-    let window_ms = window.as_millis() as u64;
+    Ok(Json(compute(&st, window.as_millis() as u64).await?.0))
+}
+
+/// The analysis of the last `window_ms`, with the trained models it used (if any could be
+/// trained) and the history count they saw.
+pub async fn compute(
+    st: &AppState,
+    window_ms: u64,
+) -> Result<(Insights, Option<Arc<Models>>, usize), ApiError> {
     let now = clock::now();
     let start = UnixMillis(now.0.saturating_sub(window_ms));
-    let models = super::predict::models(&st).await.ok().map(|(m, _)| m);
+    let (models, seen) = match super::predict::models(st).await {
+        Ok((m, n)) => (Some(m), n),
+        Err(_) => (None, 0),
+    };
 
     // Copy what is needed and let go of the replica before analysing.
     let (history, submitted, queued, workers) = {
@@ -112,5 +126,5 @@ pub async fn insights(
     })
     .await
     .map_err(|e| ApiError::Unavailable(format!("analysis stopped: {e}")))?;
-    Ok(Json(out))
+    Ok((out, models, seen))
 }

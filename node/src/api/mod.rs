@@ -4,9 +4,9 @@
 pub mod access;
 mod dto;
 mod error;
-mod insights;
+pub(crate) mod insights;
 mod metrics;
-mod predict;
+pub(crate) mod predict;
 mod scaling;
 mod tasks;
 

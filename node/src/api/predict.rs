@@ -39,7 +39,7 @@ pub struct PredictView {
     pub history_samples: usize,
 }
 
-pub(super) async fn models(st: &AppState) -> Result<(Arc<Models>, usize), ApiError> {
+pub(crate) async fn models(st: &AppState) -> Result<(Arc<Models>, usize), ApiError> {
     let mut cache = st.predictors.lock().await;
     let (total, len) = {
         let l = st.reader.read();

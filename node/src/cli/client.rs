@@ -75,12 +75,16 @@ impl Client {
 
     /// A GET whose answer is not JSON (an SVG chart), as text.
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let body = self.get_bytes(path).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let body = self.send_raw(req).await?;
-        Ok(String::from_utf8_lossy(&body).into_owned())
+        self.send_raw(req).await
     }
 
     async fn send_raw(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {

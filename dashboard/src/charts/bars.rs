@@ -1,0 +1,253 @@
+//! Bar charts: allocation per worker and resource, efficiency per task name.
+
+use plotters::prelude::*;
+use testmesh_consensus::model::Worker;
+
+use super::{ChartError, FONT, Tips, e, legend_strip, short};
+use crate::views::{By, EfficiencyRow, WorkerUsage};
+
+const GREEN: RGBColor = RGBColor(0x2a, 0x9d, 0x5c);
+const AMBER: RGBColor = RGBColor(0xf0, 0xa2, 0x02);
+const GREY: RGBColor = RGBColor(0xdd, 0xdd, 0xdd);
+const RED: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+
+/// One worker's bar in one panel: three segments from zero.
+struct Bar {
+    segments: [f64; 3],
+    tip: String,
+}
+
+/// Per worker and resource (CPU cores, memory GiB, GPUs): used, reserved but unused, free.
+/// Reserved GPUs that do no work are drawn red: allocated-but-idle stands out.
+pub fn allocation(workers: &[Worker], usage: &[WorkerUsage]) -> Result<String, ChartError> {
+    let height = (150 + 20 * workers.len().max(1)).min(2400) as u32;
+    let names: Vec<String> = workers
+        .iter()
+        .map(|w| short(&w.hardware.hostname, 12) + " " + &short(&w.id.to_string(), 6))
+        .collect();
+    let use_of = |w: &Worker| usage.iter().find(|u| u.id == w.id.to_string());
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // Title, the colour of the middle segment (reserved but not used), bars.
+    let mut panels: Vec<(&str, RGBColor, Vec<Bar>)> = Vec::new();
+    let cpu = workers
+        .iter()
+        .zip(&names)
+        .map(|(w, n)| {
+            let cap = w.capacity.cpu.0 as f64 / 1000.0;
+            let reserved = (w.allocated.cpu.0 as f64 / 1000.0).min(cap);
+            let used = use_of(w).map_or(0.0, |u| u.cpu_cores).min(cap);
+            Bar {
+                segments: [used, (reserved - used).max(0.0), cap - reserved.max(used)],
+                tip: format!("{n}: CPU {used:.1} used, {reserved:.1} reserved of {cap:.1} cores"),
+            }
+        })
+        .collect();
+    panels.push(("CPU (cores)", AMBER, cpu));
+    let memory = workers
+        .iter()
+        .zip(&names)
+        .map(|(w, n)| {
+            let cap = gib(w.capacity.memory.0);
+            let reserved = gib(w.allocated.memory.0).min(cap);
+            let used = use_of(w).map_or(0.0, |u| gib(u.memory_bytes)).min(cap);
+            Bar {
+                segments: [used, (reserved - used).max(0.0), cap - reserved.max(used)],
+                tip: format!(
+                    "{n}: memory {used:.1} GiB in use, {reserved:.1} reserved of {cap:.1} GiB"
+                ),
+            }
+        })
+        .collect();
+    panels.push(("Memory (GiB)", AMBER, memory));
+    let gpus = workers
+        .iter()
+        .zip(&names)
+        .map(|(w, n)| {
+            let total = w.capacity.gpus.len() as f64;
+            let busy: Vec<u32> = use_of(w).map(|u| u.busy_gpus.clone()).unwrap_or_default();
+            let reserved = w.allocated.gpus.len() as f64;
+            let idle: Vec<u32> = w
+                .allocated
+                .gpus
+                .keys()
+                .filter(|i| !busy.contains(i))
+                .copied()
+                .collect();
+            let working = reserved - idle.len() as f64;
+            Bar {
+                segments: [working, idle.len() as f64, (total - reserved).max(0.0)],
+                tip: if idle.is_empty() {
+                    format!("{n}: {reserved} of {total} GPUs reserved, all working")
+                } else {
+                    format!(
+                        "{n}: {reserved} of {total} GPUs reserved; idle while reserved: {idle:?}"
+                    )
+                },
+            }
+        })
+        .collect();
+    panels.push(("GPUs", RED, gpus));
+
+    let mut svg = String::new();
+    let mut tips = Tips::default();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let root = root
+            .titled("Allocation per worker: used, reserved, free", (FONT, 16))
+            .map_err(e)?;
+        let (root, strip) = root.split_vertically(height as i32 - 48);
+        let (first, rest) = root.split_horizontally(420);
+        let (second, third) = rest.split_horizontally(290);
+        for (k, (area, (title, middle, bars))) in
+            [first, second, third].iter().zip(&panels).enumerate()
+        {
+            let max = bars
+                .iter()
+                .map(|b| b.segments.iter().sum::<f64>())
+                .fold(1.0, f64::max);
+            let mut chart = ChartBuilder::on(area)
+                .caption(*title, (FONT, 13))
+                .margin(6)
+                .x_label_area_size(40)
+                .y_label_area_size(if k == 0 { 130 } else { 4 })
+                .build_cartesian_2d(0.0..max, 0.0..bars.len().max(1) as f64)
+                .map_err(e)?;
+            chart
+                .configure_mesh()
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 13))
+                .disable_y_mesh()
+                .x_labels(4)
+                .y_labels(if k == 0 { bars.len().clamp(1, 60) } else { 0 })
+                .y_label_formatter(&|y| names.get(y.floor() as usize).cloned().unwrap_or_default())
+                .draw()
+                .map_err(e)?;
+            for (s, colour) in [GREEN, *middle, GREY].into_iter().enumerate() {
+                let rects: Vec<Rectangle<(f64, f64)>> = bars
+                    .iter()
+                    .enumerate()
+                    .map(|(row, b)| {
+                        let from: f64 = b.segments[..s].iter().sum();
+                        Rectangle::new(
+                            [
+                                (from, row as f64 + 0.15),
+                                (from + b.segments[s], row as f64 + 0.85),
+                            ],
+                            colour.filled(),
+                        )
+                    })
+                    .collect();
+                chart.draw_series(rects).map_err(e)?;
+            }
+            for (row, b) in bars.iter().enumerate() {
+                tips.add(
+                    chart.backend_coord(&(0.0, row as f64 + 0.1)),
+                    chart.backend_coord(&(max, row as f64 + 0.9)),
+                    &b.tip,
+                );
+            }
+        }
+        legend_strip(
+            &strip,
+            &[
+                (GREEN, "used / working"),
+                (AMBER, "reserved, unused"),
+                (RED, "GPU reserved but IDLE"),
+                (GREY, "free"),
+            ],
+        )?;
+        root.present().map_err(e)?;
+    }
+    Ok(tips.apply(svg))
+}
+
+/// Reserved against used core-hours per task name (the largest `limit` reservations).
+pub fn efficiency_by_task(rows: &[EfficiencyRow], limit: usize) -> Result<String, ChartError> {
+    let mut rows: Vec<&EfficiencyRow> = rows.iter().filter(|r| r.by == By::TaskName).collect();
+    rows.sort_by(|a, b| {
+        b.cpu_reserved_core_hours
+            .total_cmp(&a.cpu_reserved_core_hours)
+    });
+    rows.truncate(limit);
+    let height = (130 + 24 * rows.len().max(1)) as u32;
+    let max = rows
+        .iter()
+        .map(|r| r.cpu_reserved_core_hours.max(r.cpu_used_core_hours))
+        .fold(0.001, f64::max);
+    let names: Vec<String> = rows.iter().map(|r| short(&r.key, 20)).collect();
+    let mut svg = String::new();
+    let mut tips = Tips::default();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let (root, strip) = root.split_vertically(height as i32 - 30);
+        let mut chart = ChartBuilder::on(&root)
+            .caption("Core-hours per task name: reserved and used", (FONT, 16))
+            .margin(8)
+            .x_label_area_size(40)
+            .y_label_area_size(150)
+            .build_cartesian_2d(0.0..max * 1.05, 0.0..rows.len().max(1) as f64)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 13))
+            .disable_y_mesh()
+            .x_desc("core-hours")
+            .y_labels(rows.len().clamp(1, 60))
+            .y_label_formatter(&|y| names.get(y.floor() as usize).cloned().unwrap_or_default())
+            .draw()
+            .map_err(e)?;
+        let reserved = RGBColor(0xc6, 0xdb, 0xef);
+        let used = RGBColor(0x1f, 0x77, 0xb4);
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                Rectangle::new(
+                    [
+                        (0.0, i as f64 + 0.1),
+                        (r.cpu_reserved_core_hours, i as f64 + 0.9),
+                    ],
+                    reserved.filled(),
+                )
+            }))
+            .map_err(e)?
+            .label("reserved")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], reserved.filled()));
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                Rectangle::new(
+                    [
+                        (0.0, i as f64 + 0.3),
+                        (r.cpu_used_core_hours, i as f64 + 0.7),
+                    ],
+                    used.filled(),
+                )
+            }))
+            .map_err(e)?
+            .label("used")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], used.filled()));
+        for (i, r) in rows.iter().enumerate() {
+            let eff = (r.cpu_reserved_core_hours > 0.0)
+                .then(|| r.cpu_used_core_hours / r.cpu_reserved_core_hours);
+            tips.add(
+                chart.backend_coord(&(0.0, i as f64 + 0.1)),
+                chart.backend_coord(&(max, i as f64 + 0.9)),
+                &format!(
+                    "{}: {} attempts, {:.2} of {:.2} core-h used ({}), memory peak {:.2} of {:.2} GiB-h, {:.2} GPU-h",
+                    r.key,
+                    r.attempts,
+                    r.cpu_used_core_hours,
+                    r.cpu_reserved_core_hours,
+                    super::pct(eff),
+                    r.memory_peak_gib_hours,
+                    r.memory_reserved_gib_hours,
+                    r.gpu_reserved_hours
+                ),
+            );
+        }
+        legend_strip(&strip, &[(reserved, "reserved"), (used, "used")])?;
+        root.present().map_err(e)?;
+    }
+    Ok(tips.apply(svg))
+}
