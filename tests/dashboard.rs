@@ -395,3 +395,54 @@ async fn the_tasks_pages_list_the_queue_and_show_a_task_with_its_output() {
     assert_eq!(fetch(&node, "/dashboard/tasks/999999").await.0, 404);
     assert_eq!(fetch(&node, "/dashboard/tasks/x").await.0, 400);
 }
+
+#[tokio::test]
+async fn a_followers_dashboard_shows_the_same_cluster_as_the_leaders() {
+    let nodes = support::cluster_with(2, &["--stats-interval", "200ms"]).await;
+    let id = nodes[0]
+        .submit(json!({"command": ["true"], "name": "seen-everywhere", "cpu": "10m"}))
+        .await;
+    nodes[0].wait_state(id, "succeeded").await;
+    let ids: Vec<String> = nodes.iter().map(|n| n.node_id()).collect();
+    // Each replica applies the result in its own time: wait until both pages agree.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut pages = Vec::new();
+        for n in &nodes {
+            pages.push(fetch(n, "/").await.2);
+        }
+        let complete = |p: &String| {
+            ids.iter()
+                .all(|id| p.contains(&format!("<code>{id}</code>")))
+                && p.contains("<td id=count-succeeded>1</td>")
+                && p.contains("seen-everywhere")
+        };
+        let leader = |p: &String| {
+            let at = p.find("<code id=leader>").unwrap() + 16;
+            p[at..at + 16].to_string()
+        };
+        if pages.iter().all(complete) && leader(&pages[0]) == leader(&pages[1]) {
+            assert!(ids.contains(&leader(&pages[0])));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pages never agreed:\n{}\n---\n{}",
+            pages[0],
+            pages[1]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Gossip gives every node the other's statistics: both rows in each node's allocation
+    // table and heatmap.
+    for n in &nodes {
+        let (_, _, page) = fetch(n, "/dashboard/allocation").await;
+        let table = &page[page.find("<table id=utilisation-now>").unwrap()..];
+        let table = &table[..table.find("</table>").unwrap()];
+        assert_eq!(
+            table.matches("<tr>").count(),
+            3,
+            "header and two workers: {table}"
+        );
+    }
+}

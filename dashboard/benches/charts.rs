@@ -80,6 +80,9 @@ struct Fake {
 }
 
 impl Source for Fake {
+    fn now(&self) -> u64 {
+        NOW
+    }
     fn overview(&self) -> Overview {
         Overview {
             node: "1".into(),

@@ -45,6 +45,8 @@ pub struct Overview {
 
 /// Read-only access to the cluster as this node sees it.
 pub trait Source: Send + Sync + 'static {
+    /// This node's clock, Unix milliseconds.
+    fn now(&self) -> u64;
     fn overview(&self) -> Overview;
     /// Every node's statistics since `now - window_ms`, and `now` (Unix milliseconds).
     fn series(&self, window_ms: u64) -> (u64, Vec<charts::NodeSeries>);
@@ -218,7 +220,7 @@ async fn chart(
 /// The whole report: every chart and table over `window_ms`.
 pub async fn report(src: &dyn Source, window_ms: u64) -> Result<Document, charts::ChartError> {
     let o = src.overview();
-    let (now, _) = src.series(0);
+    let now = src.now();
     let a = src.analysis(window_ms).await;
     let s = src.scaling();
     let mut sections = sections::insight_sections(&a);
@@ -367,7 +369,7 @@ async fn allocation(State(src): State<Src>) -> Response {
 
 async fn scaling(State(src): State<Src>) -> Response {
     let s = src.scaling();
-    let (now, _) = src.series(0);
+    let now = src.now();
     let chart = match sections::chart_section(src.as_ref(), "scaling", WINDOW_MS).await {
         Ok(c) => c,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -413,7 +415,7 @@ async fn efficiency(State(src): State<Src>) -> Response {
 
 async fn cost(State(src): State<Src>) -> Response {
     let s = src.scaling();
-    let (now, _) = src.series(0);
+    let now = src.now();
     let svg = match sections::chart(src.as_ref(), "cost", WINDOW_MS).await {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

@@ -22,7 +22,7 @@ pub struct Live {
 /// The summary pushed to pages.
 pub fn summary(src: &dyn Source) -> serde_json::Value {
     let o = src.overview();
-    let (now, _) = src.series(0);
+    let now = src.now();
     let tasks: serde_json::Map<String, serde_json::Value> = o
         .tasks_by_state
         .iter()

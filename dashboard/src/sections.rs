@@ -36,7 +36,7 @@ pub async fn chart(
         let (now, series) = src.series(window_ms);
         return charts::heatmap(&series, m, now, window_ms).map(Some);
     }
-    let now = || src.series(0).0;
+    let now = || src.now();
     match name {
         "allocation" => charts::allocation(&src.overview().workers, &src.usage()).map(Some),
         "scaling" => {

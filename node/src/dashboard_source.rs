@@ -12,6 +12,10 @@ use crate::clock;
 pub struct DashboardSource(pub AppState);
 
 impl testmesh_dashboard::Source for DashboardSource {
+    fn now(&self) -> u64 {
+        clock::now().0
+    }
+
     fn overview(&self) -> testmesh_dashboard::Overview {
         let st = &self.0;
         let m = st.writer.raft().metrics().borrow().clone();
