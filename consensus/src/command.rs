@@ -44,6 +44,14 @@ pub enum Command {
         tasks: Vec<TaskSpec>,
         at: UnixMillis,
     },
+    /// Tasks submitted together as one run.
+    SubmitRun {
+        request_id: String,
+        name: String,
+        metadata: std::collections::BTreeMap<String, String>,
+        tasks: Vec<TaskSpec>,
+        at: UnixMillis,
+    },
     Assign {
         assignments: Vec<Assignment>,
         at: UnixMillis,
@@ -103,6 +111,11 @@ pub enum Applied {
     Submitted {
         tasks: Vec<TaskId>,
         /// The request id was seen before: nothing new was created.
+        duplicate: bool,
+    },
+    RunSubmitted {
+        run: u64,
+        tasks: Vec<TaskId>,
         duplicate: bool,
     },
     Assigned {

@@ -17,8 +17,9 @@ use crate::command::{
 use crate::history::{HISTORY_LIMIT, HistoryRecord, program_of};
 use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
 use crate::resources::{self, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
+use crate::runs::Run;
 use crate::scaling::Scaling;
-use crate::task::{Attempt, Outcome, Task, TaskSpec, TaskState};
+use crate::task::{Attempt, Outcome, Provenance, Task, TaskSpec, TaskState};
 
 /// Resources held by one attempt of one task on one worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,9 @@ pub struct Ledger {
     /// Records ever added (also those dropped), for "retrain after N new samples".
     history_total: u64,
     scaling: Scaling,
+    runs: BTreeMap<u64, Run>,
+    /// Run ids by the request that created them (run submits are idempotent).
+    run_requests: BTreeMap<String, u64>,
 }
 
 /// The history record of a task's last attempt, if it ran to an end of its own.
@@ -223,7 +227,14 @@ impl Ledger {
                 request_id,
                 tasks,
                 at,
-            } => self.submit(index, request_id, tasks, *at),
+            } => self.submit(index, request_id, tasks, *at, None),
+            Command::SubmitRun {
+                request_id,
+                name,
+                metadata,
+                tasks,
+                at,
+            } => self.submit_run(index, request_id, name, metadata, tasks, *at),
             Command::Assign { assignments, at } => Ok(Applied::Assigned {
                 results: assignments
                     .iter()
@@ -427,6 +438,7 @@ impl Ledger {
         request_id: &str,
         specs: &[TaskSpec],
         at: UnixMillis,
+        run: Option<u64>,
     ) -> Result<Applied, Rejected> {
         if let Some(ids) = self.requests.get(request_id) {
             return Ok(Applied::Submitted {
@@ -464,6 +476,7 @@ impl Ledger {
                 cancel_requested: false,
                 handed_back: 0,
                 rev: index,
+                run,
             };
             self.pending.insert(pending_key(&task));
             self.by_rev.insert((index, id));
@@ -477,6 +490,62 @@ impl Ledger {
             tasks: ids,
             duplicate: false,
         })
+    }
+
+    fn submit_run(
+        &mut self,
+        index: u64,
+        request_id: &str,
+        name: &str,
+        metadata: &BTreeMap<String, String>,
+        specs: &[TaskSpec],
+        at: UnixMillis,
+    ) -> Result<Applied, Rejected> {
+        if let Some(id) = self.run_requests.get(request_id) {
+            return Ok(Applied::RunSubmitted {
+                run: *id,
+                tasks: self.runs[id].tasks.clone(),
+                duplicate: true,
+            });
+        }
+        if request_id.is_empty() {
+            return Err(Rejected::InvalidSpec(
+                "a run needs a request id (submits of runs are idempotent)".into(),
+            ));
+        }
+        crate::runs::validate(name, metadata).map_err(Rejected::InvalidSpec)?;
+        let id = self.runs.last_key_value().map_or(1, |(k, _)| k + 1);
+        let Applied::Submitted { tasks, .. } =
+            self.submit(index, request_id, specs, at, Some(id))?
+        else {
+            unreachable!("submit answers Submitted");
+        };
+        self.runs.insert(
+            id,
+            Run {
+                id,
+                name: name.to_string(),
+                metadata: metadata.clone(),
+                request_id: request_id.to_string(),
+                created_at: at,
+                tasks: tasks.clone(),
+            },
+        );
+        self.run_requests.insert(request_id.to_string(), id);
+        Ok(Applied::RunSubmitted {
+            run: id,
+            tasks,
+            duplicate: false,
+        })
+    }
+
+    pub fn run(&self, id: u64) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    /// Runs, oldest first.
+    pub fn runs(&self) -> impl DoubleEndedIterator<Item = &Run> {
+        self.runs.values()
     }
 
     fn assign(&mut self, index: u64, a: &Assignment, at: UnixMillis) -> Result<(), Rejected> {
@@ -520,6 +589,19 @@ impl Ledger {
             since: at,
         };
         let key = pending_key(t);
+        let provenance = Provenance {
+            hostname: w.hardware.hostname.clone(),
+            cpu_model: w.hardware.cpu_model.clone(),
+            gpu_models: a
+                .gpus
+                .iter()
+                .filter_map(|g| w.capacity.gpus.iter().find(|x| x.index == g.index))
+                .map(|g| g.model.clone())
+                .collect(),
+            gpu_driver: w.hardware.gpu_driver.clone(),
+            cuda_version: w.hardware.cuda_version.clone(),
+            version: w.version.clone(),
+        };
         self.workers
             .get_mut(&a.worker)
             .expect("checked above")
@@ -544,6 +626,7 @@ impl Ledger {
             pid: None,
             finished_at: None,
             outcome: None,
+            provenance,
         });
         Ok(())
     }

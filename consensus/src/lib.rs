@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod model;
 pub mod raft;
 pub mod resources;
+pub mod runs;
 pub mod scaling;
 pub mod store;
 pub mod task;

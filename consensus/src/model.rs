@@ -161,6 +161,10 @@ pub struct Hardware {
     pub hostname: String,
     pub cpu_model: String,
     pub cores: u32,
+    /// NVIDIA driver version as NVML reports it; empty without GPUs.
+    pub gpu_driver: String,
+    /// Highest CUDA version the driver supports, e.g. "12.4"; empty without GPUs.
+    pub cuda_version: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

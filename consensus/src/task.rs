@@ -123,6 +123,76 @@ pub struct Outcome {
     /// (at most [`TAIL_BYTES`] each).
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// What the task reported on its output as `TESTMESH_METRIC name=value unit` lines.
+    pub metrics: Vec<BenchMetric>,
+}
+
+/// One figure a benchmark reported, e.g. `TESTMESH_METRIC throughput=1532.5 samples/s`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchMetric {
+    pub name: String,
+    /// Always finite (lines with anything else are not taken).
+    pub value: f64,
+    pub unit: String,
+}
+
+// Values are finite, so equality of their bits is equality of the numbers.
+impl Eq for BenchMetric {}
+
+/// Most metrics kept per attempt.
+pub const MAX_METRICS: usize = 100;
+/// The prefix of a metric line on a task's standard output.
+pub const METRIC_PREFIX: &str = "TESTMESH_METRIC ";
+
+impl BenchMetric {
+    /// Reads one output line: None when it is not a metric line, an error when it is one but
+    /// malformed (so the task's author can be told).
+    pub fn parse_line(line: &str) -> Option<Result<BenchMetric, String>> {
+        let rest = line.trim_end().strip_prefix(METRIC_PREFIX)?;
+        let (pair, unit) = match rest.trim().split_once(char::is_whitespace) {
+            Some((p, u)) => (p, u.trim()),
+            None => (rest.trim(), ""),
+        };
+        let Some((name, value)) = pair.split_once('=') else {
+            return Some(Err(format!(
+                "{line:?}: write TESTMESH_METRIC name=value [unit]"
+            )));
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-/:".contains(c));
+        if !name_ok {
+            return Some(Err(format!(
+                "{line:?}: a metric name is 1 to 128 of A-Z a-z 0-9 _ . - / :"
+            )));
+        }
+        match value.parse::<f64>() {
+            Ok(v) if v.is_finite() && unit.len() <= 32 => Some(Ok(BenchMetric {
+                name: name.to_string(),
+                value: v,
+                unit: unit.to_string(),
+            })),
+            Ok(_) if unit.len() > 32 => {
+                Some(Err(format!("{line:?}: the unit is at most 32 bytes")))
+            }
+            _ => Some(Err(format!("{line:?}: {value:?} is not a finite number"))),
+        }
+    }
+}
+
+/// Where and with what an attempt ran, as the ledger knew its worker when it was placed there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub hostname: String,
+    pub cpu_model: String,
+    /// Models of the GPUs granted, in grant order.
+    pub gpu_models: Vec<String>,
+    pub gpu_driver: String,
+    pub cuda_version: String,
+    /// testmesh version of the worker.
+    pub version: String,
 }
 
 /// Most bytes of each output stream kept in the ledger per attempt.
@@ -154,6 +224,7 @@ impl Outcome {
             message: None,
             stdout_tail: String::new(),
             stderr_tail: String::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -177,6 +248,7 @@ pub struct Attempt {
     pub pid: Option<u32>,
     pub finished_at: Option<UnixMillis>,
     pub outcome: Option<Outcome>,
+    pub provenance: Provenance,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +268,8 @@ pub struct Task {
     pub handed_back: u32,
     /// Raft log index of the last change, for watching (`?since=`).
     pub rev: u64,
+    /// The run it belongs to, if any.
+    pub run: Option<u64>,
 }
 
 impl Task {
@@ -206,5 +280,46 @@ impl Task {
     /// Failed at least once and then succeeded.
     pub fn retried(&self) -> bool {
         self.attempts.len() > 1
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use super::*;
+
+    #[test]
+    fn metric_lines_parse_and_bad_ones_say_why() {
+        let m = BenchMetric::parse_line("TESTMESH_METRIC throughput=1532.5 samples/s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.value, m.unit.as_str()),
+            ("throughput", 1532.5, "samples/s")
+        );
+        let m = BenchMetric::parse_line("TESTMESH_METRIC loss=0.25")
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.unit, "");
+        assert!(BenchMetric::parse_line("hello").is_none());
+        assert!(
+            BenchMetric::parse_line("TESTMESH_METRIC x=NaN")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            BenchMetric::parse_line("TESTMESH_METRIC x=inf s")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            BenchMetric::parse_line("TESTMESH_METRIC novalue")
+                .unwrap()
+                .is_err()
+        );
+        assert!(
+            BenchMetric::parse_line("TESTMESH_METRIC a b=1")
+                .unwrap()
+                .is_err()
+        );
     }
 }

@@ -566,6 +566,7 @@ mod tests {
             cancel_requested: false,
             handed_back: 0,
             rev: 0,
+            run: None,
         });
         let h = render_overview(&o, "");
         assert!(h.contains("&lt;script&gt;"));

@@ -14,6 +14,8 @@ pub mod error;
 pub mod mesh;
 pub mod monitor;
 pub mod planner;
+pub mod results;
+pub mod runfile;
 pub mod runtime;
 pub mod scaling;
 pub mod stats;

@@ -115,13 +115,31 @@ impl TestNode {
     /// Waits until `/readyz` answers 200 (in a cluster, registered as a worker).
     pub async fn ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last;
         loop {
-            let r = self.http.get(format!("{}/readyz", self.url)).send().await;
-            if r.is_ok_and(|r| r.status() == 200) {
-                return;
+            // A bounded wait per request: one stuck connection must not eat the whole deadline.
+            let r = self
+                .http
+                .get(format!("{}/readyz", self.url))
+                .timeout(Duration::from_secs(3))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => return,
+                Ok(r) => {
+                    last = format!(
+                        "HTTP {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )
+                }
+                Err(e) => last = format!("request failed: {e}"),
             }
             if Instant::now() > deadline {
-                panic!("node never became ready; log:\n{}", self.log());
+                panic!(
+                    "node never became ready (last answer: {last}); log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

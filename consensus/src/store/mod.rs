@@ -26,11 +26,11 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 /// Format marker of persisted snapshots; bump it with a migration when the ledger changes shape.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Format of the whole database (log entries and snapshots), kept under this meta key. A
 /// database from another format is refused at open rather than misread.
-pub const STORAGE_FORMAT: u32 = 4;
+pub const STORAGE_FORMAT: u32 = 5;
 const FORMAT_KEY: &str = "storage_format";
 
 /// Opens (or creates) the ledger database and returns its log store, state machine and a

@@ -16,7 +16,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testmesh_consensus::store::LedgerReader;
-use testmesh_consensus::task::{Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of};
+use testmesh_consensus::task::{
+    BenchMetric, MAX_METRICS, METRIC_PREFIX, Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of,
+};
 use testmesh_consensus::{Bytes, Command, NodeId, TaskId};
 use tokio::sync::watch;
 
@@ -316,6 +318,7 @@ impl Agent {
                 message,
                 stdout_tail: String::new(),
                 stderr_tail: String::new(),
+                metrics: Vec::new(),
             },
         )
         .await;
@@ -349,6 +352,25 @@ impl Agent {
         };
         outcome.stdout_tail = tail("stdout");
         outcome.stderr_tail = tail("stderr");
+        let stdout = log_path(&self.data_dir, task, attempt, "stdout");
+        let (metrics, bad) = tokio::task::spawn_blocking(move || read_metrics(&stdout))
+            .await
+            .unwrap_or_default();
+        outcome.metrics = metrics;
+        if let Some(first) = bad.first() {
+            tracing::warn!(
+                "task {task}: {} malformed metric line(s): {first}",
+                bad.len()
+            );
+            let note = format!(
+                "ignored {} malformed metric line(s), first: {first}",
+                bad.len()
+            );
+            outcome.message = Some(match outcome.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
         self.batcher
             .send(Command::TaskFinished {
                 task,
@@ -359,4 +381,35 @@ impl Agent {
             })
             .await;
     }
+}
+
+/// Output read for metric lines at most (a task printing more keeps its first metrics only).
+const METRIC_SCAN_BYTES: u64 = 256 << 20;
+
+/// The `TESTMESH_METRIC name=value unit` lines of a task's standard output (at most
+/// [`MAX_METRICS`]), and what was wrong with the malformed ones.
+fn read_metrics(path: &std::path::Path) -> (Vec<BenchMetric>, Vec<String>) {
+    use std::io::{BufRead, Read};
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    let Ok(f) = std::fs::File::open(path) else {
+        return (ok, bad);
+    };
+    let mut r = std::io::BufReader::new(f.take(METRIC_SCAN_BYTES));
+    let mut line = Vec::new();
+    while ok.len() < MAX_METRICS {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !line.starts_with(METRIC_PREFIX.as_bytes()) {
+            continue;
+        }
+        match BenchMetric::parse_line(&String::from_utf8_lossy(&line)) {
+            Some(Ok(m)) => ok.push(m),
+            Some(Err(e)) => bad.push(e),
+            None => {}
+        }
+    }
+    (ok, bad)
 }

@@ -7,6 +7,7 @@ mod error;
 pub(crate) mod insights;
 mod metrics;
 pub(crate) mod predict;
+pub mod runs;
 mod scaling;
 mod tasks;
 
@@ -129,6 +130,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}", get(tasks::get_one))
         .route("/api/v1/tasks/{id}/logs", get(tasks::logs))
+        .route("/api/v1/runs", get(runs::list).post(runs::submit))
+        .route("/api/v1/runs/{id}", get(runs::get_one))
+        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/v1/runs/{id}/summary", get(runs::summary))
+        .route("/api/v1/runs/{id}/junit.xml", get(runs::junit))
+        .route("/api/v1/runs/{id}/badge.svg", get(runs::badge))
         .route("/api/v1/predict", post(predict::predict))
         .route("/api/v1/insights", get(insights::insights))
         .route("/api/v1/scaling", get(scaling::scaling))

@@ -381,34 +381,36 @@ pub async fn logs(
     }))
 }
 
-pub async fn submit(
-    State(st): State<AppState>,
-    _auth: Authorized,
-    ApiJson(req): ApiJson<SubmitRequest>,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    if req.tasks.is_empty() {
+/// Turns requests into specs the ledger will take: each checked, `mem: auto` predicted, and
+/// (unless allowed) each able to run on some worker.
+pub async fn prepare_specs(
+    st: &AppState,
+    tasks: &[super::dto::TaskRequest],
+    allow_unschedulable: bool,
+) -> Result<Vec<testmesh_consensus::task::TaskSpec>, ApiError> {
+    if tasks.is_empty() {
         return Err(ApiError::BadRequest(
             "tasks is empty: submit at least one task".into(),
         ));
     }
-    if req.tasks.len() > MAX_SUBMIT_BATCH {
+    if tasks.len() > MAX_SUBMIT_BATCH {
         return Err(ApiError::TooLarge(format!(
             "{} tasks in one request; split them into requests of at most {MAX_SUBMIT_BATCH}",
-            req.tasks.len()
+            tasks.len()
         )));
     }
-    let many = req.tasks.len() > 1;
-    let mut specs = Vec::with_capacity(req.tasks.len());
-    for (i, t) in req.tasks.iter().enumerate() {
+    let many = tasks.len() > 1;
+    let mut specs = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
         let mut spec = to_spec(t)
             .map_err(|e| ApiError::BadRequest(if many { format!("task #{i}: {e}") } else { e }))?;
         if mem_is_auto(t) {
             // Reserve what history predicts for it.
-            super::predict::reserve_predicted_memory(&st, &mut spec).await?;
+            super::predict::reserve_predicted_memory(st, &mut spec).await?;
         }
         specs.push(spec);
     }
-    if !req.allow_unschedulable {
+    if !allow_unschedulable {
         let ledger = st.reader.read();
         // Specs repeat in big batches: check each distinct requirement once.
         let mut checked = std::collections::HashSet::new();
@@ -424,15 +426,27 @@ pub async fn submit(
             }
         }
     }
-    let request_id = match req.request_id {
-        Some(r) if r.is_empty() || r.len() > 128 => {
-            return Err(ApiError::BadRequest(
-                "request_id must be 1-128 characters".into(),
-            ));
-        }
-        Some(r) => r,
-        None => hex::encode(rand::random::<[u8; 16]>()),
-    };
+    Ok(specs)
+}
+
+/// The client's request id, checked, or a fresh one.
+pub fn request_id_of(r: Option<String>) -> Result<String, ApiError> {
+    match r {
+        Some(r) if r.is_empty() || r.len() > 128 => Err(ApiError::BadRequest(
+            "request_id must be 1-128 characters".into(),
+        )),
+        Some(r) => Ok(r),
+        None => Ok(hex::encode(rand::random::<[u8; 16]>())),
+    }
+}
+
+pub async fn submit(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    ApiJson(req): ApiJson<SubmitRequest>,
+) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+    let specs = prepare_specs(&st, &req.tasks, req.allow_unschedulable).await?;
+    let request_id = request_id_of(req.request_id)?;
     let r = st
         .writer
         .write(Command::Submit {

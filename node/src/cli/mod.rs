@@ -21,6 +21,7 @@ mod insights;
 mod output;
 mod predict;
 mod report;
+mod run;
 mod scaling;
 mod tasks;
 
@@ -95,6 +96,11 @@ pub enum Cmd {
     Scaling(scaling::ScalingArgs),
     /// Show or change the autoscaling policy
     Policy(scaling::PolicyArgs),
+    /// Run a whole suite: a matrix from a run file, or a command split into shards; waits with
+    /// a progress bar and exits non-zero if any task failed
+    Run(run::RunArgs),
+    /// Runs: list, show, wait, export (JUnit, JSON), cancel
+    Runs(run::RunsArgs),
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
 }
@@ -157,6 +163,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Submit(a) => tasks::submit(a).await,
+        Cmd::Run(a) => run::run(a).await,
+        Cmd::Runs(a) => run::runs(a).await,
         Cmd::Tasks(a) => tasks::list(a).await,
         Cmd::Task(a) => tasks::show(a).await,
         Cmd::Logs(a) => tasks::logs(a).await,

@@ -64,7 +64,8 @@ pub struct Inbound {
 enum Cmd {
     Request {
         peer: PeerId,
-        request: Request,
+        // Boxed: requests carry whole registrations, far bigger than the other commands.
+        request: Box<Request>,
         reply: oneshot::Sender<Result<Response, String>>,
     },
     Peers(oneshot::Sender<Vec<PeerId>>),
@@ -126,7 +127,7 @@ impl MeshClient {
         self.tx
             .send(Cmd::Request {
                 peer,
-                request,
+                request: Box::new(request),
                 reply,
             })
             .await
@@ -339,7 +340,7 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, *request);
                 self.outbound.insert(id, reply);
             }
             Cmd::AddAddresses(peer, addrs) => {

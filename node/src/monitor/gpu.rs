@@ -36,8 +36,8 @@ pub struct GpuProcess {
 pub trait GpuProbe: Send {
     fn inventory(&self) -> Vec<GpuInfo>;
     fn sample(&self) -> Vec<GpuSample>;
-    /// Driver and CUDA versions, where known.
-    fn driver(&self) -> Option<String>;
+    /// Driver version and the highest CUDA version it supports, where known.
+    fn driver(&self) -> Option<(String, String)>;
 }
 
 /// A host without GPUs (or without the NVIDIA driver).
@@ -50,7 +50,7 @@ impl GpuProbe for NoGpus {
     fn sample(&self) -> Vec<GpuSample> {
         Vec::new()
     }
-    fn driver(&self) -> Option<String> {
+    fn driver(&self) -> Option<(String, String)> {
         None
     }
 }
@@ -95,8 +95,8 @@ impl GpuProbe for SimulatedGpus {
             })
             .collect()
     }
-    fn driver(&self) -> Option<String> {
-        Some("simulated".into())
+    fn driver(&self) -> Option<(String, String)> {
+        Some(("simulated".into(), "simulated".into()))
     }
 }
 
@@ -171,13 +171,15 @@ impl GpuProbe for NvmlProbe {
             .collect()
     }
 
-    fn driver(&self) -> Option<String> {
+    fn driver(&self) -> Option<(String, String)> {
         let driver = self.nvml.sys_driver_version().ok()?;
-        let cuda = self.nvml.sys_cuda_driver_version().ok();
-        Some(match cuda {
-            Some(c) => format!("{driver} (CUDA {}.{})", c / 1000, (c % 1000) / 10),
-            None => driver,
-        })
+        // NVML gives CUDA as 1000 × major + 10 × minor.
+        let cuda = self
+            .nvml
+            .sys_cuda_driver_version()
+            .map(|c| format!("{}.{}", c / 1000, (c % 1000) / 10))
+            .unwrap_or_default();
+        Some((driver, cuda))
     }
 }
 

@@ -94,7 +94,10 @@ impl Monitor {
     }
 
     pub fn hardware(&self) -> Hardware {
+        let (gpu_driver, cuda_version) = self.gpus.driver().unwrap_or_default();
         Hardware {
+            gpu_driver,
+            cuda_version,
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             cpu_model: self
                 .sys

@@ -1,0 +1,276 @@
+//! Runs end to end: a real test suite sharded across a three-node loopback mesh, results with
+//! provenance, JUnit checked against the JUnit XML schema, flaky tasks, metrics, and bad input
+//! refused before anything is submitted.
+
+// Tests measure their own deadlines; the one-clock rule is for the product code.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use serde_json::Value;
+use support::TestNode;
+
+const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/suite.py");
+const XSD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/junit-10.xsd"
+);
+
+/// PASS/FAIL lines of the suite's output.
+fn cases(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL "))
+        .map(str::to_string)
+        .collect()
+}
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_suite_sharded_across_three_nodes_gives_the_results_of_a_local_run() {
+    if !support::tool_or_skip("python3", "python3") {
+        return;
+    }
+    let local = std::process::Command::new("python3")
+        .arg(SUITE)
+        .output()
+        .unwrap();
+    assert!(!local.status.success(), "the suite has failing cases");
+    let expected = cases(&String::from_utf8_lossy(&local.stdout));
+    assert_eq!(expected.len(), 24);
+
+    let nodes = support::cluster(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let json = dir.path().join("results.json");
+    let started = Instant::now();
+    // Two cores each: one shard per worker.
+    let o = nodes[0].cli(&[
+        "run",
+        "--shards",
+        "3",
+        "--cpu",
+        "2",
+        "--name",
+        "suite",
+        "--meta",
+        "commit=abc123",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "python3",
+        SUITE,
+        "--shard-id={shard}",
+        "--num-shards={shards}",
+    ]);
+    eprintln!(
+        "sharded suite on 3 nodes: {:.2} s wall (CLI start to exit)",
+        started.elapsed().as_secs_f64()
+    );
+    let out = text(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "failing cases fail the run:\n{out}"
+    );
+    assert!(
+        out.contains("FAILED") && out.contains("python3 shard 3/3"),
+        "{out}"
+    );
+
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["metadata"]["commit"], "abc123");
+    let tasks = r["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    let mut union = BTreeSet::new();
+    let mut workers = BTreeSet::new();
+    for t in tasks {
+        union.extend(cases(t["stdout_tail"].as_str().unwrap()));
+        let a = &t["attempts"][0];
+        workers.insert(a["worker"].as_str().unwrap().to_string());
+        // Provenance of every attempt.
+        assert!(!a["hostname"].as_str().unwrap().is_empty(), "{a}");
+        assert!(a["version"].as_str().unwrap().starts_with("0."), "{a}");
+        assert!(a["started_at"].as_u64().is_some() && a["finished_at"].as_u64().is_some());
+        assert!(a["exit_code"].is_number());
+        assert_eq!(t["metrics"][0]["name"], "failed_cases", "{t}");
+    }
+    assert_eq!(
+        union, expected,
+        "the shards together ran the suite exactly once"
+    );
+    assert_eq!(workers.len(), 3, "one shard per worker");
+    let failed: Vec<&Value> = tasks.iter().filter(|t| t["state"] == "failed").collect();
+    assert_eq!(
+        failed.len(),
+        2,
+        "cases 05 and 16 sit in two different shards"
+    );
+
+    // JUnit: valid against the schema Jenkins uses, one testcase per task.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 3);
+    assert!(
+        xml.contains("failures=\"2\"") && xml.contains("commit"),
+        "{xml}"
+    );
+    if support::tool_or_skip("xmllint", "libxml2-utils") {
+        let v = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", XSD])
+            .arg(&junit)
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}\n{xml}", text(&v));
+    }
+
+    // The list, the badge.
+    let (_, runs) = nodes[1].get("/api/v1/runs").await;
+    assert_eq!(runs[0]["name"], "suite");
+    assert_eq!(runs[0]["summary"]["failed"], 2);
+    let id = runs[0]["run"].as_u64().unwrap();
+    let badge = reqwest::get(format!("{}/api/v1/runs/{id}/badge.svg", nodes[2].url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(badge.contains("failed 2/3"), "{badge}");
+}
+
+#[tokio::test]
+async fn a_flaky_task_is_reported_as_flaky_and_metrics_are_collected() {
+    let node = TestNode::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("tried");
+    let run_file = dir.path().join("run.toml");
+    std::fs::write(
+        &run_file,
+        format!(
+            r#"
+name = "flaky-and-bench"
+[metadata]
+branch = "main"
+[matrix]
+kind = ["flaky", "bench"]
+[task]
+name = "{{kind}}"
+cpu = "10m"
+retries = 1
+command = ["sh", "-c", "if [ {{kind}} = flaky ] && [ ! -f {m} ]; then touch {m}; exit 1; fi; echo 'TESTMESH_METRIC throughput=1532.5 samples/s'; echo 'TESTMESH_METRIC latency_p99=12 ms'"]
+"#,
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let junit = dir.path().join("junit.xml");
+    let o = node.cli(&[
+        "run",
+        "--file",
+        run_file.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "a flaky task still passes:\n{out}");
+    assert!(out.contains("flaky") && out.contains("PASSED"), "{out}");
+    let id = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let (_, r) = node.get(&format!("/api/v1/runs/{id}")).await;
+    let flaky = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "flaky")
+        .unwrap();
+    assert_eq!(flaky["flaky"], true);
+    assert_eq!(flaky["retries"], 1);
+    assert_eq!(flaky["attempts"][0]["state"], "failed");
+    let bench = r["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "bench")
+        .unwrap();
+    assert_eq!(bench["flaky"], false);
+    assert_eq!(bench["metrics"][0]["name"], "throughput");
+    assert_eq!(bench["metrics"][0]["value"], 1532.5);
+    assert_eq!(bench["metrics"][0]["unit"], "samples/s");
+    assert_eq!(bench["metrics"][1]["name"], "latency_p99");
+    assert_eq!(r["summary"]["flaky"], 1);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<flakyFailure"), "{xml}");
+    if support::tool_or_skip("xmllint", "libxml2-utils") {
+        let v = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", XSD])
+            .arg(&junit)
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}\n{xml}", text(&v));
+    }
+    let badge = reqwest::get(format!("{}/api/v1/runs/{id}/badge.svg", node.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(badge.contains("passed, 1 flaky"), "{badge}");
+}
+
+#[tokio::test]
+async fn bad_runs_are_explained_before_anything_is_submitted() {
+    let node = TestNode::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |body: &str| {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, body).unwrap();
+        let o = node.cli(&["run", "--file", f.to_str().unwrap()]);
+        assert!(!o.status.success());
+        text(&o)
+    };
+    let e = bad("name = \"x\"\n[task]\ncommand = [\"echo\", \"{nope}\"]\n");
+    assert!(
+        e.contains("line 3") && e.contains("unknown placeholder {nope}"),
+        "{e}"
+    );
+    let e = bad("name = \"x\"\n[task]\ncommand = [\"true\"]\ncpu = \"many\"\n");
+    assert!(e.contains("cpu"), "{e}");
+    let e = bad(
+        "name = \"x\"\n[matrix]\na = [1,2,3,4,5,6,7,8,9,10,11]\nb = [1,2,3,4,5,6,7,8,9,10]\nc = [1,2,3,4,5,6,7,8,9,10]\n[task]\ncommand = [\"true\"]\n",
+    );
+    assert!(e.contains("1100 tasks") && e.contains("cap is 1000"), "{e}");
+    let e = bad("name = \"x\"\n[task]\ncommand = [\"true\"]\ngpus = 8\n");
+    assert!(
+        e.contains("nothing was submitted") && e.contains("GPU"),
+        "{e}"
+    );
+    let o = node.cli(&["run", "--shards", "0", "--", "true"]);
+    assert!(text(&o).contains("at least 1"), "{}", text(&o));
+    let o = node.cli(&["run", "--shards", "2", "--", "echo", "{shardid}"]);
+    assert!(
+        text(&o).contains("unknown placeholder {shardid}"),
+        "{}",
+        text(&o)
+    );
+    let (_, runs) = node.get("/api/v1/runs").await;
+    assert_eq!(runs, serde_json::json!([]), "nothing was submitted");
+    let (_, tasks) = node.get("/api/v1/tasks").await;
+    assert_eq!(tasks["tasks"], serde_json::json!([]), "{tasks}");
+    let (code, v) = node.get("/api/v1/runs/77").await;
+    assert_eq!(code, 404, "{v}");
+}
