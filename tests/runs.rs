@@ -274,3 +274,109 @@ async fn bad_runs_are_explained_before_anything_is_submitted() {
     let (code, v) = node.get("/api/v1/runs/77").await;
     assert_eq!(code, 404, "{v}");
 }
+
+#[tokio::test]
+async fn a_worker_failing_every_task_is_quarantined_and_the_run_completes_on_the_others() {
+    let first = TestNode::start(&[]).await;
+    let key = first.data_dir().join("swarm.key");
+    let join = first.mesh_addr();
+    let args = ["--swarm-key", key.to_str().unwrap(), "--join", &join];
+    let second = TestNode::start(&args).await;
+    // Every task this node runs fails: its environment breaks them. Each task takes a whole
+    // worker (two cores), so every worker gets some.
+    let broken = TestNode::start_env(&args, &[("TESTMESH_TEST_BROKEN", "1")]).await;
+    let nodes = [first, second, broken];
+    for n in &nodes {
+        support::wait_workers(n, 3).await;
+    }
+    let bad = nodes[2].node_id();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("run.toml");
+    std::fs::write(
+        &f,
+        r#"
+name = "with-a-bad-worker"
+[matrix]
+case = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+[task]
+name = "check"
+cpu = "2"
+retries = 4
+command = ["sh", "-c", "test -z \"$TESTMESH_TEST_BROKEN\" && sleep 0.2"]
+"#,
+    )
+    .unwrap();
+    let o = nodes[0].cli(&["run", "--file", f.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(
+        o.status.success(),
+        "the run completes on the others:\n{out}"
+    );
+    let (_, ws) = nodes[0].get("/api/v1/workers").await;
+    let w = ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == bad.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        w["quarantine"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("other workers")),
+        "{w}\n{out}"
+    );
+    assert_eq!(w["record"]["succeeded"], 0, "{w}");
+    for healthy in ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["id"] != bad.as_str())
+    {
+        assert!(healthy["quarantine"].is_null(), "{healthy}");
+    }
+    let listed = text(&nodes[1].cli(&["workers"]));
+    assert!(
+        listed.contains("QUARANTINED") && listed.contains(&bad),
+        "{listed}"
+    );
+    let (_, page) = (
+        0,
+        reqwest::get(&nodes[1].url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert!(page.contains("class=quarantined"), "on the dashboard");
+
+    // Nothing new lands there while it is quarantined.
+    let (_, t) = nodes[0]
+        .post(
+            "/api/v1/tasks",
+            serde_json::json!({"tasks": [{"command": ["true"], "cpu": "10m"}]}),
+        )
+        .await;
+    let id = t["tasks"][0].as_u64().unwrap();
+    let done = nodes[0].wait_state(id, "succeeded").await;
+    assert_ne!(done["attempts"][0]["worker"], bad.as_str());
+
+    // An operator clears it; its record starts afresh.
+    let o = nodes[0].cli(&["unquarantine", &bad]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, ws) = nodes[0].get("/api/v1/workers").await;
+    let w = ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == bad.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        w["quarantine"].is_null() && w["record"]["failed"] == 0,
+        "{w}"
+    );
+    let o = nodes[0].cli(&["unquarantine", &bad]);
+    assert!(text(&o).contains("not quarantined"), "{}", text(&o));
+}

@@ -80,6 +80,13 @@ pub enum Command {
         state: WorkerState,
         at: UnixMillis,
     },
+    /// Quarantine a worker (no new placements) with the reason, or clear it (`None`), which
+    /// also starts its track record afresh.
+    SetQuarantine {
+        worker: NodeId,
+        reason: Option<String>,
+        at: UnixMillis,
+    },
     /// The leader has not heard from this worker for too long: its attempts are lost.
     WorkerLost {
         worker: NodeId,
@@ -167,6 +174,8 @@ pub enum Rejected {
     },
     #[error("worker {worker} is draining or lost and takes no new tasks")]
     WorkerDraining { worker: NodeId },
+    #[error("worker {worker} is quarantined and takes no new tasks until an operator clears it")]
+    WorkerQuarantined { worker: NodeId },
     #[error("does not fit worker {worker}: {shortfall}")]
     DoesNotFit {
         worker: NodeId,

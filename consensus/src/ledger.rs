@@ -277,6 +277,17 @@ impl Ledger {
                         detail: format!("an attempt cannot end as {}", outcome.state),
                     });
                 }
+                let started = self.tasks[task].attempts.last().and_then(|a| a.started_at);
+                if let Some(w) = self.workers.get_mut(worker) {
+                    let r = &mut w.record;
+                    match outcome.state {
+                        TaskState::Succeeded => r.succeeded += 1,
+                        TaskState::Failed => r.failed += 1,
+                        TaskState::TimedOut => r.timed_out += 1,
+                        _ => {}
+                    }
+                    r.run_ms += started.map_or(0, |s| at.0.saturating_sub(s.0));
+                }
                 let state = self.end_attempt(index, *task, outcome.clone(), *at);
                 Ok(Applied::Finished { state })
             }
@@ -295,6 +306,28 @@ impl Ledger {
                     });
                 }
                 w.state = *state;
+                Ok(Applied::WorkerState { lost: Vec::new() })
+            }
+            Command::SetQuarantine { worker, reason, at } => {
+                let w = self
+                    .workers
+                    .get_mut(worker)
+                    .ok_or(Rejected::UnknownWorker(*worker))?;
+                match reason {
+                    Some(r) => {
+                        if w.quarantine.is_none() {
+                            w.quarantine = Some(crate::model::Quarantine {
+                                reason: r.clone(),
+                                since: *at,
+                            });
+                        }
+                    }
+                    None => {
+                        // Cleared by an operator: its record starts afresh.
+                        w.quarantine = None;
+                        w.record = Default::default();
+                    }
+                }
                 Ok(Applied::WorkerState { lost: Vec::new() })
             }
             Command::WorkerLost { worker, at } => {
@@ -426,6 +459,9 @@ impl Ledger {
             version: reg.version.clone(),
             registered_at: prev.map_or(at, |w| w.registered_at),
             allocated: prev.map(|w| w.allocated.clone()).unwrap_or_default(),
+            // A restart keeps its track record and its quarantine.
+            record: prev.map(|w| w.record).unwrap_or_default(),
+            quarantine: prev.and_then(|w| w.quarantine.clone()),
         };
         self.workers.insert(reg.id, worker);
         self.scaling.worker_registered(reg.id, &reg.labels, at);
@@ -572,6 +608,9 @@ impl Ledger {
             .ok_or(Rejected::UnknownWorker(a.worker))?;
         if w.state != WorkerState::Active {
             return Err(Rejected::WorkerDraining { worker: a.worker });
+        }
+        if w.quarantine.is_some() {
+            return Err(Rejected::WorkerQuarantined { worker: a.worker });
         }
         let req = &t.spec.requirements;
         resources::verify(&w.capacity, &w.allocated, &w.labels, req, &a.gpus).map_err(

@@ -195,4 +195,37 @@ pub struct Worker {
     pub version: String,
     pub registered_at: UnixMillis,
     pub allocated: crate::resources::Allocated,
+    /// How its attempts ended since it joined (or since an operator last cleared it).
+    pub record: WorkerRecord,
+    /// Set when its failure rate stood far above its peers' on the same tasks: it takes no new
+    /// placements until an operator clears it.
+    pub quarantine: Option<Quarantine>,
+}
+
+/// A worker's track record: attempts that ended on their own there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub succeeded: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    /// Run time of those attempts, summed.
+    pub run_ms: u64,
+}
+
+impl WorkerRecord {
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.timed_out
+    }
+
+    /// Share of its attempts that succeeded, smoothed towards 1 while it has few (a new worker
+    /// is trusted, and one failure does not make a worker look bad).
+    pub fn reliability(&self) -> f64 {
+        (self.succeeded as f64 + 4.0) / (self.finished() as f64 + 4.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub reason: String,
+    pub since: UnixMillis,
 }

@@ -70,6 +70,8 @@ fn workers() -> Vec<Worker> {
             version: String::new(),
             registered_at: UnixMillis(0),
             allocated: Default::default(),
+            record: Default::default(),
+            quarantine: None,
         })
         .collect()
 }

@@ -49,6 +49,11 @@ const RETRAIN_AFTER: u64 = 50;
 
 /// On the leader: retrains the run-time predictor off the async runtime when enough new
 /// attempts have finished (every new one while the history is small).
+/// Finished attempts the quarantine check looks at (the most recent).
+const QUARANTINE_LOOK_BACK: usize = 5_000;
+/// Least time between two quarantine checks.
+const JUDGE_EVERY: Duration = Duration::from_millis(200);
+
 pub async fn train_loop(
     reader: LedgerReader,
     writer: Writer,
@@ -100,6 +105,8 @@ impl Control {
         // (term, since when this node has been leading in it without a pause)
         let mut leading: Option<(u64, Instant)> = None;
         let mut last_turn = clock::instant();
+        let mut judged = u64::MAX;
+        let mut judged_at = clock::instant();
         loop {
             let ticked = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -136,7 +143,38 @@ impl Control {
                 self.find_dead().await;
                 self.replace_silent_voters().await;
             }
+            // Only new results can change a verdict; judge soon after them, at most 5 times a
+            // second (a host failing fast must not burn many retries first).
+            let total = self.reader.read().history_total();
+            if total != judged && clock::instant().duration_since(judged_at) >= JUDGE_EVERY {
+                judged = total;
+                judged_at = clock::instant();
+                self.quarantine().await;
+            }
             self.round().await;
+        }
+    }
+
+    /// Quarantines workers whose failure rate stands far above their peers' (see
+    /// `planner::quarantine`).
+    async fn quarantine(&self) {
+        let verdicts = {
+            let l = self.reader.read();
+            let workers: Vec<_> = l.workers().collect();
+            let history: Vec<_> = l.history().rev().take(QUARANTINE_LOOK_BACK).collect();
+            let history: Vec<_> = history.into_iter().rev().collect();
+            planner::quarantine::decide(&workers, &history)
+        };
+        for v in verdicts {
+            tracing::warn!("quarantining worker {}: {}", v.worker, v.reason);
+            let cmd = Command::SetQuarantine {
+                worker: v.worker,
+                reason: Some(v.reason),
+                at: clock::now(),
+            };
+            if let Err(e) = self.writer.write(cmd).await {
+                tracing::debug!("could not quarantine {}: {e}", v.worker);
+            }
         }
     }
 

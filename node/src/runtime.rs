@@ -441,8 +441,12 @@ async fn leave(
     }
 }
 
+/// Writes through a temporary file and a rename, so a reader (a script waiting for the address)
+/// never sees it half written.
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::io("cannot write", path, e))
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io("cannot write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("cannot write", path, e))
 }
 
 /// Registers this node as a worker once a leader is reachable (at first start, after the

@@ -98,7 +98,11 @@ impl TestNode {
             .expect("start testmesh node");
         self.child = Some(child);
         let addr = wait_for(Duration::from_secs(30), || {
-            std::fs::read_to_string(data.join("http.addr")).ok()
+            // Complete addresses only (host:port).
+            std::fs::read_to_string(data.join("http.addr"))
+                .ok()
+                .map(|a| a.trim().to_string())
+                .filter(|a| a.contains(':') && !a.ends_with(':'))
         })
         .await
         .unwrap_or_else(|| panic!("node did not start; log:\n{}", self.log()));

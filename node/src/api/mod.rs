@@ -126,6 +126,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/stats", get(tasks::stats))
         .route("/api/v1/workers/{id}/drain", post(tasks::drain))
         .route("/api/v1/workers/{id}/undrain", post(tasks::undrain))
+        .route(
+            "/api/v1/workers/{id}/unquarantine",
+            post(tasks::unquarantine),
+        )
         .route("/api/v1/tasks", get(tasks::list).post(tasks::submit))
         .route("/api/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/api/v1/tasks/{id}", get(tasks::get_one))

@@ -527,6 +527,43 @@ pub async fn drain(
     set_worker_state(&st, &id, WorkerState::Draining).await
 }
 
+/// `POST /api/v1/workers/{id}/unquarantine`: an operator clears a quarantined worker; its
+/// track record starts afresh.
+pub async fn unquarantine(
+    State(st): State<AppState>,
+    _auth: Authorized,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let worker: NodeId = id.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "worker id {id:?} is not 16 hex digits; see GET /api/v1/workers"
+        ))
+    })?;
+    let w = st.reader.read().worker(worker).cloned();
+    match w {
+        None => Err(ApiError::NotFound(format!(
+            "worker {worker} is not registered"
+        ))),
+        Some(w) if w.quarantine.is_none() => Err(ApiError::Conflict(format!(
+            "worker {worker} is not quarantined"
+        ))),
+        Some(w) => {
+            st.writer
+                .write(Command::SetQuarantine {
+                    worker,
+                    reason: None,
+                    at: clock::now(),
+                })
+                .await??;
+            Ok(Json(serde_json::json!({
+                "worker": worker,
+                "state": format!("{:?}", w.state).to_lowercase(),
+                "cleared": w.quarantine.map(|q| q.reason),
+            })))
+        }
+    }
+}
+
 /// `POST /api/v1/workers/{id}/undrain`.
 pub async fn undrain(
     State(st): State<AppState>,

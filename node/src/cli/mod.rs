@@ -79,6 +79,8 @@ pub enum Cmd {
     Drain(tasks::WorkerArgs),
     /// Let a drained worker take tasks again
     Undrain(tasks::WorkerArgs),
+    /// Clear a quarantined worker (its track record starts afresh)
+    Unquarantine(tasks::WorkerArgs),
     /// Show the node's and the cluster's status
     Status(tasks::JsonArgs),
     /// End-to-end load generator through the API
@@ -172,6 +174,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Workers(a) => tasks::workers(a).await,
         Cmd::Drain(a) => tasks::set_worker_state(a, "drain").await,
         Cmd::Undrain(a) => tasks::set_worker_state(a, "undrain").await,
+        Cmd::Unquarantine(a) => tasks::set_worker_state(a, "unquarantine").await,
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
         Cmd::Predict(a) => match a.cmd {

@@ -442,10 +442,14 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
         .map(|v| {
             let w = &v.worker;
             let (c, al) = (&w.capacity, &w.allocated);
+            let r = &w.record;
             vec![
                 w.id.to_string(),
                 w.hardware.hostname.clone(),
-                format!("{:?}", w.state).to_lowercase(),
+                match &w.quarantine {
+                    Some(_) => "QUARANTINED".to_string(),
+                    None => format!("{:?}", w.state).to_lowercase(),
+                },
                 format!("{}/{}", al.cpu, c.cpu),
                 format!("{}/{}", al.memory, c.memory),
                 if c.gpus.is_empty() {
@@ -454,13 +458,26 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
                     format!("{}/{} {}", al.gpus.len(), c.gpus.len(), c.gpus[0].model)
                 },
                 v.active_tasks.to_string(),
+                format!("{}/{}", r.succeeded, r.finished()),
             ]
         })
         .collect();
     table(
-        &["ID", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS"],
+        &[
+            "ID", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS", "PASSED",
+        ],
         &rows,
     );
+    for v in &ws {
+        if let Some(q) = &v.worker.quarantine {
+            outln!(
+                "worker {} quarantined: {} (clear with `testmesh unquarantine {}`)",
+                v.worker.id,
+                q.reason,
+                v.worker.id
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -522,9 +539,14 @@ pub async fn set_worker_state(a: WorkerArgs, action: &str) -> anyhow::Result<Exi
         )
         .await?;
     outln!(
-        "worker {} is {}",
+        "worker {} is {}{}",
         a.node,
-        v["state"].as_str().unwrap_or("?")
+        v["state"].as_str().unwrap_or("?"),
+        if action == "unquarantine" {
+            ", no longer quarantined"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

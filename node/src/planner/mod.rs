@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod insights;
 pub mod optimizer;
 pub mod predictor;
+pub mod quarantine;
 pub mod replay;
 pub mod replay_scaling;
 pub mod scheduler;

@@ -185,6 +185,7 @@ mod tests {
                 capacity: c,
                 labels: &labels,
                 allocated: Allocated::default(),
+                reliability: 1.0,
             })
             .collect();
         let small = req(1000, 1, GpuRequest::None);
@@ -196,6 +197,7 @@ mod tests {
                 requirements: &small,
                 priority: 5,
                 predicted_secs: None,
+                avoid: None,
             },
             PendingView {
                 id: TaskId(2),
@@ -203,6 +205,7 @@ mod tests {
                 requirements: &small,
                 priority: 0,
                 predicted_secs: None,
+                avoid: None,
             },
             PendingView {
                 id: TaskId(3),
@@ -210,6 +213,7 @@ mod tests {
                 requirements: &big,
                 priority: 0,
                 predicted_secs: None,
+                avoid: None,
             },
         ];
         let plan = schedule_batch(&mut workers, pending);
@@ -230,6 +234,7 @@ mod tests {
                 capacity: c,
                 labels: &labels,
                 allocated: Allocated::default(),
+                reliability: 1.0,
             })
             .collect();
         let cpu = req(1000, 1, GpuRequest::None);
@@ -243,6 +248,7 @@ mod tests {
                     requirements: &cpu,
                     priority: 0,
                     predicted_secs: None,
+                    avoid: None,
                 },
                 PendingView {
                     id: TaskId(2),
@@ -250,6 +256,7 @@ mod tests {
                     requirements: &gpu,
                     priority: 0,
                     predicted_secs: None,
+                    avoid: None,
                 },
             ],
         );

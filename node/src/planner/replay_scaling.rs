@@ -415,6 +415,8 @@ fn autoscale(
                     resources::fit(&w.capacity, &Default::default(), &w.labels, &d.requirements)
                         .is_ok()
                 }),
+                reliability: w.record.reliability(),
+                quarantined: w.quarantine.is_some(),
             })
         })
         .collect();

@@ -6,6 +6,7 @@ use testmesh_consensus::command::Assignment;
 use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{Capacity, WorkerState};
 use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements, Shortfall};
+use testmesh_consensus::task::TaskState;
 use testmesh_consensus::{NodeId, TaskId};
 
 /// A worker as the planner sees it; `allocated` is a running copy updated as tasks are placed.
@@ -15,6 +16,8 @@ pub struct WorkerView<'a> {
     pub capacity: &'a Capacity,
     pub labels: &'a BTreeMap<String, String>,
     pub allocated: Allocated,
+    /// Share of its attempts that succeeded (smoothed; 1 for a new worker).
+    pub reliability: f64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -26,6 +29,9 @@ pub struct PendingView<'a> {
     pub priority: i32,
     /// Predicted run time in seconds, when the predictor has one.
     pub predicted_secs: Option<f64>,
+    /// The worker its last attempt failed on: a retry goes elsewhere when another worker
+    /// could ever hold it (so one bad host cannot burn every retry).
+    pub avoid: Option<NodeId>,
 }
 
 /// A snapshot of what scheduling needs, borrowed from the ledger.
@@ -39,12 +45,13 @@ pub struct ClusterView<'a> {
 pub fn workers_of(ledger: &Ledger) -> Vec<WorkerView<'_>> {
     ledger
         .workers()
-        .filter(|w| w.state == WorkerState::Active)
+        .filter(|w| w.state == WorkerState::Active && w.quarantine.is_none())
         .map(|w| WorkerView {
             id: w.id,
             capacity: &w.capacity,
             labels: &w.labels,
             allocated: w.allocated.clone(),
+            reliability: w.record.reliability(),
         })
         .collect()
 }
@@ -83,6 +90,15 @@ pub fn pending_of(ledger: &Ledger) -> impl Iterator<Item = PendingView<'_>> {
         requirements: &t.spec.requirements,
         priority: t.spec.priority,
         predicted_secs: None,
+        avoid: t
+            .attempts
+            .last()
+            .filter(|a| {
+                a.outcome
+                    .as_ref()
+                    .is_some_and(|o| matches!(o.state, TaskState::Failed | TaskState::TimedOut))
+            })
+            .map(|a| a.worker),
     })
 }
 
@@ -186,6 +202,10 @@ pub struct Plan {
     pub waiting: Vec<(TaskId, String)>,
 }
 
+/// Score lost per unit of unreliability: a worker failing half its attempts loses about as
+/// much as one whose GPUs a CPU task would leave idle.
+const RELIABILITY_WEIGHT: f64 = 2.0;
+
 /// Higher is better: how snugly the task fills what is free, minus a penalty for taking a host
 /// whose GPUs it leaves idle.
 fn score(req: &Requirements, cap: &Capacity, alloc: &Allocated) -> f64 {
@@ -266,12 +286,24 @@ pub fn schedule_from<'a>(
         let mut feasible = 0;
         let mut shortfalls = Vec::new();
         let start = if first_fit { 0 } else { cursor };
+        // Skip the worker the last attempt failed on if some other one could ever hold it.
+        let avoid = task.avoid.filter(|bad| {
+            workers.iter().any(|w| {
+                w.id != *bad
+                    && resources::fit(w.capacity, &Allocated::default(), w.labels, req).is_ok()
+            })
+        });
         for k in 0..n {
             let i = (start + k) % n;
             let w = &workers[i];
+            if Some(w.id) == avoid {
+                continue;
+            }
             match resources::fit(w.capacity, &w.allocated, w.labels, req) {
                 Ok(grants) => {
-                    let s = score(req, w.capacity, &w.allocated);
+                    // A worker that fails what it runs is less fit, whatever the packing.
+                    let s = score(req, w.capacity, &w.allocated)
+                        - RELIABILITY_WEIGHT * (1.0 - w.reliability);
                     if best.as_ref().is_none_or(|(_, b, _)| s > *b) {
                         best = Some((i, s, grants));
                     }

@@ -70,6 +70,60 @@ fn plan(l: &Ledger) -> Plan {
 }
 
 #[test]
+fn a_retry_avoids_the_worker_it_failed_on_when_another_could_hold_it() {
+    let mut spec = task(1000, 1, GpuRequest::None, 0);
+    spec.retries = 2;
+    let mut l = ledger(
+        vec![worker(1, 2000, 4, 0), worker(2, 2000, 4, 0)],
+        vec![spec],
+    );
+    let first = plan(&l).assignments[0].clone();
+    l.apply(
+        3,
+        &Command::Assign {
+            assignments: vec![first.clone()],
+            at: UnixMillis(1),
+        },
+    )
+    .unwrap();
+    let failed =
+        testmesh_consensus::task::Outcome::bare(testmesh_consensus::task::TaskState::Failed);
+    l.apply(
+        4,
+        &Command::TaskFinished {
+            task: first.task,
+            attempt: 1,
+            worker: first.worker,
+            outcome: failed,
+            at: UnixMillis(2),
+        },
+    )
+    .unwrap();
+    // The other worker takes the retry, even though the first one is as free.
+    let retry = &plan(&l).assignments[0];
+    assert_ne!(retry.worker, first.worker);
+    // With the other one full, the retry waits for it rather than return to the failing one…
+    let other = retry.worker;
+    let mut busy = ClusterView::from_ledger(&l, 10);
+    busy.workers
+        .iter_mut()
+        .filter(|w| w.id == other)
+        .for_each(|w| w.allocated.cpu = MilliCpu(2000));
+    assert!(
+        schedule(&mut busy, &Options::default())
+            .assignments
+            .is_empty()
+    );
+    // …unless no other worker could ever hold it.
+    let mut alone = ClusterView::from_ledger(&l, 10);
+    alone.workers.retain(|w| w.id == first.worker);
+    assert_eq!(
+        schedule(&mut alone, &Options::default()).assignments[0].worker,
+        first.worker
+    );
+}
+
+#[test]
 fn higher_priority_first_and_small_tasks_backfill() {
     let l = ledger(
         vec![worker(1, 2000, 8, 0)],

@@ -107,6 +107,8 @@ pub fn build<'a>(i: &Inputs<'a>) -> Snapshot<'a> {
                 fits_waiting: waiting.iter().any(|r| {
                     resources::fit(&w.capacity, &Allocated::default(), &w.labels, r).is_ok()
                 }),
+                reliability: w.record.reliability(),
+                quarantined: w.quarantine.is_some(),
             })
         })
         .collect();

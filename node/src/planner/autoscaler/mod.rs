@@ -58,6 +58,9 @@ pub struct ManagedWorker {
     pub cpu_milli: u64,
     /// Some waiting task would fit it when empty: worth keeping while tasks wait.
     pub fits_waiting: bool,
+    /// Share of its attempts that succeeded (smoothed); quarantined ones go first.
+    pub reliability: f64,
+    pub quarantined: bool,
 }
 
 /// Reserved and total CPU of the active workers (static and managed).
@@ -278,9 +281,13 @@ fn scale_down(
         ));
     }
     let mut order = idle;
+    // Quarantined first, then the least reliable (by tenths), then the most expensive.
+    let tenths = |w: &ManagedWorker| (w.reliability * 10.0).floor() as i64;
     order.sort_by(|a, b| {
-        b.price_micros_per_hour
-            .cmp(&a.price_micros_per_hour)
+        b.quarantined
+            .cmp(&a.quarantined)
+            .then(tenths(a).cmp(&tenths(b)))
+            .then(b.price_micros_per_hour.cmp(&a.price_micros_per_hour))
             .then(a.idle_since.cmp(&b.idle_since))
             .then(a.id.cmp(&b.id))
     });

@@ -114,6 +114,8 @@ fn joined(intent: u64, worker: u64, provider: &str, price: u64) -> (InstanceView
             cpu_percent: Some(1.0),
             cpu_milli: 2000,
             fits_waiting: false,
+            reliability: 1.0,
+            quarantined: false,
         },
     )
 }
@@ -506,6 +508,8 @@ fn square_wave_load_buys_once_and_does_not_flap() {
                     cpu_percent: Some(0.0),
                     cpu_milli: 2000,
                     fits_waiting: true,
+                    reliability: 1.0,
+                    quarantined: false,
                 });
             }
         }
