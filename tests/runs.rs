@@ -230,6 +230,40 @@ command = ["sh", "-c", "if [ {{kind}} = flaky ] && [ ! -f {m} ]; then touch {m};
         .await
         .unwrap();
     assert!(badge.contains("passed, 1 flaky"), "{badge}");
+
+    // The run's report: HTML and PDF, with the results, the metrics and where they ran.
+    let html = dir.path().join("run.html");
+    let o = node.cli(&["report", "--run", &id, "--out", html.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let html = std::fs::read_to_string(&html).unwrap();
+    for part in [
+        "<table id=task-results>",
+        "<table id=metrics>",
+        "<table id=provenance>",
+        "throughput",
+        "1532.5",
+        "branch",
+        "flaky",
+    ] {
+        assert!(html.contains(part), "{part}: {html}");
+    }
+    let pdf = dir.path().join("run.pdf");
+    let o = node.cli(&["report", "--run", &id, "--out", pdf.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    if support::tool_or_skip("pdftotext", "poppler-utils") {
+        let t = std::process::Command::new("pdftotext")
+            .arg(&pdf)
+            .arg("-")
+            .output()
+            .unwrap();
+        let t = String::from_utf8_lossy(&t.stdout);
+        assert!(
+            t.contains("Task results") && t.contains("throughput"),
+            "{t}"
+        );
+    }
+    let o = node.cli(&["report", "--run", "999", "--out", "/tmp/r.html"]);
+    assert!(text(&o).contains("run 999 does not exist"), "{}", text(&o));
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod error;
 pub(crate) mod insights;
 mod metrics;
 pub(crate) mod predict;
+mod run_report;
 pub mod runs;
 mod scaling;
 mod tasks;
@@ -140,6 +141,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/summary", get(runs::summary))
         .route("/api/v1/runs/{id}/junit.xml", get(runs::junit))
         .route("/api/v1/runs/{id}/badge.svg", get(runs::badge))
+        .route("/api/v1/runs/{id}/report.html", get(run_report::html))
+        .route("/api/v1/runs/{id}/report.pdf", get(run_report::pdf))
         .route("/api/v1/predict", post(predict::predict))
         .route("/api/v1/insights", get(insights::insights))
         .route("/api/v1/scaling", get(scaling::scaling))

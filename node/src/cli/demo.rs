@@ -227,6 +227,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         },
         out: report.clone(),
         since: Duration::from_secs(3600),
+        run: None,
     })
     .await?;
     outln!(

@@ -21,6 +21,10 @@ pub struct ReportArgs {
     /// How far back the charts and the analysis look, e.g. 1h, 24h
     #[arg(long, default_value = "1h", value_parser = crate::units::parse_duration)]
     pub since: std::time::Duration,
+    /// Report on one run instead: per-task results, run time against prediction, metrics,
+    /// where the attempts ran
+    #[arg(long)]
+    pub run: Option<u64>,
 }
 
 pub async fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -37,9 +41,11 @@ pub async fn run(a: ReportArgs) -> anyhow::Result<ExitCode> {
         bail!("--since: between 1s and 30d");
     }
     let client = Client::new(&a.client)?;
-    let body = client
-        .get_bytes(&format!("/dashboard/report.{kind}?since={secs}s"))
-        .await?;
+    let path = match a.run {
+        Some(run) => format!("/api/v1/runs/{run}/report.{kind}"),
+        None => format!("/dashboard/report.{kind}?since={secs}s"),
+    };
+    let body = client.get_bytes(&path).await?;
     std::fs::write(&a.out, body).with_context(|| format!("cannot write {}", a.out.display()))?;
     outln!("wrote {}", a.out.display());
     Ok(ExitCode::SUCCESS)
