@@ -14,7 +14,7 @@ wait_file() { for _ in $(seq 300); do [ -s "$1" ] && return; sleep 0.1; done; ec
 node() { # name, extra args...
   local d="$dir/$1"; shift
   "$BIN" node --data-dir "$d" --http 127.0.0.1:0 --listen /ip4/127.0.0.1/tcp/0 --no-mdns "$@" \
-    2>"$dir/$(basename "$d").log" &
+    >"$dir/$(basename "$d").out" 2>"$dir/$(basename "$d").log" &
   pids+=($!)
   wait_file "$d/http.addr"
 }

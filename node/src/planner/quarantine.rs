@@ -40,9 +40,11 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
         .collect();
     let already = active.iter().filter(|w| w.quarantine.is_some()).count();
     let mut budget = (active.len() / 2).saturating_sub(already);
-    // Per name: (attempts, failures) per worker.
+    // Per name: (attempts, failures) per worker; and each worker's records, oldest first.
     let mut by_name: BTreeMap<&str, BTreeMap<NodeId, (usize, usize)>> = BTreeMap::new();
+    let mut by_worker: BTreeMap<NodeId, Vec<&HistoryRecord>> = BTreeMap::new();
     for r in history {
+        by_worker.entry(r.worker).or_default().push(r);
         let e = by_name
             .entry(r.name.as_str())
             .or_default()
@@ -56,12 +58,8 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
     let mut candidates: Vec<(f64, Verdict)> = Vec::new();
     for w in active.iter().filter(|w| w.quarantine.is_none()) {
         // Its own attempts since its record started: the last `finished()` of them.
-        let own: Vec<&&HistoryRecord> = history
-            .iter()
-            .filter(|r| r.worker == w.id)
-            .rev()
-            .take(w.record.finished() as usize)
-            .collect();
+        let mine = by_worker.get(&w.id).map_or(&[][..], Vec::as_slice);
+        let own = &mine[mine.len().saturating_sub(w.record.finished() as usize)..];
         let fails = own.iter().filter(|r| failed(r)).count();
         if fails < MIN_FAILURES {
             continue;
