@@ -262,6 +262,22 @@ command = ["sh", "-c", "if [ {{kind}} = flaky ] && [ ! -f {m} ]; then touch {m};
             "{t}"
         );
     }
+    // The same file again, then the two runs' metrics side by side.
+    let o = node.cli(&["run", "--file", run_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let second = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let o = node.cli(&["runs", "compare", &id, &second]);
+    let cmp = text(&o);
+    assert!(o.status.success(), "{cmp}");
+    assert!(
+        cmp.contains("throughput") && cmp.contains("+0.0%") && cmp.contains("run time"),
+        "{cmp}"
+    );
     let o = node.cli(&["report", "--run", "999", "--out", "/tmp/r.html"]);
     assert!(text(&o).contains("run 999 does not exist"), "{}", text(&o));
 }

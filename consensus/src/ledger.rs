@@ -277,16 +277,25 @@ impl Ledger {
                         detail: format!("an attempt cannot end as {}", outcome.state),
                     });
                 }
-                let started = self.tasks[task].attempts.last().and_then(|a| a.started_at);
-                if let Some(w) = self.workers.get_mut(worker) {
+                let t = &self.tasks[task];
+                let started = t.attempts.last().and_then(|a| a.started_at);
+                let reserved_milli = t.spec.requirements.cpu.0;
+                if let Some(w) = self.workers.get_mut(worker)
+                    && matches!(
+                        outcome.state,
+                        TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut
+                    )
+                {
                     let r = &mut w.record;
                     match outcome.state {
                         TaskState::Succeeded => r.succeeded += 1,
                         TaskState::Failed => r.failed += 1,
-                        TaskState::TimedOut => r.timed_out += 1,
-                        _ => {}
+                        _ => r.timed_out += 1,
                     }
-                    r.run_ms += started.map_or(0, |s| at.0.saturating_sub(s.0));
+                    let ran = started.map_or(0, |s| at.0.saturating_sub(s.0));
+                    r.run_ms += ran;
+                    r.cpu_used_ms += outcome.cpu_time_ms;
+                    r.cpu_reserved_ms += reserved_milli.saturating_mul(ran) / 1000;
                 }
                 let state = self.end_attempt(index, *task, outcome.clone(), *at);
                 Ok(Applied::Finished { state })

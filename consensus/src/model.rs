@@ -210,11 +210,19 @@ pub struct WorkerRecord {
     pub timed_out: u64,
     /// Run time of those attempts, summed.
     pub run_ms: u64,
+    /// CPU time they used, and core-milliseconds they reserved (cores × run time).
+    pub cpu_used_ms: u64,
+    pub cpu_reserved_ms: u64,
 }
 
 impl WorkerRecord {
     pub fn finished(&self) -> u64 {
         self.succeeded + self.failed + self.timed_out
+    }
+
+    /// CPU used over CPU reserved by its attempts (None before any).
+    pub fn cpu_efficiency(&self) -> Option<f64> {
+        (self.cpu_reserved_ms > 0).then(|| self.cpu_used_ms as f64 / self.cpu_reserved_ms as f64)
     }
 
     /// Share of its attempts that succeeded, smoothed towards 1 while it has few (a new worker

@@ -111,6 +111,10 @@ pub struct WorkerView {
     #[serde(flatten)]
     pub worker: Worker,
     pub active_tasks: usize,
+    /// Its run time over the typical run time of the same tasks (1.0 typical), from recent
+    /// history; absent without comparable attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_vs_peers: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

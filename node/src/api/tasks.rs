@@ -112,16 +112,22 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
 
 pub async fn workers(State(st): State<AppState>) -> Json<Vec<WorkerView>> {
     let ledger = st.reader.read();
+    let recent: Vec<_> = ledger.history().rev().take(RECENT_HISTORY).collect();
+    let speed = planner::quarantine::speed_vs_peers(&recent);
     Json(
         ledger
             .workers()
             .map(|w| WorkerView {
                 worker: w.clone(),
                 active_tasks: ledger.active_on(w.id).count(),
+                speed_vs_peers: speed.get(&w.id).copied(),
             })
             .collect(),
     )
 }
+
+/// Finished attempts the workers' speed is judged on.
+const RECENT_HISTORY: usize = 5_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -274,6 +274,65 @@ pub enum RunsCmd {
     },
     /// Cancel every unfinished task of a run
     Cancel { id: u64 },
+    /// Compare two runs: each metric and run time of the same task name side by side
+    Compare {
+        /// The baseline run
+        a: u64,
+        /// The run to compare with it
+        b: u64,
+    },
+}
+
+/// Per (task name, figure): value and unit, from a run's results. Run time counts as a figure.
+fn figures(r: &RunResults) -> BTreeMap<(String, String), (f64, String)> {
+    let mut out = BTreeMap::new();
+    for t in &r.tasks {
+        if let Some(ms) = t.duration_ms {
+            out.insert(
+                (t.name.clone(), "run time".to_string()),
+                (ms as f64 / 1000.0, "s".to_string()),
+            );
+        }
+        for m in &t.metrics {
+            out.insert((t.name.clone(), m.name.clone()), (m.value, m.unit.clone()));
+        }
+    }
+    out
+}
+
+fn compare(a: &RunResults, b: &RunResults) {
+    let (fa, fb) = (figures(a), figures(b));
+    outln!(
+        "{:<36} {:<20} {:>12} {:>12} {:>8}  unit",
+        "task",
+        "figure",
+        format!("run {}", a.run),
+        format!("run {}", b.run),
+        "change"
+    );
+    let mut only = 0;
+    for (k, (va, unit)) in &fa {
+        let Some((vb, _)) = fb.get(k) else {
+            only += 1;
+            continue;
+        };
+        let change = if *va != 0.0 {
+            format!("{:+.1}%", (vb - va) / va.abs() * 100.0)
+        } else {
+            "-".into()
+        };
+        let name: String = k.0.chars().take(36).collect();
+        outln!(
+            "{name:<36} {:<20} {:>12} {:>12} {change:>8}  {unit}",
+            k.1,
+            format!("{va:.4}"),
+            format!("{vb:.4}")
+        );
+    }
+    only += fb.keys().filter(|k| !fa.contains_key(*k)).count();
+    if only > 0 {
+        outln!("{only} figure(s) appear in only one of the runs");
+    }
 }
 
 pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
@@ -334,6 +393,12 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
             }
             let r: RunResults = client.get(&format!("/api/v1/runs/{id}")).await?;
             write_exports(&client, id, &r, &export).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Compare { a, b } => {
+            let ra: RunResults = client.get(&format!("/api/v1/runs/{a}")).await?;
+            let rb: RunResults = client.get(&format!("/api/v1/runs/{b}")).await?;
+            compare(&ra, &rb);
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Cancel { id } => {

@@ -459,12 +459,15 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
                 },
                 v.active_tasks.to_string(),
                 format!("{}/{}", r.succeeded, r.finished()),
+                r.cpu_efficiency()
+                    .map_or("-".into(), |e| format!("{:.0}%", e * 100.0)),
+                v.speed_vs_peers.map_or("-".into(), |x| format!("{x:.2}x")),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS", "PASSED",
+            "ID", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS", "PASSED", "CPU EFF", "SPEED",
         ],
         &rows,
     );

@@ -109,6 +109,37 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
     out
 }
 
+/// Per worker: its run time over the typical run time of the same task (the median of that
+/// task name's successful attempts on every worker), averaged over its successful attempts.
+/// 1.0 is typical, 2.0 twice as slow. Workers without comparable attempts are absent.
+pub fn speed_vs_peers(history: &[&HistoryRecord]) -> BTreeMap<NodeId, f64> {
+    let mut durations: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in history.iter().filter(|r| r.state == TaskState::Succeeded) {
+        durations
+            .entry(r.name.as_str())
+            .or_default()
+            .push(r.duration_ms);
+    }
+    let median: BTreeMap<&str, u64> = durations
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_unstable();
+            (k, v[v.len() / 2])
+        })
+        .collect();
+    let mut sums: BTreeMap<NodeId, (f64, usize)> = BTreeMap::new();
+    for r in history.iter().filter(|r| r.state == TaskState::Succeeded) {
+        if let Some(m) = median.get(r.name.as_str()).filter(|m| **m > 0) {
+            let e = sums.entry(r.worker).or_default();
+            e.0 += r.duration_ms as f64 / *m as f64;
+            e.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(w, (sum, n))| (w, sum / n as f64))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +262,19 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn speed_is_run_time_over_the_typical_one_for_the_same_task() {
+        let mut h = Vec::new();
+        for (w, ms) in [(1, 100), (2, 100), (3, 300)] {
+            let mut r = rec(w, "unit", TaskState::Succeeded);
+            r.duration_ms = ms;
+            h.push(r);
+        }
+        let s = speed_vs_peers(&h.iter().collect::<Vec<_>>());
+        assert_eq!(s[&NodeId(1)], 1.0);
+        assert_eq!(s[&NodeId(3)], 3.0);
     }
 
     #[test]
