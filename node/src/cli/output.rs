@@ -2,11 +2,14 @@
 
 use testmesh_consensus::UnixMillis;
 
-/// Prints rows as a left-aligned table with a header.
+/// Prints rows as a left-aligned table with a header; rows may be shorter or longer than it.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
+            if i == widths.len() {
+                widths.push(0);
+            }
             widths[i] = widths[i].max(c.chars().count());
         }
     }
