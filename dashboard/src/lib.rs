@@ -205,15 +205,15 @@ async fn chart(
     let svg = match sections::chart(src.as_ref(), name, window).await {
         Ok(Some(svg)) => svg,
         Ok(None) => return not_found(format!("no chart {name:?}; charts: {}", CHARTS.join(", "))),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => return failed(e),
     };
     if !png {
         return ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response();
     }
     match tokio::task::spawn_blocking(move || export::png(&svg, 2.0)).await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "image/png")], bytes).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
     }
 }
 
@@ -246,15 +246,7 @@ pub async fn report(src: &dyn Source, window_ms: u64) -> Result<Document, charts
             .table(sections::efficiency_table(&a))
             .table(a.suggestions.clone()),
     );
-    sections.push(
-        Section::new("scaling", "Scaling decisions")
-            .text(format!(
-                "Autoscaling is {}.",
-                if s.enabled { "enabled" } else { "disabled" }
-            ))
-            .table(sections::decisions_table(&s, now))
-            .table(sections::instances_table(&s, now)),
-    );
+    sections.push(sections::scaling_section(&s, now, "Scaling decisions"));
     sections.extend(rest);
     Ok(Document {
         title: "testmesh report".into(),
@@ -280,7 +272,7 @@ async fn report_html(
     };
     match report(src.as_ref(), window).await {
         Ok(d) => Html(doc::to_html(&d)).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => failed(e),
     }
 }
 
@@ -294,12 +286,12 @@ async fn report_pdf(
     };
     let d = match report(src.as_ref(), window).await {
         Ok(d) => d,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => return failed(e),
     };
     match tokio::task::spawn_blocking(move || pdf::to_pdf(&d)).await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/pdf")], bytes).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e),
     }
 }
 
@@ -327,90 +319,85 @@ pub fn page(title: &str, current: &str, body: &str) -> String {
     h
 }
 
-async fn chart_page(src: &dyn Source, title: &str, path: &str, names: &[&str]) -> Response {
+fn failed(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}
+
+/// A page of charts (each in its section) followed by `extra` sections.
+async fn chart_page(
+    src: &dyn Source,
+    title: &str,
+    path: &str,
+    names: &[&str],
+    extra: Vec<Section>,
+) -> Response {
     let mut s = Vec::new();
     for n in names {
         match sections::chart_section(src, n, WINDOW_MS).await {
             Ok(x) => s.push(x),
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Err(e) => return failed(e),
         }
     }
+    s.extend(extra);
     let mut body = String::new();
     doc::sections_html(&mut body, &s);
     Html(page(title, path, &body)).into_response()
 }
 
 async fn utilisation(State(src): State<Src>) -> Response {
+    let names = ["cpu", "memory", "gpu", "gpu_memory"];
     chart_page(
         src.as_ref(),
         "Utilisation",
         "/dashboard/utilisation",
-        &["cpu", "memory", "gpu", "gpu_memory"],
+        &names,
+        vec![],
     )
     .await
 }
 
 async fn allocation(State(src): State<Src>) -> Response {
     let a = src.analysis(WINDOW_MS).await;
-    let chart = match sections::chart_section(src.as_ref(), "allocation", WINDOW_MS).await {
-        Ok(c) => c,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    };
-    let mut body = String::new();
-    doc::sections_html(
-        &mut body,
-        &[
-            chart,
-            Section::new("utilisation", "Per worker now").table(a.workers_now),
-        ],
-    );
-    Html(page("Allocation", "/dashboard/allocation", &body)).into_response()
+    let now = Section::new("utilisation", "Per worker now").table(a.workers_now);
+    chart_page(
+        src.as_ref(),
+        "Allocation",
+        "/dashboard/allocation",
+        &["allocation"],
+        vec![now],
+    )
+    .await
 }
 
 async fn scaling(State(src): State<Src>) -> Response {
-    let s = src.scaling();
-    let now = src.now();
-    let chart = match sections::chart_section(src.as_ref(), "scaling", WINDOW_MS).await {
-        Ok(c) => c,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    };
-    let mut body = String::new();
-    doc::sections_html(
-        &mut body,
-        &[
-            chart,
-            Section::new("scaling", "Decisions and instances")
-                .text(format!(
-                    "Autoscaling is {}.",
-                    if s.enabled { "enabled" } else { "disabled" }
-                ))
-                .table(sections::decisions_table(&s, now))
-                .table(sections::instances_table(&s, now)),
-        ],
-    );
-    Html(page("Scaling", "/dashboard/scaling", &body)).into_response()
+    let table = sections::scaling_section(&src.scaling(), src.now(), "Decisions and instances");
+    chart_page(
+        src.as_ref(),
+        "Scaling",
+        "/dashboard/scaling",
+        &["scaling"],
+        vec![table],
+    )
+    .await
 }
 
 async fn efficiency(State(src): State<Src>) -> Response {
-    let mut s = Vec::new();
-    for n in ["efficiency", "efficiency_by_task"] {
-        match sections::chart_section(src.as_ref(), n, WINDOW_MS).await {
-            Ok(x) => s.push(x),
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        }
-    }
     let a = src.analysis(WINDOW_MS).await;
-    s.push(
-        Section::new(
-            "efficiency",
-            "Reserved against used, per task name and worker",
-        )
-        .table(sections::efficiency_table(&a))
-        .table(a.suggestions.clone()),
-    );
-    let mut body = String::new();
-    doc::sections_html(&mut body, &s);
-    Html(page("Efficiency", "/dashboard/efficiency", &body)).into_response()
+    let tables = Section::new(
+        "efficiency",
+        "Reserved against used, per task name and worker",
+    )
+    .table(sections::efficiency_table(&a))
+    .table(a.suggestions.clone());
+    let names = ["efficiency", "efficiency_by_task"];
+    chart_page(
+        src.as_ref(),
+        "Efficiency",
+        "/dashboard/efficiency",
+        &names,
+        vec![tables],
+    )
+    .await
 }
 
 async fn cost(State(src): State<Src>) -> Response {
@@ -418,7 +405,7 @@ async fn cost(State(src): State<Src>) -> Response {
     let now = src.now();
     let svg = match sections::chart(src.as_ref(), "cost", WINDOW_MS).await {
         Ok(c) => c.unwrap_or_default(),
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => return failed(e),
     };
     let mut body = String::new();
     doc::sections_html(
@@ -543,7 +530,7 @@ async fn overview(State(src): State<Src>) -> Response {
     for n in ["allocation", "cpu", "scaling"] {
         match sections::chart_section(src.as_ref(), n, WINDOW_MS).await {
             Ok(x) => s.push(x),
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            Err(e) => return failed(e),
         }
     }
     let mut charts = String::new();

@@ -90,6 +90,17 @@ pub fn decisions_table(s: &ScalingView, now_ms: u64) -> Table {
     t
 }
 
+/// Whether autoscaling is on, its decisions with their reasons, and its instances.
+pub fn scaling_section(s: &ScalingView, now_ms: u64, title: &str) -> Section {
+    Section::new("scaling", title)
+        .text(format!(
+            "Autoscaling is {}.",
+            if s.enabled { "enabled" } else { "disabled" }
+        ))
+        .table(decisions_table(s, now_ms))
+        .table(instances_table(s, now_ms))
+}
+
 pub fn instances_table(s: &ScalingView, now_ms: u64) -> Table {
     let mut t = Table::new(
         "instances",
