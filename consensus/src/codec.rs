@@ -1,6 +1,6 @@
-//! The one place that knows the binary encoding of what persists (log entries, snapshots) and,
-//! later, of what crosses the wire. bincode is pinned to 2.0.1 (3.x does not compile); keeping it
-//! behind these two functions makes it replaceable.
+//! The one place that knows the binary encoding of what persists (log entries, snapshots) and
+//! of what crosses the wire (mesh RPC frames, gossiped statistics). bincode is pinned to 2.0.1
+//! (3.x does not compile); keeping it behind these two functions makes it replaceable.
 
 use serde::{Serialize, de::DeserializeOwned};
 

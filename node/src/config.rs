@@ -11,8 +11,8 @@ use testmesh_consensus::model::GpuInfo;
 use testmesh_consensus::{Bytes, MilliCpu};
 
 use crate::error::Error;
-use crate::planner::catalogue::InstanceType;
 use crate::units;
+use testmesh_planner::catalogue::InstanceType;
 
 pub const DEFAULT_DATA_DIR: &str = "testmesh-data";
 pub const DEFAULT_HTTP: &str = "127.0.0.1:7070";
@@ -169,7 +169,7 @@ fn default_boot_secs() -> u32 {
 
 fn instance_types(file: Vec<FileInstanceType>) -> Result<Vec<InstanceType>, String> {
     if file.is_empty() {
-        return Ok(crate::planner::catalogue::default_catalogue());
+        return Ok(testmesh_planner::catalogue::default_catalogue());
     }
     let mut seen = std::collections::BTreeSet::new();
     file.into_iter()

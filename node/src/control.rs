@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::cluster::network::Liveness;
 use crate::cluster::{self};
-use crate::planner::predictor::Predictor;
-use crate::planner::{self, Options};
 use crate::stats::SharedStats;
 use crate::writer::Writer;
+use testmesh_planner::predictor::Predictor;
+use testmesh_planner::{self as planner, Options};
 
 /// Most pending tasks considered per round (the rest wait for the next round).
 const MAX_PENDING_PER_ROUND: usize = 20_000;
@@ -61,7 +61,7 @@ pub async fn train_loop(
     slot: SharedPredictor,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    use crate::planner::predictor::history::{self, Target};
+    use testmesh_planner::predictor::history::{self, Target};
     let mut seen: Option<u64> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

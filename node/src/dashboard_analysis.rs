@@ -4,8 +4,8 @@
 use testmesh_dashboard::views::{Analysis, By, EfficiencyRow, Table};
 
 use crate::api::AppState;
-use crate::planner::predictor::PredictionPath;
-use crate::planner::predictor::history::spec_features;
+use testmesh_planner::predictor::PredictionPath;
+use testmesh_planner::predictor::history::spec_features;
 
 /// Queued tasks listed with their predictions.
 const PREDICTED: usize = 30;

@@ -18,8 +18,8 @@ pub enum Error {
     Store(#[from] testmesh_consensus::Error),
     #[error("raft: {0}")]
     Raft(String),
-    #[error("prediction: {0}")]
-    Predict(String),
+    #[error(transparent)]
+    Predict(#[from] testmesh_planner::Error),
     #[error(
         "cannot listen on {addr}: {source}; is another node using this port? choose one with --http"
     )]

@@ -13,7 +13,6 @@ pub mod dashboard_source;
 pub mod error;
 pub mod mesh;
 pub mod monitor;
-pub mod planner;
 pub mod results;
 pub mod runfile;
 pub mod runtime;

@@ -224,7 +224,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             reader: reader.clone(),
             writer: writer.clone(),
             // Shortest predicted run time first within groups of 64 queue positions.
-            options: crate::planner::Options {
+            options: testmesh_planner::Options {
                 shortest_first_group: 64,
                 ..Default::default()
             },

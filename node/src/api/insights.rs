@@ -15,9 +15,9 @@ use super::AppState;
 use super::error::{ApiError, ApiQuery};
 use super::predict::Models;
 use crate::clock;
-use crate::planner::insights::{self, Demand, Insights, LiveUse, Snapshot, WorkerUse};
-use crate::planner::predictor::PredictionPath;
-use crate::planner::predictor::history::spec_features;
+use testmesh_planner::insights::{self, Demand, Insights, LiveUse, Snapshot, WorkerUse};
+use testmesh_planner::predictor::PredictionPath;
+use testmesh_planner::predictor::history::spec_features;
 
 /// Queued tasks the recommendations look at (the head of the queue); bounds the work per call.
 pub const MAX_QUEUED: usize = 5_000;

@@ -49,7 +49,7 @@ pub struct Inner {
     /// Predictors trained from this replica's execution history (see `predict`).
     pub predictors: predict::Cache,
     /// Instance types the recommendations choose from.
-    pub catalogue: Vec<crate::planner::catalogue::InstanceType>,
+    pub catalogue: Vec<testmesh_planner::catalogue::InstanceType>,
     /// The autoscaler's edge on this node (active on the leader).
     pub scaler: crate::scaling::SharedScaler,
 }

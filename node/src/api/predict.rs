@@ -12,8 +12,8 @@ use super::error::{ApiError, ApiJson};
 use super::{AppState, TaskRequest, to_spec};
 use testmesh_consensus::resources::GpuRequest;
 
-use crate::planner::predictor::history::{self, Target};
-use crate::planner::predictor::{Prediction, Predictor};
+use testmesh_planner::predictor::history::{self, Target};
+use testmesh_planner::predictor::{Prediction, Predictor};
 
 /// Retrain once this many attempts have finished since the last training (fewer while the
 /// history is small).
@@ -61,7 +61,7 @@ pub(crate) async fn models(st: &AppState) -> Result<(Arc<Models>, usize), ApiErr
     };
     let trained = tokio::task::spawn_blocking(move || {
         let opts = history::options();
-        Ok::<_, crate::error::Error>(Models {
+        Ok::<_, testmesh_planner::Error>(Models {
             duration: Predictor::train(&durations, &opts)?,
             memory: Predictor::train(&memory, &opts)?,
             gpu_memory: Predictor::train(&gpu_memory, &opts)?,
@@ -88,7 +88,7 @@ pub async fn reserve_predicted_memory(
 ) -> Result<(), ApiError> {
     let (m, _) = models(st).await?;
     let p = m.memory.predict(&history::spec_features(spec));
-    let note = if p.path == crate::planner::predictor::PredictionPath::Requested {
+    let note = if p.path == testmesh_planner::predictor::PredictionPath::Requested {
         "no history yet: nothing reserved".to_string()
     } else {
         let mib = (p.value * AUTO_MEMORY_HEADROOM).ceil().max(1.0) as u64;

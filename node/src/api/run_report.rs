@@ -14,9 +14,9 @@ use testmesh_dashboard::views::Table;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::planner::predictor::PredictionPath;
-use crate::planner::predictor::history::spec_features;
 use crate::results::{self, RunResults, iso8601};
+use testmesh_planner::predictor::PredictionPath;
+use testmesh_planner::predictor::history::spec_features;
 
 fn secs(ms: Option<u64>) -> String {
     ms.map_or("–".into(), |m| format!("{:.1} s", m as f64 / 1000.0))

@@ -17,8 +17,8 @@ use super::dto::*;
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Authorized};
 use crate::mesh::rpc::{Request, Response};
-use crate::planner::{self, ClusterView};
 use crate::{agent, clock, cluster, units};
+use testmesh_planner::{self as planner, ClusterView};
 
 /// Longest a request may wait for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -13,8 +13,8 @@ use testmesh_consensus::model::{Capacity, GpuInfo};
 use testmesh_consensus::resources::{GpuRequest, Requirements, WHOLE_GPU_MILLI};
 use testmesh_consensus::{Bytes, MilliCpu};
 
-use crate::planner::replay::{TraceNode, TracePod, replay};
-use crate::planner::{Options, Policy};
+use testmesh_planner::replay::{TraceNode, TracePod, replay};
+use testmesh_planner::{Options, Policy};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum PolicyArg {

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use testmesh_consensus::scaling::ScalingPolicy;
 
 use super::bench_replay::ScaleArg;
-use crate::planner::catalogue::InstanceType;
-use crate::planner::replay::{TraceNode, TracePod};
-use crate::planner::replay_scaling::{ScalePolicy, replay_scaling};
-use crate::planner::scheduler::Options;
+use testmesh_planner::catalogue::InstanceType;
+use testmesh_planner::replay::{TraceNode, TracePod};
+use testmesh_planner::replay_scaling::{ScalePolicy, replay_scaling};
+use testmesh_planner::scheduler::Options;
 
 /// Assumed on-demand prices for the simulated instance types: per vCPU-hour, per GiB-hour,
 /// and per GPU-hour by model (roughly cloud list prices of comparable GPUs).

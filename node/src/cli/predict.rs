@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::planner::predictor::eval::Metrics;
-use crate::planner::predictor::{PredictionPath, Predictor, Sample, TrainOptions};
+use testmesh_planner::predictor::eval::Metrics;
+use testmesh_planner::predictor::{PredictionPath, Predictor, Sample, TrainOptions};
 
 /// Without a subcommand: `testmesh predict [requirements] -- CMD` asks a node what it expects
 /// of that task from its execution history.

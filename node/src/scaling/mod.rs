@@ -23,10 +23,10 @@ use tokio::sync::watch;
 
 use crate::clock;
 use crate::control::SharedPredictor;
-use crate::planner::autoscaler::{self, Action};
-use crate::planner::catalogue::InstanceType;
 use crate::stats::SharedStats;
 use crate::writer::Writer;
+use testmesh_planner::autoscaler::{self, Action};
+use testmesh_planner::catalogue::InstanceType;
 
 /// How often the leader reconsiders.
 const TICK: Duration = Duration::from_millis(500);

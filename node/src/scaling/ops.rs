@@ -115,7 +115,7 @@ async fn launch(this: &Scaler, intent: u64) {
 fn node_args(
     this: &Scaler,
     inst: &CloudInstance,
-    t: &crate::planner::catalogue::InstanceType,
+    t: &testmesh_planner::catalogue::InstanceType,
 ) -> Vec<String> {
     let spec = lock(&this.shared)
         .providers

@@ -8,11 +8,11 @@ use testmesh_consensus::resources::{self, Allocated};
 use testmesh_consensus::scaling::{DecisionKind, InstanceState};
 use testmesh_consensus::{NodeId, UnixMillis};
 
-use crate::planner;
-use crate::planner::autoscaler::{Demand, InstanceView, ManagedWorker, Pool, Snapshot};
-use crate::planner::catalogue::InstanceType;
-use crate::planner::predictor::{PredictionPath, Predictor};
 use crate::stats::StatsStore;
+use testmesh_planner as planner;
+use testmesh_planner::autoscaler::{Demand, InstanceView, ManagedWorker, Pool, Snapshot};
+use testmesh_planner::catalogue::InstanceType;
+use testmesh_planner::predictor::{PredictionPath, Predictor};
 
 /// Pending tasks the autoscaler looks at (the head of the queue); bounds the work per tick.
 pub const MAX_DEMAND: usize = 1_000;

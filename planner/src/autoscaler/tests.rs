@@ -6,7 +6,7 @@ use testmesh_consensus::scaling::{InstanceState, ProviderLimits, ScalingPolicy};
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, UnixMillis};
 
 use super::*;
-use crate::planner::catalogue::InstanceType;
+use crate::catalogue::InstanceType;
 
 const NOW: u64 = 10_000_000;
 

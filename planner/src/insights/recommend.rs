@@ -9,7 +9,7 @@ use serde::Serialize;
 use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 
 use super::{Snapshot, round3};
-use crate::planner::catalogue::InstanceType;
+use crate::catalogue::InstanceType;
 
 /// Most instances one type is packed onto; tasks beyond that are counted as not held.
 pub const MAX_INSTANCES: usize = 1000;
@@ -350,9 +350,9 @@ fn span(hours: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::catalogue::default_catalogue;
-    use crate::planner::insights::Demand;
-    use crate::planner::insights::test_support::*;
+    use crate::catalogue::default_catalogue;
+    use crate::insights::Demand;
+    use crate::insights::test_support::*;
 
     fn queued(reqs: &[Requirements], secs: Option<f64>) -> Vec<Demand> {
         reqs.iter()

@@ -7,8 +7,8 @@ use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements};
 use testmesh_consensus::scaling::{InstanceState, LaunchRequest, Micros};
 
 use super::{Demand, InstanceView, Snapshot};
-use crate::planner::catalogue::InstanceType;
-use crate::planner::insights::recommend::pack;
+use crate::catalogue::InstanceType;
+use crate::insights::recommend::pack;
 
 /// Micro-dollars per hour of a catalogue price.
 pub fn micros(price_per_hour: f64) -> Micros {

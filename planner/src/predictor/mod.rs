@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use features::Encoder;
 
-use crate::error::Error;
+use crate::Error;
 
 /// Below this many samples no model is trained; key medians and the global median answer.
 pub const MIN_MODEL_SAMPLES: usize = 30;
@@ -221,7 +221,7 @@ impl Predictor {
         }
         let weights = gram
             .solvec(&rhs.insert_axis(Axis(1)))
-            .map_err(|e| Error::Predict(format!("the regression could not be solved: {e}")))?
+            .map_err(|e| Error::Unsolvable(e.to_string()))?
             .remove_axis(Axis(1));
         let mut residuals: Vec<f64> = encoded
             .iter()

@@ -8,13 +8,13 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use testmesh::planner::catalogue::default_catalogue;
-use testmesh::planner::insights::{Demand, Snapshot, WorkerUse, analyse};
 use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::model::{Capacity, WorkerState};
 use testmesh_consensus::resources::{Allocated, GpuRequest, Requirements};
 use testmesh_consensus::task::TaskState;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, TaskId, UnixMillis};
+use testmesh_planner::catalogue::default_catalogue;
+use testmesh_planner::insights::{Demand, Snapshot, WorkerUse, analyse};
 
 const HOUR: u64 = 3_600_000;
 const NOW: u64 = 100 * HOUR;

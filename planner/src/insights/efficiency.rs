@@ -322,8 +322,8 @@ fn summary(total: &Row, now: &[WorkerNow], suggestions: &[Suggestion]) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::insights::LiveUse;
-    use crate::planner::insights::test_support::*;
+    use crate::insights::LiveUse;
+    use crate::insights::test_support::*;
     use testmesh_consensus::model::GpuInfo;
     use testmesh_consensus::resources::GpuUse;
     use testmesh_consensus::{Bytes, NodeId};

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use testmesh::planner::{ClusterView, Options, place, schedule};
 use testmesh_consensus::command::{Command, WorkerRegistration};
 use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{Capacity, GpuInfo, Hardware};
 use testmesh_consensus::resources::{GpuRequest, Requirements};
 use testmesh_consensus::task::TaskSpec;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, UnixMillis};
+use testmesh_planner::{ClusterView, Options, place, schedule};
 
 const GIB: u64 = 1 << 30;
 

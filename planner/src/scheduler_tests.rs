@@ -1,5 +1,6 @@
 use proptest::prelude::*;
 use testmesh_consensus::command::{Applied, Command, WorkerRegistration};
+use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::{GpuInfo, Hardware};
 use testmesh_consensus::task::TaskSpec;
 use testmesh_consensus::{Bytes, MilliCpu, UnixMillis};

@@ -235,7 +235,7 @@ fn summary(p: &Patterns) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::insights::test_support::*;
+    use crate::insights::test_support::*;
 
     #[test]
     fn arrival_rate_mix_and_durations() {

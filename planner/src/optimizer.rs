@@ -15,7 +15,7 @@ use testmesh_consensus::command::Assignment;
 use testmesh_consensus::model::Capacity;
 use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 
-use super::scheduler::{PendingView, Plan, WorkerView};
+use crate::view::{PendingView, Plan, WorkerView};
 
 /// Queue positions within which tasks are reordered largest first.
 const REORDER_GROUP: usize = 64;
