@@ -94,19 +94,22 @@ impl Source for Fake {
             ..Default::default()
         }
     }
-    fn series(&self, _window_ms: u64) -> (u64, Vec<NodeSeries>) {
-        (NOW, self.series.clone())
+    fn series(&self, _window_ms: u64) -> BoxFuture<'_, (u64, Vec<NodeSeries>)> {
+        Box::pin(async move { (NOW, self.series.clone()) })
     }
-    fn usage(&self) -> Vec<WorkerUsage> {
-        self.workers
-            .iter()
-            .map(|w| WorkerUsage {
-                id: w.id.to_string(),
-                cpu_cores: 12.0,
-                memory_bytes: 100 << 30,
-                busy_gpus: vec![0, 1],
-            })
-            .collect()
+    fn usage(&self) -> BoxFuture<'_, Vec<WorkerUsage>> {
+        let usage: Vec<WorkerUsage> = {
+            self.workers
+                .iter()
+                .map(|w| WorkerUsage {
+                    id: w.id.to_string(),
+                    cpu_cores: 12.0,
+                    memory_bytes: 100 << 30,
+                    busy_gpus: vec![0, 1],
+                })
+                .collect()
+        };
+        Box::pin(async move { usage })
     }
     fn scaling(&self) -> ScalingView {
         ScalingView {
@@ -200,11 +203,13 @@ impl Source for Fake {
 fn bench(c: &mut Criterion) {
     let s = series();
     let w = workers();
-    let used = Fake {
-        workers: w.clone(),
-        series: Vec::new(),
-    }
-    .usage();
+    let used = futures::executor::block_on(
+        Fake {
+            workers: w.clone(),
+            series: Vec::new(),
+        }
+        .usage(),
+    );
     c.bench_function("heatmap_100_workers_1h_of_1s_samples", |b| {
         b.iter(|| charts::heatmap(&s, Metric::Cpu, NOW, HOUR).unwrap())
     });

@@ -49,9 +49,9 @@ pub trait Source: Send + Sync + 'static {
     fn now(&self) -> u64;
     fn overview(&self) -> Overview;
     /// Every node's statistics since `now - window_ms`, and `now` (Unix milliseconds).
-    fn series(&self, window_ms: u64) -> (u64, Vec<charts::NodeSeries>);
+    fn series(&self, window_ms: u64) -> BoxFuture<'_, (u64, Vec<charts::NodeSeries>)>;
     /// Each worker's use now, from its latest sample.
-    fn usage(&self) -> Vec<WorkerUsage>;
+    fn usage(&self) -> BoxFuture<'_, Vec<WorkerUsage>>;
     /// The scaling policy's budget, decisions (oldest first) and instances.
     fn scaling(&self) -> ScalingView;
     /// Reservations of attempts that ran at any time since `since_ms`.

@@ -33,18 +33,18 @@ pub async fn chart(
     window_ms: u64,
 ) -> Result<Option<String>, ChartError> {
     if let Some(m) = Metric::ALL.into_iter().find(|m| m.name() == name) {
-        let (now, series) = src.series(window_ms);
+        let (now, series) = src.series(window_ms).await;
         return charts::heatmap(&series, m, now, window_ms).map(Some);
     }
     let now = || src.now();
     match name {
-        "allocation" => charts::allocation(&src.overview().workers, &src.usage()).map(Some),
+        "allocation" => charts::allocation(&src.overview().workers, &src.usage().await).map(Some),
         "scaling" => {
             let s = src.scaling();
             charts::scaling(&s.decisions, &s.instances, now(), window_ms).map(Some)
         }
         "efficiency" => {
-            let (now, series) = src.series(window_ms);
+            let (now, series) = src.series(window_ms).await;
             let reservations = src.reservations(now.saturating_sub(window_ms));
             charts::efficiency(&series, &reservations, now, window_ms).map(Some)
         }

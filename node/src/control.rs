@@ -4,109 +4,47 @@
 //! is committed (or refused) before the next round looks at the ledger again.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use testmesh_consensus::model::WorkerState;
-use testmesh_consensus::store::LedgerReader;
 use testmesh_consensus::{Applied, Command, NodeId, TaskId};
+use testmesh_planner::{self as planner, Options};
 use tokio::sync::watch;
 
-use crate::clock;
-use crate::cluster::network::Liveness;
-use crate::cluster::{self};
-use crate::stats::SharedStats;
-use crate::writer::Writer;
-use testmesh_planner::predictor::Predictor;
-use testmesh_planner::{self as planner, Options};
+use crate::core::Core;
+use crate::core::leadership::Term;
+use crate::core::membership::{self, Liveness};
 
 /// Most pending tasks considered per round (the rest wait for the next round).
 const MAX_PENDING_PER_ROUND: usize = 20_000;
 
 pub struct Control {
-    pub node: NodeId,
-    pub reader: LedgerReader,
-    pub writer: Writer,
+    pub core: Core,
     pub options: Options,
     pub liveness: Liveness,
     /// A worker silent this long is lost; a new leader waits as long before judging anyone.
     pub dead_after: Duration,
-    /// Live statistics gossiped by every node (for GPUs busy with someone else's process).
-    pub stats: SharedStats,
     /// Statistics older than this are not trusted for placement.
     pub stats_fresh: Duration,
-    /// The run-time predictor, retrained by [`train_loop`] (None until there is history).
-    pub predictor: SharedPredictor,
-    /// Predictions of pending tasks, per predictor generation: each task is predicted once.
+    /// Predictions of pending tasks, per model generation: each task is predicted once.
     pub predicted: std::sync::Mutex<(u64, HashMap<TaskId, Option<f64>>)>,
 }
 
-/// The current run-time predictor and its generation (bumped on every retraining).
-pub type SharedPredictor = Arc<std::sync::RwLock<(u64, Option<Arc<Predictor>>)>>;
-
-/// Retrain once this many attempts have finished since the last training.
-const RETRAIN_AFTER: u64 = 50;
-
-/// On the leader: retrains the run-time predictor off the async runtime when enough new
-/// attempts have finished (every new one while the history is small).
 /// Finished attempts the quarantine check looks at (the most recent).
 const QUARANTINE_LOOK_BACK: usize = 5_000;
 /// Least time between two quarantine checks.
 const JUDGE_EVERY: Duration = Duration::from_millis(200);
 
-pub async fn train_loop(
-    reader: LedgerReader,
-    writer: Writer,
-    node: NodeId,
-    slot: SharedPredictor,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    use testmesh_planner::predictor::history::{self, Target};
-    let mut seen: Option<u64> = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tick.tick() => {}
-        }
-        if writer.raft().metrics().borrow().current_leader != Some(node) {
-            continue;
-        }
-        let total = reader.read().history_total();
-        let due = match seen {
-            None => total > 0,
-            Some(s) => total.saturating_sub(s) >= RETRAIN_AFTER.min(1 + s / 10),
-        };
-        if !due {
-            continue;
-        }
-        let samples = history::samples(reader.read().history(), Target::DurationSecs);
-        let trained =
-            tokio::task::spawn_blocking(move || Predictor::train(&samples, &history::options()))
-                .await;
-        match trained {
-            Ok(Ok(p)) => {
-                let mut g = slot.write().unwrap_or_else(|e| e.into_inner());
-                *g = (g.0 + 1, Some(Arc::new(p)));
-                seen = Some(total);
-                tracing::debug!("run-time predictor retrained on {total} finished attempts");
-            }
-            Ok(Err(e)) => tracing::warn!("predictor training failed: {e}"),
-            Err(e) => tracing::warn!("predictor training stopped: {e}"),
-        }
-    }
-}
-
 impl Control {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut applied = self.reader.watch();
+        let mut applied = self.core.ledger.watch();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // (term, since when this node has been leading in it without a pause)
         let mut leading: Option<(u64, Instant)> = None;
-        let mut last_turn = clock::instant();
+        let mut last_turn = self.core.clock.instant();
         let mut judged = u64::MAX;
-        let mut judged_at = clock::instant();
+        let mut judged_at = self.core.clock.instant();
         loop {
             let ticked = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -114,19 +52,15 @@ impl Control {
                 _ = tick.tick() => true,
             };
             applied.mark_unchanged();
-            let now = clock::instant();
+            let now = self.core.clock.instant();
             if now.duration_since(last_turn) > Duration::from_secs(3) {
                 // This process was paused or starved (SIGSTOP, a VM freeze): what it knows of
                 // others' liveness is stale, so it must watch afresh before judging anyone.
                 leading = None;
             }
             last_turn = now;
-            let (leader, term) = {
-                let m = self.writer.raft().metrics();
-                let m = m.borrow();
-                (m.current_leader, m.current_term)
-            };
-            if leader != Some(self.node) {
+            let Term { leader, term } = self.core.leadership.term();
+            if leader != Some(self.core.node) {
                 leading = None;
                 continue;
             }
@@ -134,21 +68,22 @@ impl Control {
                 Some((t, since)) if t == term => since,
                 _ => {
                     tracing::info!("leading the cluster in term {term}");
-                    let now = clock::instant();
+                    let now = self.core.clock.instant();
                     leading = Some((term, now));
                     now
                 }
             };
-            if ticked && clock::instant().duration_since(since) >= self.dead_after {
+            if ticked && self.core.clock.instant().duration_since(since) >= self.dead_after {
                 self.find_dead().await;
                 self.replace_silent_voters().await;
             }
             // Only new results can change a verdict; judge soon after them, at most 5 times a
             // second (a host failing fast must not burn many retries first).
-            let total = self.reader.read().history_total();
-            if total != judged && clock::instant().duration_since(judged_at) >= JUDGE_EVERY {
+            let total = self.core.ledger.read().history_total();
+            if total != judged && self.core.clock.instant().duration_since(judged_at) >= JUDGE_EVERY
+            {
                 judged = total;
-                judged_at = clock::instant();
+                judged_at = self.core.clock.instant();
                 self.quarantine().await;
             }
             self.round().await;
@@ -159,7 +94,7 @@ impl Control {
     /// `planner::quarantine`).
     async fn quarantine(&self) {
         let verdicts = {
-            let l = self.reader.read();
+            let l = self.core.ledger.read();
             let workers: Vec<_> = l.workers().collect();
             let history: Vec<_> = l.history().rev().take(QUARANTINE_LOOK_BACK).collect();
             let history: Vec<_> = history.into_iter().rev().collect();
@@ -170,9 +105,9 @@ impl Control {
             let cmd = Command::SetQuarantine {
                 worker: v.worker,
                 reason: Some(v.reason),
-                at: clock::now(),
+                at: self.core.now(),
             };
-            if let Err(e) = self.writer.write(cmd).await {
+            if let Err(e) = self.core.writer.write(cmd).await {
                 tracing::debug!("could not quarantine {}: {e}", v.worker);
             }
         }
@@ -185,7 +120,7 @@ impl Control {
         }
         // Only a leader that a quorum still follows may judge: a deposed leader that has not
         // noticed yet (it was partitioned or paused) must not declare the others dead.
-        if let Err(e) = self.writer.raft().ensure_linearizable().await {
+        if let Err(e) = self.core.writer.raft().ensure_linearizable().await {
             tracing::debug!("not judging liveness: {e}");
             return;
         }
@@ -197,10 +132,11 @@ impl Control {
                 self.dead_after
             );
             match self
+                .core
                 .writer
                 .write(Command::WorkerLost {
                     worker,
-                    at: clock::now(),
+                    at: self.core.now(),
                 })
                 .await
             {
@@ -220,16 +156,16 @@ impl Control {
     /// the cluster keeps its fault tolerance. The replaced voters stay on as learners and can be
     /// promoted again when they come back and a voter is missing.
     async fn replace_silent_voters(&self) {
-        let m = self.writer.raft().metrics().borrow().clone();
+        let m = self.core.leadership.metrics();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
-        let now = clock::instant();
+        let now = self.core.clock.instant();
         let silent: BTreeSet<NodeId> = voters
             .iter()
             .chain(&learners)
             .copied()
-            .filter(|n| *n != self.node)
+            .filter(|n| *n != self.core.node)
             .filter(|n| {
                 self.liveness
                     .last_seen(*n)
@@ -239,13 +175,14 @@ impl Control {
         if silent.is_empty() {
             return;
         }
-        let mut caught_up = cluster::caught_up_learners(&m, &learners);
-        caught_up.retain(|l| self.writer.may_vote(*l));
-        let Some(new) = cluster::voters_replacing_silent(&voters, &caught_up, &silent) else {
+        let mut caught_up = membership::caught_up_learners(&m, &learners);
+        caught_up.retain(|l| self.core.writer.may_vote(*l));
+        let Some(new) = membership::voters_replacing_silent(&voters, &caught_up, &silent) else {
             return;
         };
         tracing::warn!("replacing silent voter(s): voters {voters:?} become {new:?}");
         if let Err(e) = self
+            .core
             .writer
             .raft()
             .change_membership(openraft::ChangeMembers::ReplaceAllVoters(new), true)
@@ -261,13 +198,10 @@ impl Control {
         ledger: &'a testmesh_consensus::Ledger,
         mut queue: Vec<planner::PendingView<'a>>,
     ) -> Vec<planner::PendingView<'a>> {
-        let (generation, predictor) = {
-            let g = self.predictor.read().unwrap_or_else(|e| e.into_inner());
-            (g.0, g.1.clone())
-        };
-        let Some(predictor) = predictor else {
+        let Some(models) = self.core.models.current() else {
             return queue;
         };
+        let (generation, predictor) = (models.generation, &models.duration);
         let mut cache = self.predicted.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != generation || cache.1.len() > 4 * MAX_PENDING_PER_ROUND {
             *cache = (generation, HashMap::new());
@@ -284,12 +218,14 @@ impl Control {
     }
 
     /// GPUs that fresh statistics show busy with processes testmesh did not start.
-    fn busy_gpus(&self) -> HashMap<NodeId, Vec<u32>> {
-        let now = clock::now().0;
+    async fn busy_gpus(&self) -> HashMap<NodeId, Vec<u32>> {
+        let now = self.core.now().0;
         let fresh = self.stats_fresh.as_millis() as u64;
-        let stats = self.stats.read().unwrap_or_else(|p| p.into_inner());
-        stats
+        self.core
+            .stats
             .latest_all()
+            .await
+            .into_iter()
             .filter(|(_, p)| now.saturating_sub(p.at.0) <= fresh)
             .filter_map(|(node, p)| {
                 let busy: Vec<u32> = p
@@ -306,11 +242,11 @@ impl Control {
 
     /// Workers (other than this node) that have not answered a Raft RPC for `dead_after`.
     fn silent_workers(&self) -> Vec<NodeId> {
-        let now = clock::instant();
-        let ledger = self.reader.read();
+        let now = self.core.clock.instant();
+        let ledger = self.core.ledger.read();
         ledger
             .workers()
-            .filter(|w| w.state != WorkerState::Lost && w.id != self.node)
+            .filter(|w| w.state != WorkerState::Lost && w.id != self.core.node)
             .filter(|w| {
                 self.liveness
                     .last_seen(w.id)
@@ -321,9 +257,9 @@ impl Control {
     }
 
     async fn round(&self) {
-        let busy = self.busy_gpus();
+        let busy = self.busy_gpus().await;
         let plan = {
-            let ledger = self.reader.read();
+            let ledger = self.core.ledger.read();
             if ledger.pending_count() == 0 {
                 return;
             }
@@ -340,10 +276,11 @@ impl Control {
         }
         let n = plan.assignments.len();
         match self
+            .core
             .writer
             .write(Command::Assign {
                 assignments: plan.assignments,
-                at: clock::now(),
+                at: self.core.now(),
             })
             .await
         {

@@ -1,15 +1,20 @@
 //! testmesh: one binary per host that turns GPU/CPU hosts into one pool for test and benchmark
-//! jobs. This library holds every part of the node (`runtime` wires them) and the CLI.
+//! jobs. This library holds every part of the node and the CLI.
+//!
+//! Layout (docs/architecture.md): `runtime` is the composition root; it builds the [`core`]
+//! (ledger reader and writer, leadership, statistics, models, logs, submissions, scaler handle,
+//! clock) and hands it to the edges — `api`, `dashboard`, `cluster`, `agent`, `control`,
+//! `scaling` — which depend on the core and never on each other. `mesh`, `monitor`, `stats`,
+//! `config`, `units` and `results` are the layers below; `cli` is the client and the front door.
 
 pub mod agent;
 pub mod api;
 pub mod cli;
-pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;
-pub mod dashboard_analysis;
-pub mod dashboard_source;
+pub mod core;
+pub mod dashboard;
 pub mod error;
 pub mod mesh;
 pub mod monitor;
@@ -19,6 +24,5 @@ pub mod runtime;
 pub mod scaling;
 pub mod stats;
 pub mod units;
-pub mod writer;
 
 pub use error::Error;

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::api::{TaskRequest, to_spec};
+use crate::core::submit::{TaskRequest, to_spec};
 
 /// Default cap on the tasks one run file may expand to.
 pub const DEFAULT_MAX_TASKS: usize = 1000;
@@ -325,7 +325,7 @@ pub fn shards(base: &TaskRequest, shards: usize) -> Result<Vec<TaskRequest>, Str
             }
             req.name = format!("{} shard {}/{shards}", req.name, shard + 1);
             shard_env(&mut req, shard, shards);
-            to_spec(&req)?;
+            to_spec(&req).map_err(|e| e.0)?;
             Ok(req)
         })
         .collect()

@@ -7,21 +7,21 @@ use std::time::Duration;
 
 use testmesh_consensus::command::WorkerRegistration;
 use testmesh_consensus::raft::{self, Raft};
-use testmesh_consensus::{Applied, Command};
+use testmesh_consensus::{Applied, Command, NodeId};
 use tokio::sync::watch;
 
-use crate::agent::{self, Agent};
+use crate::agent::{self, Agent, SystemProcesses};
 use crate::api;
-use crate::clock;
-use crate::cluster::network::{Liveness, MeshNetwork};
+use crate::cluster::network::MeshNetwork;
 use crate::cluster::{self, FormationOptions};
 use crate::config::NodeConfig;
 use crate::control::Control;
+use crate::core::membership::Liveness;
+use crate::core::{Core, Parts, Stats, clock, scaler};
 use crate::error::Error;
 use crate::mesh::{self, MeshConfig, key};
 use crate::monitor::{Monitor, NvmlProbe, SimulatedGpus};
-use crate::stats::{STATS_VERSION, SharedStats, StatsMessage, StatsStore};
-use crate::writer::{Batcher, Writer};
+use crate::stats::{STATS_VERSION, StatsMessage, StatsStore};
 
 /// Reads a small file, or creates it with `make()` (mode 0600) if it does not exist.
 fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, Error> {
@@ -36,13 +36,19 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
     }
 }
 
-/// Runs a node until SIGINT/SIGTERM.
-pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
+/// What a node's data directory holds about its identity.
+struct Identity {
+    keypair: libp2p::identity::Keypair,
+    token: String,
+    swarm_key_path: std::path::PathBuf,
+}
+
+/// Creates the data directory and reads (or makes) the node's keys and API token; a node
+/// that left its cluster last time starts with a fresh replica.
+fn prepare_data_dir(cfg: &NodeConfig) -> Result<Identity, Error> {
     let dir = &cfg.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create data dir", dir, e))?;
     let keypair = key::load_or_create_identity(&dir.join("node-key"))?;
-    let peer = keypair.public().to_peer_id();
-    let node = key::node_id_of(&peer);
     let token = read_or_create(&dir.join("api-token"), || {
         hex::encode(rand::random::<[u8; 24]>())
     })?;
@@ -57,28 +63,6 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             p
         }
     };
-    let swarm_key = key::read_swarm_key(&swarm_key_path)?;
-    tracing::info!(%node, %peer, data_dir = %dir.display(), "starting testmesh node");
-
-    let orphans = agent::kill_orphans(&node.to_string());
-    if orphans > 0 {
-        tracing::warn!(
-            "killed {orphans} task process group(s) left by an earlier run of this node"
-        );
-    }
-
-    let stats: SharedStats = Arc::new(std::sync::RwLock::new(StatsStore::new(
-        cfg.stats_interval,
-        cfg.stats_retention,
-    )));
-    let (mesh, inbound) = mesh::start(MeshConfig {
-        stats: stats.clone(),
-        keypair,
-        swarm_key,
-        listen: cfg.listen.clone(),
-        join: cfg.join.clone(),
-        mdns: cfg.mdns,
-    })?;
     let left_marker = dir.join(LEFT_MARKER);
     if left_marker.exists() {
         // This node left its cluster on purpose: its old replica must not make it act as a
@@ -91,10 +75,79 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         std::fs::remove_file(&left_marker)
             .map_err(|e| Error::io("cannot remove", &left_marker, e))?;
     }
-    let (log_store, state_machine, reader) =
+    Ok(Identity {
+        keypair,
+        token,
+        swarm_key_path,
+    })
+}
+
+/// The node's background components, started in order under one shutdown signal.
+struct Components {
+    set: tokio::task::JoinSet<()>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Components {
+    /// Starts a component; it must return once `shutdown` flips.
+    fn start<F, Fut>(&mut self, name: &'static str, component: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        tracing::debug!("starting {name}");
+        let run = component(self.shutdown.clone());
+        self.set.spawn(async move {
+            run.await;
+            tracing::debug!("{name} stopped");
+        });
+    }
+
+    /// Waits up to `grace` for every component to stop, then aborts the rest.
+    async fn stop(mut self, grace: Duration) {
+        let drained = tokio::time::timeout(grace, async {
+            while self.set.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            tracing::warn!("some components did not stop in time");
+            self.set.abort_all();
+        }
+    }
+}
+
+/// Runs a node until SIGINT/SIGTERM.
+pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
+    let dir = &cfg.data_dir;
+    let clock = clock::system();
+    let id = prepare_data_dir(&cfg)?;
+    let peer = id.keypair.public().to_peer_id();
+    let node = key::node_id_of(&peer);
+    let swarm_key = key::read_swarm_key(&id.swarm_key_path)?;
+    tracing::info!(%node, %peer, data_dir = %dir.display(), "starting testmesh node");
+    let orphans = agent::kill_orphans(&node.to_string());
+    if orphans > 0 {
+        tracing::warn!(
+            "killed {orphans} task process group(s) left by an earlier run of this node"
+        );
+    }
+
+    // Parts, in the order they depend on each other.
+    let (stats, stats_task) = Stats::new(
+        StatsStore::new(cfg.stats_interval, cfg.stats_retention),
+        clock.clone(),
+    );
+    let (mesh, inbound, mesh_loop) = mesh::start(MeshConfig {
+        stats: stats.clone(),
+        keypair: id.keypair,
+        swarm_key,
+        listen: cfg.listen.clone(),
+        join: cfg.join.clone(),
+        mdns: cfg.mdns,
+    })?;
+    let (log_store, state_machine, ledger) =
         testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
-    let liveness = Liveness::default();
+    let liveness = Liveness::new(clock.clone());
     let network = MeshNetwork {
         mesh: mesh.clone(),
         liveness: liveness.clone(),
@@ -108,136 +161,21 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     )
     .await
     .map_err(|e| Error::Raft(e.to_string()))?;
-    let writer = Writer::new(raft.clone(), node, Some(mesh.clone())).with_ledger(reader.clone());
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let mut loops = tokio::task::JoinSet::new();
-    loops.spawn(cluster::serve(
-        inbound,
-        mesh.clone(),
-        raft.clone(),
-        writer.clone(),
+    let (core, batcher) = Core::assemble(Parts {
         node,
-        dir.clone(),
-        shutdown.clone(),
-    ));
-    loops.spawn(cluster::form(
-        raft.clone(),
-        mesh.clone(),
-        node,
-        FormationOptions {
-            window: Duration::from_secs(2),
-            bootstrap_expect: cfg.bootstrap_expect,
-        },
-        shutdown.clone(),
-    ));
-    loops.spawn(cluster::grow(
-        raft.clone(),
-        writer.clone(),
-        node,
-        cfg.voters,
-        shutdown.clone(),
-    ));
-
-    let probe: Box<dyn crate::monitor::GpuProbe> = match &cfg.simulated_gpus {
-        Some(gpus) => {
-            tracing::warn!("using {} simulated GPU(s) instead of NVML", gpus.len());
-            Box::new(SimulatedGpus {
-                gpus: gpus.clone(),
-                busy: cfg.simulated_busy_gpus.clone(),
-            })
-        }
-        None => NvmlProbe::open(),
-    };
-    let node_str = node.to_string();
-    let mut monitor = Monitor::new(probe, Box::new(move |pid| agent::task_of(pid, &node_str)));
+        clock: clock.clone(),
+        raft: raft.clone(),
+        mesh: Some(mesh.clone()),
+        ledger,
+        data_dir: dir.clone(),
+        stats,
+        scaler: scaler::shared(cfg.providers.clone()),
+        catalogue: cfg.catalogue.clone(),
+    });
+    let mut monitor = monitor_of(&cfg, node);
+    let registration = registration_of(&cfg, &monitor, node);
     let gpu_peaks = monitor.gpu_memory_peaks();
-    let mut capacity = monitor.capacity(dir);
-    if let Some(c) = cfg.cpus {
-        capacity.cpu = c;
-    }
-    if let Some(m) = cfg.memory {
-        capacity.memory = m;
-    }
-    let registration = WorkerRegistration {
-        id: node,
-        hardware: monitor.hardware(),
-        capacity,
-        labels: cfg.labels.clone(),
-        boot_id: rand::random(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    loops.spawn(register(
-        writer.clone(),
-        reader.clone(),
-        registration,
-        shutdown.clone(),
-    ));
-
     let (host_tx, host_rx) = watch::channel(monitor.sample());
-    {
-        // Sample, keep our own point, and gossip it. Stats never go through Raft.
-        let mut shutdown = shutdown.clone();
-        let (mesh, stats, reader) = (mesh.clone(), stats.clone(), reader.clone());
-        let interval = cfg.stats_interval;
-        loops.spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = shutdown.changed() => return,
-                    _ = tick.tick() => {}
-                }
-                let sample = monitor.sample();
-                let running = reader.read().active_on(node).count() as u32;
-                let msg = StatsMessage {
-                    version: STATS_VERSION,
-                    node,
-                    at: clock::now(),
-                    sample: sample.clone(),
-                    running_tasks: running,
-                };
-                if let Ok(bytes) = testmesh_consensus::codec::encode(&msg) {
-                    mesh.publish_stats(bytes);
-                }
-                stats.write().unwrap_or_else(|p| p.into_inner()).insert(msg);
-                host_tx.send_replace(sample);
-            }
-        });
-    }
-    let batcher = Batcher::spawn(writer.clone());
-    loops.spawn(
-        Agent::new(node, dir.clone(), reader.clone(), batcher)
-            .with_gpu_memory(gpu_peaks)
-            .run(shutdown.clone()),
-    );
-    let predictor: crate::control::SharedPredictor = Default::default();
-    loops.spawn(crate::control::train_loop(
-        reader.clone(),
-        writer.clone(),
-        node,
-        predictor.clone(),
-        shutdown.clone(),
-    ));
-    loops.spawn(
-        Control {
-            node,
-            reader: reader.clone(),
-            writer: writer.clone(),
-            // Shortest predicted run time first within groups of 64 queue positions.
-            options: testmesh_planner::Options {
-                shortest_first_group: 64,
-                ..Default::default()
-            },
-            liveness,
-            dead_after: cfg.dead_after,
-            stats: stats.clone(),
-            stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
-            predictor: predictor.clone(),
-            predicted: Default::default(),
-        }
-        .run(shutdown.clone()),
-    );
-
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .map_err(|source| Error::Bind {
@@ -248,35 +186,63 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         addr: cfg.http.to_string(),
         source,
     })?;
-    let scaler = crate::scaling::shared(cfg.providers.clone());
-    let state = Arc::new(api::Inner {
-        node,
-        reader: reader.clone(),
-        writer: writer.clone(),
-        mesh: mesh.clone(),
-        stats: stats.clone(),
-        token,
-        data_dir: dir.clone(),
-        started: clock::instant(),
-        host: host_rx,
-        predictors: Default::default(),
-        catalogue: cfg.catalogue.clone(),
-        scaler: scaler.clone(),
-    });
-    let access = api::access::Access {
-        bound: local,
-        token: state.token.clone(),
-        public: cfg.public_dashboard,
+    let app = http_app(&cfg, &core, id.token, host_rx, local);
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut c = Components {
+        set: tokio::task::JoinSet::new(),
+        shutdown,
     };
-    let app = api::router(state.clone())
-        .merge(testmesh_dashboard::router(
-            Arc::new(crate::dashboard_source::DashboardSource(state)),
-            cfg.dashboard_interval,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            access,
-            api::access::guard,
-        ));
+    c.start("mesh", |s| mesh_loop.run(s));
+    c.start("stats store", |s| stats_task.run(s));
+    c.start("batcher", |s| batcher.run(s));
+    c.start("cluster rpc", |s| {
+        cluster::serve(inbound, core.clone(), mesh.clone(), s)
+    });
+    let formation = FormationOptions {
+        window: Duration::from_secs(2),
+        bootstrap_expect: cfg.bootstrap_expect,
+    };
+    c.start("cluster formation", |s| {
+        cluster::form(core.clone(), mesh.clone(), formation, s)
+    });
+    c.start("voter promotion", |s| {
+        cluster::grow(core.clone(), cfg.voters, s)
+    });
+    c.start("registration", |s| register(core.clone(), registration, s));
+    c.start("sampler", |s| {
+        sample(
+            core.clone(),
+            mesh.clone(),
+            monitor,
+            host_tx,
+            cfg.stats_interval,
+            s,
+        )
+    });
+    c.start("agent", |s| {
+        Agent::new(core.clone(), SystemProcesses::default())
+            .with_gpu_memory(gpu_peaks)
+            .run(s)
+    });
+    c.start("models", |s| {
+        crate::core::keep_models_fresh(core.clone(), s)
+    });
+    c.start("control", |s| {
+        Control {
+            core: core.clone(),
+            // Shortest predicted run time first within groups of 64 queue positions.
+            options: testmesh_planner::Options {
+                shortest_first_group: 64,
+                ..Default::default()
+            },
+            liveness,
+            dead_after: cfg.dead_after,
+            stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
+            predicted: Default::default(),
+        }
+        .run(s)
+    });
 
     // Tests and scripts that bind port 0 read the real addresses from these files.
     let mut mesh_addrs = Vec::new();
@@ -292,22 +258,15 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
     write_file(&dir.join("mesh.addr"), &(mesh_addrs.join("\n") + "\n"))?;
-    loops.spawn(
-        crate::scaling::Scaler {
-            node,
-            reader: reader.clone(),
-            writer: writer.clone(),
-            stats: stats.clone(),
-            predictor,
-            catalogue: cfg.catalogue.clone(),
-            shared: scaler,
-            own_addrs: mesh_addrs.clone(),
-            swarm_key: std::fs::read_to_string(&swarm_key_path)
-                .map_err(|e| Error::io("cannot read the swarm key", &swarm_key_path, e))?,
-            data_dir: dir.clone(),
-        }
-        .run(shutdown.clone()),
-    );
+    let swarm_key_text = std::fs::read_to_string(&id.swarm_key_path)
+        .map_err(|e| Error::io("cannot read the swarm key", &id.swarm_key_path, e))?;
+    let scaler = crate::scaling::Scaler {
+        core: core.clone(),
+        own_addrs: mesh_addrs.clone(),
+        swarm_key: swarm_key_text,
+    };
+    c.start("scaler", |s| scaler.run(s));
+    c.start("http", |s| serve_http(listener, app, s));
     write_file(&dir.join("http.addr"), &local.to_string())?;
     write_file(&dir.join("node.id"), &node.to_string())?;
     println!(
@@ -316,7 +275,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     );
     println!(
         "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{}",
-        swarm_key_path.display(),
+        id.swarm_key_path.display(),
         mesh_addrs
             .iter()
             .find(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
@@ -325,36 +284,136 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             .unwrap_or_default()
     );
 
+    wait_for_signal().await;
+    tokio::select! {
+        _ = leave(&core, cfg.drain_timeout, dir) => {}
+        _ = wait_for_signal() => tracing::warn!("second signal: stopping now without leaving cleanly"),
+    }
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    // Every component watches the shutdown signal; the agent kills its tasks on the way out.
+    c.stop(Duration::from_secs(10)).await;
+    let _ = raft.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The resource monitor, with simulated GPUs when configured (tests and demos).
+fn monitor_of(cfg: &NodeConfig, node: NodeId) -> Monitor {
+    let probe: Box<dyn crate::monitor::GpuProbe> = match &cfg.simulated_gpus {
+        Some(gpus) => {
+            tracing::warn!("using {} simulated GPU(s) instead of NVML", gpus.len());
+            Box::new(SimulatedGpus {
+                gpus: gpus.clone(),
+                busy: cfg.simulated_busy_gpus.clone(),
+            })
+        }
+        None => NvmlProbe::open(),
+    };
+    let node_str = node.to_string();
+    Monitor::new(probe, Box::new(move |pid| agent::task_of(pid, &node_str)))
+}
+
+/// What this node registers as a worker: its hardware and capacity (overridden by flags).
+fn registration_of(cfg: &NodeConfig, monitor: &Monitor, node: NodeId) -> WorkerRegistration {
+    let mut capacity = monitor.capacity(&cfg.data_dir);
+    if let Some(c) = cfg.cpus {
+        capacity.cpu = c;
+    }
+    if let Some(m) = cfg.memory {
+        capacity.memory = m;
+    }
+    WorkerRegistration {
+        id: node,
+        hardware: monitor.hardware(),
+        capacity,
+        labels: cfg.labels.clone(),
+        boot_id: rand::random(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// The API and the dashboard behind the access guard.
+fn http_app(
+    cfg: &NodeConfig,
+    core: &Core,
+    token: String,
+    host: watch::Receiver<crate::monitor::HostSample>,
+    local: std::net::SocketAddr,
+) -> axum::Router {
+    let state = Arc::new(api::Inner {
+        core: core.clone(),
+        token,
+        started: core.clock.instant(),
+        host,
+    });
+    let access = api::access::Access {
+        bound: local,
+        token: state.token.clone(),
+        public: cfg.public_dashboard,
+    };
+    api::router(state.clone())
+        .merge(testmesh_dashboard::router(
+            Arc::new(crate::dashboard::DashboardSource(core.clone())),
+            cfg.dashboard_interval,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            api::access::guard,
+        ))
+}
+
+/// Serves HTTP until shutdown (in-flight requests finish).
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // Small request/response pairs: do not let Nagle's algorithm hold them back.
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let mut stop = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop.changed().await;
+        let _ = shutdown.changed().await;
     });
-    let server = tokio::spawn(async move { server.await });
+    if let Err(e) = server.await {
+        tracing::error!("http server: {e}");
+    }
+}
 
-    wait_for_signal().await;
-    tokio::select! {
-        _ = leave(&writer, &reader, &raft, node, cfg.drain_timeout, dir) => {}
-        _ = wait_for_signal() => tracing::warn!("second signal: stopping now without leaving cleanly"),
+/// Samples this host every `interval`, keeps its own point and gossips it. Statistics never
+/// go through Raft.
+async fn sample(
+    core: Core,
+    mesh: crate::mesh::MeshClient,
+    mut monitor: Monitor,
+    host: watch::Sender<crate::monitor::HostSample>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let sample = monitor.sample();
+        let running = core.ledger.read().active_on(core.node).count() as u32;
+        let msg = StatsMessage {
+            version: STATS_VERSION,
+            node: core.node,
+            at: core.now(),
+            sample: sample.clone(),
+            running_tasks: running,
+        };
+        if let Ok(bytes) = testmesh_consensus::codec::encode(&msg) {
+            mesh.publish_stats(bytes);
+        }
+        core.stats.insert(msg).await;
+        host.send_replace(sample);
     }
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
-    let _ = server.await;
-    // Every loop watches the shutdown signal; the agent kills its tasks on the way out.
-    let drained = tokio::time::timeout(Duration::from_secs(10), async {
-        while loops.join_next().await.is_some() {}
-    });
-    if drained.await.is_err() {
-        tracing::warn!("some background loops did not stop in time");
-        loops.abort_all();
-    }
-    let _ = raft.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Written once this node has left its cluster's membership (see `run`).
@@ -363,15 +422,9 @@ const LEFT_MARKER: &str = "left-cluster";
 /// Leaves the cluster gracefully: no new placements, running tasks get `drain_timeout` to
 /// finish, what is still running is handed back to the queue, and the node leaves the
 /// membership (a leader hands over by removing itself; it steps down once that commits).
-async fn leave(
-    writer: &Writer,
-    reader: &testmesh_consensus::store::LedgerReader,
-    raft: &Raft,
-    node: testmesh_consensus::NodeId,
-    drain_timeout: Duration,
-    dir: &Path,
-) {
+async fn leave(core: &Core, drain_timeout: Duration, dir: &Path) {
     use testmesh_consensus::model::WorkerState;
+    let (writer, reader, node) = (&core.writer, &core.ledger, core.node);
     const STEP: Duration = Duration::from_secs(5);
     let registered = reader.read().worker(node).map(|w| w.state);
     if registered.is_none() {
@@ -381,7 +434,7 @@ async fn leave(
         let cmd = Command::SetWorkerState {
             worker: node,
             state: WorkerState::Draining,
-            at: clock::now(),
+            at: core.now(),
         };
         if let Err(e) | Ok(Err(e)) = tokio::time::timeout(STEP, writer.write(cmd))
             .await
@@ -409,7 +462,7 @@ async fn leave(
     let left = reader.read().active_on(node).count();
     let cmd = Command::WorkerLeft {
         worker: node,
-        at: clock::now(),
+        at: core.now(),
     };
     match tokio::time::timeout(STEP, writer.write(cmd)).await {
         Ok(Ok(Ok(_))) if left > 0 => {
@@ -419,9 +472,9 @@ async fn leave(
         Ok(Err(e)) => tracing::warn!("could not hand back running tasks: {e}"),
         Err(_) => tracing::warn!("could not hand back running tasks: no answer in {STEP:?}"),
     }
-    let members = raft
+    let members = core
+        .leadership
         .metrics()
-        .borrow()
         .membership_config
         .membership()
         .nodes()
@@ -429,7 +482,7 @@ async fn leave(
     if members <= 1 {
         return; // a one-node cluster keeps its ledger for its next start
     }
-    match tokio::time::timeout(STEP, cluster::remove_member(raft, writer, node)).await {
+    match tokio::time::timeout(STEP, cluster::remove_member(writer, node)).await {
         Ok(Ok(())) => {
             tracing::info!("left the cluster's membership");
             if let Err(e) = write_file(&dir.join(LEFT_MARKER), "left\n") {
@@ -452,12 +505,12 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 /// Registers this node as a worker once a leader is reachable (at first start, after the
 /// cluster has formed), and again whenever the ledger has marked it lost (after a partition).
 async fn register(
-    writer: Writer,
-    reader: testmesh_consensus::store::LedgerReader,
+    core: Core,
     registration: WorkerRegistration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     use testmesh_consensus::model::WorkerState;
+    let (writer, reader) = (&core.writer, &core.ledger);
     let me = registration.id;
     loop {
         let needed = reader
@@ -467,7 +520,7 @@ async fn register(
         if needed {
             let cmd = Command::RegisterWorker {
                 worker: registration.clone(),
-                at: clock::now(),
+                at: core.now(),
             };
             match writer.write(cmd).await {
                 Ok(Ok(Applied::WorkerRegistered { lost })) => {

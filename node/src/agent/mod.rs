@@ -4,35 +4,99 @@
 //! GPU indices, stdout and stderr in `<data-dir>/logs/<task>.<attempt>.{stdout,stderr}`. A
 //! timeout or a cancel sends SIGTERM to the whole group, then SIGKILL after a grace period; when
 //! the main process exits, whatever it left in its group is killed too. Exits, peak RSS and CPU
-//! time come from `wait4` (see [`sys`]). Reports go through the group-commit [`Batcher`].
+//! time come from `wait4` (see [`sys`]). Reports go through the core's group-commit writer.
+//!
+//! Processes are reached through the [`Processes`] trait: [`SystemProcesses`] in a node, a
+//! scripted fake in the unit tests (the real-process behaviour is tested end to end).
 
 mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use testmesh_consensus::store::LedgerReader;
 use testmesh_consensus::task::{
     BenchMetric, MAX_METRICS, METRIC_PREFIX, Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of,
 };
-use testmesh_consensus::{Bytes, Command, NodeId, TaskId};
+use testmesh_consensus::{Bytes, Command, TaskId};
 use tokio::sync::watch;
 
-pub use sys::{kill_orphans, task_of};
+pub use sys::{Exit, kill_orphans, task_of};
 
-use crate::clock;
+use crate::core::Core;
+use crate::core::logs::{Stream, read_log};
 use crate::monitor::GpuMemoryPeaks;
-use crate::writer::Batcher;
 
-/// Path of one attempt's log file; `stream` is `stdout` or `stderr`.
-pub fn log_path(data_dir: &Path, task: TaskId, attempt: u32, stream: &str) -> PathBuf {
-    data_dir
-        .join("logs")
-        .join(format!("{}.{attempt}.{stream}", task.0))
+/// A signal to an attempt's whole process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Asks it to stop (a timeout or a cancel); the grace period follows.
+    Term,
+    Kill,
+}
+
+/// What one attempt is started with.
+pub struct Launch<'a> {
+    pub argv: &'a [String],
+    /// The task's environment and testmesh's own variables.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<&'a str>,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+/// What the agent asks of the operating system.
+pub trait Processes: Send + 'static {
+    /// Starts watching for exits; the exits of started processes arrive on the channel.
+    fn exits(&mut self) -> tokio::sync::mpsc::Receiver<Exit>;
+    /// Starts one attempt in a process group of its own; returns its pid (= the group's id).
+    fn spawn(&mut self, launch: Launch<'_>) -> Result<u32, String>;
+    /// Signals an attempt's whole process group.
+    fn signal(&mut self, pid: u32, signal: Signal);
+}
+
+/// Real processes: `fork`/`exec` through std, exits and resource use from the reaper thread.
+#[derive(Default)]
+pub struct SystemProcesses {
+    children: sys::Children,
+}
+
+impl Processes for SystemProcesses {
+    fn exits(&mut self) -> tokio::sync::mpsc::Receiver<Exit> {
+        sys::start(self.children.clone())
+    }
+
+    fn spawn(&mut self, l: Launch<'_>) -> Result<u32, String> {
+        let mut cmd = std::process::Command::new(&l.argv[0]);
+        cmd.args(&l.argv[1..])
+            .envs(l.env)
+            .stdin(Stdio::null())
+            .stdout(l.stdout)
+            .stderr(l.stderr)
+            .process_group(0);
+        if let Some(dir) = l.workdir {
+            cmd.current_dir(dir);
+        }
+        // The Child handle is dropped without waiting: the reaper thread collects the exit.
+        let pid = cmd
+            .spawn()
+            .map(|c| c.id())
+            .map_err(|e| format!("cannot start {:?}: {e}", l.argv[0]))?;
+        self.children.spawned(pid);
+        Ok(pid)
+    }
+
+    fn signal(&mut self, pid: u32, signal: Signal) {
+        let sig = match signal {
+            Signal::Term => sys::SIGTERM,
+            Signal::Kill => sys::SIGKILL,
+        };
+        sys::signal_group(pid, sig);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,13 +121,10 @@ struct Start {
     gpus: Vec<u32>,
 }
 
-pub struct Agent {
-    node: NodeId,
-    data_dir: PathBuf,
+pub struct Agent<P: Processes> {
+    core: Core,
     kill_grace: Duration,
-    reader: LedgerReader,
-    batcher: Batcher,
-    children: sys::Children,
+    processes: P,
     running: HashMap<TaskId, Run>,
     by_pid: HashMap<u32, TaskId>,
     /// Attempts reported finished whose report may not be applied yet.
@@ -71,15 +132,12 @@ pub struct Agent {
     gpu_memory: GpuMemoryPeaks,
 }
 
-impl Agent {
-    pub fn new(node: NodeId, data_dir: PathBuf, reader: LedgerReader, batcher: Batcher) -> Self {
+impl<P: Processes> Agent<P> {
+    pub fn new(core: Core, processes: P) -> Self {
         Agent {
-            node,
-            data_dir,
+            core,
             kill_grace: Duration::from_secs(3),
-            reader,
-            batcher,
-            children: sys::Children::default(),
+            processes,
             running: HashMap::new(),
             by_pid: HashMap::new(),
             reported: HashMap::new(),
@@ -95,12 +153,12 @@ impl Agent {
 
     /// Runs until `shutdown` flips to true; then kills every running task group.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let logs = self.data_dir.join("logs");
+        let logs = self.core.data_dir.join("logs");
         if let Err(e) = std::fs::create_dir_all(&logs) {
             tracing::error!("cannot create {}: {e}", logs.display());
         }
-        let mut exits = sys::start(self.children.clone());
-        let mut applied = self.reader.watch();
+        let mut exits = self.processes.exits();
+        let mut applied = self.core.ledger.watch();
         self.sync().await;
         loop {
             let next = self
@@ -128,8 +186,9 @@ impl Agent {
                 _ = sleep => self.on_deadlines(),
             }
         }
-        for r in self.running.values() {
-            sys::signal_group(r.pid, sys::SIGKILL);
+        let pids: Vec<u32> = self.running.values().map(|r| r.pid).collect();
+        for pid in pids {
+            self.processes.signal(pid, Signal::Kill);
         }
         tracing::info!(
             "agent stopped; killed {} running task(s)",
@@ -144,8 +203,8 @@ impl Agent {
         let mut unstarted_cancels = Vec::new();
         let mut active: HashMap<TaskId, u32> = HashMap::new();
         {
-            let ledger = self.reader.read();
-            for t in ledger.active_on(self.node) {
+            let ledger = self.core.ledger.read();
+            for t in ledger.active_on(self.core.node) {
                 active.insert(t.id, t.attempt);
                 if self.reported.get(&t.id) == Some(&t.attempt) {
                     continue;
@@ -184,16 +243,17 @@ impl Agent {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(r) = self.running.get(&id) {
-                sys::signal_group(r.pid, sys::SIGKILL);
+            if let Some(pid) = self.running.get(&id).map(|r| r.pid) {
+                self.processes.signal(pid, Signal::Kill);
             }
         }
-        let now = clock::instant();
+        let now = self.core.clock.instant();
         for id in cancels {
             if let Some(r) = self.running.get_mut(&id) {
                 r.ending = Some(Ending::Cancelled);
                 r.kill_at = Some(now + self.kill_grace);
-                sys::signal_group(r.pid, sys::SIGTERM);
+                let pid = r.pid;
+                self.processes.signal(pid, Signal::Term);
             }
         }
         for (task, attempt) in unstarted_cancels {
@@ -216,8 +276,7 @@ impl Agent {
     async fn start(&mut self, s: Start) {
         match self.spawn(&s) {
             Ok(pid) => {
-                self.children.spawned(pid);
-                let now = clock::instant();
+                let now = self.core.clock.instant();
                 self.running.insert(
                     s.task,
                     Run {
@@ -229,19 +288,20 @@ impl Agent {
                     },
                 );
                 self.by_pid.insert(pid, s.task);
-                self.batcher
+                self.core
+                    .writer
                     .send(Command::TaskStarted {
                         task: s.task,
                         attempt: s.attempt,
-                        worker: self.node,
+                        worker: self.core.node,
                         pid,
-                        at: clock::now(),
+                        at: self.core.now(),
                     })
                     .await;
             }
             Err(message) => {
                 tracing::debug!("task {} attempt {}: {message}", s.task, s.attempt);
-                let err_log = log_path(&self.data_dir, s.task, s.attempt, "stderr");
+                let err_log = self.core.logs.path(s.task, s.attempt, Stream::Stderr);
                 let _ = std::fs::write(err_log, format!("testmesh: {message}\n"));
                 self.reported.insert(s.task, s.attempt);
                 self.report_end(
@@ -257,36 +317,37 @@ impl Agent {
         }
     }
 
-    fn spawn(&self, s: &Start) -> Result<u32, String> {
-        let open = |stream: &str| {
-            let p = log_path(&self.data_dir, s.task, s.attempt, stream);
+    fn spawn(&mut self, s: &Start) -> Result<u32, String> {
+        let open = |stream| {
+            let p = self.core.logs.path(s.task, s.attempt, stream);
             File::create(&p).map_err(|e| format!("cannot create log file {}: {e}", p.display()))
         };
-        let out = open("stdout")?;
-        let err = open("stderr")?;
+        let stdout = open(Stream::Stdout)?;
+        let stderr = open(Stream::Stderr)?;
         let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
-        let mut cmd = std::process::Command::new(&s.spec.argv[0]);
-        cmd.args(&s.spec.argv[1..])
-            .envs(&s.spec.env)
-            .env("TESTMESH_TASK_ID", s.task.to_string())
-            .env("TESTMESH_ATTEMPT", s.attempt.to_string())
-            .env("TESTMESH_NODE_ID", self.node.to_string())
+        let mut env: Vec<(String, String)> = s
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend([
+            ("TESTMESH_TASK_ID".to_string(), s.task.to_string()),
+            ("TESTMESH_ATTEMPT".to_string(), s.attempt.to_string()),
+            ("TESTMESH_NODE_ID".to_string(), self.core.node.to_string()),
             // Without reserved GPUs the task must see none, not all of them.
-            .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        if let Some(dir) = &s.spec.workdir {
-            cmd.current_dir(dir);
-        }
-        // The Child handle is dropped without waiting: the reaper thread collects the exit.
-        cmd.spawn()
-            .map(|c| c.id())
-            .map_err(|e| format!("cannot start {:?}: {e}", s.spec.argv[0]))
+            ("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(",")),
+        ]);
+        self.processes.spawn(Launch {
+            argv: &s.spec.argv,
+            env,
+            workdir: s.spec.workdir.as_deref(),
+            stdout,
+            stderr,
+        })
     }
 
-    async fn on_exit(&mut self, exit: sys::Exit) {
+    async fn on_exit(&mut self, exit: Exit) {
         let Some(task) = self.by_pid.remove(&exit.pid) else {
             return;
         };
@@ -325,34 +386,38 @@ impl Agent {
     }
 
     fn on_deadlines(&mut self) {
-        let now = clock::instant();
+        let now = self.core.clock.instant();
+        let mut signals = Vec::new();
         for (id, r) in self.running.iter_mut() {
             if r.kill_at.is_some_and(|k| k <= now) {
                 tracing::debug!("task {id}: grace period over, SIGKILL");
-                sys::signal_group(r.pid, sys::SIGKILL);
+                signals.push((r.pid, Signal::Kill));
                 r.kill_at = None;
             } else if r.ending.is_none() && r.deadline.is_some_and(|d| d <= now) {
                 tracing::debug!("task {id}: timed out, SIGTERM");
                 r.ending = Some(Ending::TimedOut);
                 r.kill_at = Some(now + self.kill_grace);
-                sys::signal_group(r.pid, sys::SIGTERM);
+                signals.push((r.pid, Signal::Term));
             }
+        }
+        for (pid, signal) in signals {
+            self.processes.signal(pid, signal);
         }
     }
 
     /// Reports how an attempt ended, with the tails of its output for the ledger.
     async fn report_end(&self, task: TaskId, attempt: u32, mut outcome: Outcome) {
         let tail = |stream| {
-            let path = log_path(&self.data_dir, task, attempt, stream);
+            let path = self.core.logs.path(task, attempt, stream);
             let len = std::fs::metadata(&path).map_or(0, |m| m.len());
             let want = (TAIL_BYTES + 256) as u64;
-            crate::cluster::read_log(&path, len.saturating_sub(want), want)
+            read_log(&path, len.saturating_sub(want), want)
                 .map(|(bytes, _)| tail_of(&bytes))
                 .unwrap_or_default()
         };
-        outcome.stdout_tail = tail("stdout");
-        outcome.stderr_tail = tail("stderr");
-        let stdout = log_path(&self.data_dir, task, attempt, "stdout");
+        outcome.stdout_tail = tail(Stream::Stdout);
+        outcome.stderr_tail = tail(Stream::Stderr);
+        let stdout = self.core.logs.path(task, attempt, Stream::Stdout);
         let (metrics, bad) = tokio::task::spawn_blocking(move || read_metrics(&stdout))
             .await
             .unwrap_or_default();
@@ -371,13 +436,14 @@ impl Agent {
                 None => note,
             });
         }
-        self.batcher
+        self.core
+            .writer
             .send(Command::TaskFinished {
                 task,
                 attempt,
-                worker: self.node,
+                worker: self.core.node,
                 outcome,
-                at: clock::now(),
+                at: self.core.now(),
             })
             .await;
     }

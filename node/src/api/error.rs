@@ -11,7 +11,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use testmesh_consensus::Rejected;
 
-use crate::writer::WriteError;
+use crate::core::insights::InsightsError;
+use crate::core::logs::LogError;
+use crate::core::models::ModelError;
+use crate::core::submit::{InvalidTask, SubmitError};
+use crate::core::writer::WriteError;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -61,6 +65,45 @@ impl IntoResponse for ApiError {
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(m) => ApiError::BadRequest(m),
+            SubmitError::TooLarge(m) => ApiError::TooLarge(m),
+            SubmitError::Unschedulable(m) => ApiError::Unprocessable(m),
+            e @ SubmitError::Models(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<InvalidTask> for ApiError {
+    fn from(e: InvalidTask) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<InsightsError> for ApiError {
+    fn from(e: InsightsError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::BadStream(_) => ApiError::BadRequest(e.to_string()),
+            LogError::NoTask(_) | LogError::NoAttempt { .. } => ApiError::NotFound(e.to_string()),
+            LogError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
     }
 }
 

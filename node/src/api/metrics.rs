@@ -83,12 +83,15 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
     r.register(name, help, c);
 }
 
-/// The whole exposition as text.
-pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
+/// The whole exposition as text; `latest` is every node's latest gossiped point.
+pub fn render(
+    st: &AppState,
+    latest: &std::collections::HashMap<testmesh_consensus::NodeId, crate::stats::Point>,
+) -> Result<String, std::fmt::Error> {
     let mut r = Registry::default();
 
     // Raft, as this node sees it.
-    let m = st.writer.raft().metrics().borrow().clone();
+    let m = st.core.leadership.metrics();
     gauge(
         &mut r,
         "testmesh_raft_term",
@@ -99,7 +102,7 @@ pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
         &mut r,
         "testmesh_raft_is_leader",
         "1 when this node leads the cluster",
-        f64::from(u8::from(m.current_leader == Some(st.node))),
+        f64::from(u8::from(m.current_leader == Some(st.core.node))),
     );
     gauge(
         &mut r,
@@ -178,7 +181,7 @@ pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
         "testmesh_gpu_foreign_processes",
         "Compute processes on the GPU that testmesh did not start",
     );
-    let ledger = st.reader.read();
+    let ledger = st.core.ledger.read();
     let models: std::collections::BTreeMap<(String, u32), String> = ledger
         .workers()
         .flat_map(|w| {
@@ -189,8 +192,7 @@ pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
         })
         .collect();
     {
-        let stats = st.stats.read().unwrap_or_else(|p| p.into_inner());
-        for (id, p) in stats.latest_all() {
+        for (id, p) in latest {
             let l = NodeL {
                 node: id.to_string(),
             };
@@ -352,7 +354,7 @@ pub fn render(st: &AppState) -> Result<String, std::fmt::Error> {
         "testmesh_provider_errors",
         "Provider failures seen by this node's scaler",
     );
-    for p in crate::scaling::view(&st.scaler).providers {
+    for p in crate::core::scaler::view(&st.core.scaler, st.core.clock.instant()).providers {
         errors
             .get_or_create(&ProviderL { provider: p.name })
             .inc_by(p.errors_total);
@@ -398,7 +400,9 @@ pub async fn metrics(
     State(st): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let body = render(&st).map_err(|e| ApiError::Unavailable(format!("encoding metrics: {e}")))?;
+    let latest = st.core.stats.latest_all().await;
+    let body = render(&st, &latest)
+        .map_err(|e| ApiError::Unavailable(format!("encoding metrics: {e}")))?;
     let openmetrics = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())

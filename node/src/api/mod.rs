@@ -2,7 +2,6 @@
 //! through Raft and need `Authorization: Bearer <token>`.
 
 pub mod access;
-mod dto;
 mod error;
 pub(crate) mod insights;
 mod metrics;
@@ -12,7 +11,6 @@ pub mod runs;
 mod scaling;
 mod tasks;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,38 +18,21 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::header::AUTHORIZATION;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use testmesh_consensus::NodeId;
-use testmesh_consensus::store::LedgerReader;
 use tokio::sync::watch;
 
-pub use dto::{
-    Amount, LogChunk, StatusView, SubmitRequest, SubmitResponse, TaskList, TaskRequest, TaskView,
-    WorkerView, mem_is_auto, to_spec,
-};
 pub use error::ApiError;
 
+use crate::core::Core;
 use crate::monitor::HostSample;
-use crate::writer::Writer;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 << 20;
 
 pub struct Inner {
-    pub node: NodeId,
-    pub reader: LedgerReader,
-    pub writer: Writer,
-    pub mesh: crate::mesh::MeshClient,
-    pub stats: crate::stats::SharedStats,
+    pub core: Core,
     pub token: String,
-    pub data_dir: PathBuf,
     pub started: Instant,
     pub host: watch::Receiver<HostSample>,
-    /// Predictors trained from this replica's execution history (see `predict`).
-    pub predictors: predict::Cache,
-    /// Instance types the recommendations choose from.
-    pub catalogue: Vec<testmesh_planner::catalogue::InstanceType>,
-    /// The autoscaler's edge on this node (active on the leader).
-    pub scaler: crate::scaling::SharedScaler,
 }
 
 pub type AppState = Arc<Inner>;
@@ -97,8 +78,8 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(
     axum::extract::State(st): axum::extract::State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let leader = st.writer.raft().metrics().borrow().current_leader;
-    let registered = st.reader.read().worker(st.node).is_some();
+    let leader = st.core.leadership.leader();
+    let registered = st.core.ledger.read().worker(st.core.node).is_some();
     match (leader, registered) {
         (Some(l), true) => Ok(Json(
             serde_json::json!({ "status": "ready", "leader": l.to_string() }),

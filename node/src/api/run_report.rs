@@ -157,9 +157,9 @@ async fn build(st: &AppState, id: &str) -> Result<Document, ApiError> {
     let id: u64 = id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a run id (a number)")))?;
-    let models = super::predict::models(st).await.ok().map(|(m, _)| m);
+    let models = st.core.models.fresh().await.ok();
     let (r, predicted) = {
-        let l = st.reader.read();
+        let l = st.core.ledger.read();
         let run = l.run(id).ok_or_else(|| {
             ApiError::NotFound(format!("run {id} does not exist; see GET /api/v1/runs"))
         })?;

@@ -2,54 +2,19 @@
 //! `GET /api/v1/runs/{id}` (results with provenance), `POST /api/v1/runs/{id}/cancel`, and the
 //! exports `GET /api/v1/runs/{id}/junit.xml` and `/badge.svg`.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use testmesh_consensus::runs::{Run, RunSummary, summarise};
+use testmesh_consensus::runs::{Run, summarise};
 use testmesh_consensus::task::Task;
 use testmesh_consensus::{Applied, Command, TaskId};
 
-use super::dto::TaskRequest;
 use super::error::{ApiError, ApiJson};
-use super::tasks::{prepare_specs, request_id_of};
 use super::{AppState, Authorized};
-use crate::clock;
+use crate::core::dto::{RunCreated, RunView};
+use crate::core::submit::{RunRequest, request_id_of};
 use crate::results;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRequest {
-    pub name: String,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    /// Makes the submit idempotent; generated when absent.
-    #[serde(default)]
-    pub request_id: Option<String>,
-    pub tasks: Vec<TaskRequest>,
-    #[serde(default)]
-    pub allow_unschedulable: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunCreated {
-    pub run: u64,
-    pub tasks: Vec<TaskId>,
-    pub duplicate: bool,
-}
-
-/// A run in a list: what it is and where it stands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunView {
-    pub run: u64,
-    pub name: String,
-    pub metadata: BTreeMap<String, String>,
-    pub created_at: u64,
-    pub summary: RunSummary,
-}
 
 fn view(run: &Run, tasks: &[&Task]) -> RunView {
     RunView {
@@ -67,16 +32,17 @@ pub async fn submit(
     ApiJson(req): ApiJson<RunRequest>,
 ) -> Result<(StatusCode, Json<RunCreated>), ApiError> {
     testmesh_consensus::runs::validate(&req.name, &req.metadata).map_err(ApiError::BadRequest)?;
-    let specs = prepare_specs(&st, &req.tasks, req.allow_unschedulable).await?;
+    let specs = st.core.prepare(&req.tasks, req.allow_unschedulable).await?;
     let request_id = request_id_of(req.request_id)?;
     match st
+        .core
         .writer
         .write(Command::SubmitRun {
             request_id,
             name: req.name,
             metadata: req.metadata,
             tasks: specs,
-            at: clock::now(),
+            at: st.core.now(),
         })
         .await??
     {
@@ -109,7 +75,7 @@ fn parse_run(id: &str) -> Result<u64, ApiError> {
 
 /// Newest first.
 pub async fn list(State(st): State<AppState>) -> Json<Vec<RunView>> {
-    let l = st.reader.read();
+    let l = st.core.ledger.read();
     Json(
         l.runs()
             .rev()
@@ -128,7 +94,7 @@ fn with_run<T>(
     f: impl FnOnce(&Run, &[&Task]) -> T,
 ) -> Result<T, ApiError> {
     let id = parse_run(id)?;
-    let l = st.reader.read();
+    let l = st.core.ledger.read();
     let run = l.run(id).ok_or_else(|| {
         ApiError::NotFound(format!("run {id} does not exist; see GET /api/v1/runs"))
     })?;
@@ -187,9 +153,10 @@ pub async fn cancel(
             .map(|t| t.id)
             .collect()
     })?;
-    let at = clock::now();
+    let at = st.core.now();
     for chunk in open.chunks(1000) {
-        st.writer
+        st.core
+            .writer
             .write(Command::Batch(
                 chunk
                     .iter()

@@ -14,7 +14,6 @@ use testmesh_consensus::{Applied, Command};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Authorized};
-use crate::clock;
 
 /// The policy with human units.
 #[derive(Debug, Clone, Serialize)]
@@ -154,7 +153,7 @@ impl PolicyPatch {
 }
 
 pub async fn get_policy(State(st): State<AppState>) -> Json<PolicyView> {
-    Json(PolicyView::from(st.reader.read().scaling().policy()))
+    Json(PolicyView::from(st.core.ledger.read().scaling().policy()))
 }
 
 pub async fn put_policy(
@@ -162,9 +161,14 @@ pub async fn put_policy(
     _auth: Authorized,
     ApiJson(patch): ApiJson<PolicyPatch>,
 ) -> Result<Json<PolicyView>, ApiError> {
-    let current = st.reader.read().scaling().policy().clone();
+    let current = st.core.ledger.read().scaling().policy().clone();
     let policy = patch.apply(&current).map_err(ApiError::BadRequest)?;
-    let known: Vec<String> = st.catalogue.iter().map(|t| t.provider.clone()).collect();
+    let known: Vec<String> = st
+        .core
+        .catalogue
+        .iter()
+        .map(|t| t.provider.clone())
+        .collect();
     if let Some(p) = policy.providers.iter().find(|p| !known.contains(p)) {
         return Err(ApiError::BadRequest(format!(
             "provider {p:?} has no instance types in the catalogue; add [[instance_types]] with provider = {p:?} to the node config"
@@ -174,9 +178,9 @@ pub async fn put_policy(
         cmd: ScalingCommand::SetPolicy {
             policy: policy.clone(),
         },
-        at: clock::now(),
+        at: st.core.now(),
     };
-    match st.writer.write(cmd).await?? {
+    match st.core.writer.write(cmd).await?? {
         Applied::Scaling(_) => Ok(Json(PolicyView::from(&policy))),
         other => Err(ApiError::Unavailable(format!(
             "unexpected ledger answer {other:?}"
@@ -202,7 +206,7 @@ pub struct ScalingView {
     /// Newest first.
     pub decisions: Vec<DecisionRecord>,
     /// This node's scaler (the leader's is the one acting).
-    pub scaler: crate::scaling::ScalerView,
+    pub scaler: crate::core::scaler::ScalerView,
 }
 
 pub async fn scaling(
@@ -213,7 +217,7 @@ pub async fn scaling(
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest("limit: use 1..=1000".into()));
     }
-    let l = st.reader.read();
+    let l = st.core.ledger.read();
     let s = l.scaling();
     let mut instances: Vec<CloudInstance> = s
         .instances()
@@ -238,7 +242,7 @@ pub async fn scaling(
             / 1e6,
         instances,
         decisions: s.decisions().rev().take(limit).cloned().collect(),
-        scaler: crate::scaling::view(&st.scaler),
+        scaler: crate::core::scaler::view(&st.core.scaler, st.core.clock.instant()),
     }))
 }
 

@@ -7,17 +7,17 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::ledger::Ledger;
 use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::task::{Task, TaskState};
 use testmesh_consensus::{Applied, Command, NodeId, TaskId};
 
-use super::dto::*;
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{AppState, Authorized};
-use crate::mesh::rpc::{Request, Response};
-use crate::{agent, clock, cluster, units};
+use crate::core::dto::*;
+use crate::core::logs::{LogChunk, LogRead};
+use crate::core::submit::{SubmitRequest, request_id_of};
+use crate::units;
 use testmesh_planner::{self as planner, ClusterView};
 
 /// Longest a request may wait for a change.
@@ -39,16 +39,18 @@ async fn poll<T>(
     wait: Option<Duration>,
     f: impl Fn(&Ledger, u64) -> Option<T>,
 ) -> Option<T> {
-    let mut changes = st.reader.watch();
-    let deadline = wait.map(|w| clock::tokio_instant() + w);
+    let ledger = &st.core.ledger;
+    let clock = &st.core.clock;
+    let mut changes = ledger.watch();
+    let deadline = wait.map(|w| clock.instant() + w);
     loop {
         changes.mark_unchanged();
-        let rev = st.reader.applied_index();
-        if let Some(v) = f(&st.reader.read(), rev) {
+        let rev = ledger.applied_index();
+        if let Some(v) = f(&ledger.read(), rev) {
             return Some(v);
         }
-        let deadline = deadline?;
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
+        let left = deadline?.saturating_duration_since(clock.instant());
+        match tokio::time::timeout(left, changes.changed()).await {
             Ok(Ok(())) => continue,
             _ => return None,
         }
@@ -73,8 +75,8 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
 }
 
 pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
-    let m = st.writer.raft().metrics().borrow().clone();
-    let ledger = st.reader.read();
+    let m = st.core.leadership.metrics();
+    let ledger = st.core.ledger.read();
     let mut counts: BTreeMap<TaskState, usize> = BTreeMap::new();
     for t in ledger.tasks() {
         *counts.entry(t.state).or_insert(0) += 1;
@@ -84,7 +86,7 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
         .map(|(s, n)| (s.to_string(), n))
         .collect();
     Json(StatusView {
-        node_id: st.node.to_string(),
+        node_id: st.core.node.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         role: format!("{:?}", m.state).to_lowercase(),
         leader: m.current_leader.map(|l| l.to_string()),
@@ -105,13 +107,13 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
         membership_changing: m.membership_config.membership().get_joint_config().len() > 1,
         workers: ledger.workers().count(),
         tasks,
-        uptime_secs: crate::clock::instant().duration_since(st.started).as_secs(),
+        uptime_secs: st.core.clock.instant().duration_since(st.started).as_secs(),
         host: st.host.borrow().clone(),
     })
 }
 
 pub async fn workers(State(st): State<AppState>) -> Json<Vec<WorkerView>> {
-    let ledger = st.reader.read();
+    let ledger = st.core.ledger.read();
     let recent: Vec<_> = ledger.history().rev().take(RECENT_HISTORY).collect();
     let speed = planner::quarantine::speed_vs_peers(&recent);
     Json(
@@ -174,7 +176,7 @@ pub async fn list(
         })
         .transpose()?;
     if q.consistent {
-        st.writer.linearize().await?;
+        st.core.writer.linearize().await?;
     }
     let limit = q.limit.unwrap_or(100).min(100_000);
     let wait = parse_wait(&q.wait)?;
@@ -221,7 +223,7 @@ pub async fn list(
     };
     let result = poll(&st, wait, &collect).await;
     Ok(Json(result.unwrap_or_else(|| TaskList {
-        rev: st.reader.applied_index(),
+        rev: st.core.ledger.applied_index(),
         tasks: Vec::new(),
     })))
 }
@@ -246,7 +248,7 @@ pub async fn get_one(
     let wait = parse_wait(&q.wait)?;
     let since = q.since.unwrap_or(0);
     if q.consistent {
-        st.writer.linearize().await?;
+        st.core.writer.linearize().await?;
     }
     let found = poll(&st, wait, |l, _| match l.task(id) {
         None => Some(None),
@@ -261,7 +263,7 @@ pub async fn get_one(
         ))),
         // Waited without a change: answer with the task as it is.
         None => {
-            let l = st.reader.read();
+            let l = st.core.ledger.read();
             l.task(id)
                 .map(|t| Json(view(&l, t, true)))
                 .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))
@@ -283,167 +285,14 @@ pub async fn logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<LogChunk>, ApiError> {
-    let id = parse_id(&id)?;
-    let stream = q.stream.unwrap_or_else(|| "stdout".into());
-    if stream != "stdout" && stream != "stderr" {
-        return Err(ApiError::BadRequest(format!(
-            "stream {stream:?} is neither stdout nor stderr"
-        )));
-    }
-    let (attempt, tail, worker) = {
-        let l = st.reader.read();
-        let t = l
-            .task(id)
-            .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))?;
-        let n = q.attempt.unwrap_or(t.attempt);
-        if n == 0 {
-            // Never ran yet: nothing to show, more may come.
-            return Ok(Json(LogChunk {
-                task: id,
-                attempt: 0,
-                stream,
-                offset: 0,
-                next_offset: 0,
-                data: String::new(),
-                complete: t.state.is_final(),
-                ledger_tail: false,
-            }));
-        }
-        let a = t.attempts.iter().find(|a| a.number == n).ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "task {id} has no attempt {n} (it has {})",
-                t.attempts.len()
-            ))
-        })?;
-        let tail = a.outcome.as_ref().map(|o| {
-            if stream == "stdout" {
-                o.stdout_tail.clone()
-            } else {
-                o.stderr_tail.clone()
-            }
-        });
-        (n, tail, a.worker)
+    let read = LogRead {
+        task: parse_id(&id)?,
+        attempt: q.attempt,
+        stream: q.stream.as_deref().unwrap_or("stdout").parse()?,
+        offset: q.offset.unwrap_or(0),
+        limit: q.limit.unwrap_or(1 << 20).min(8 << 20),
     };
-    let ended = tail.is_some();
-    // Once the attempt has ended its tail is in the ledger: serve that when the file is not.
-    let from_tail = |why: String| match &tail {
-        Some(t) => Ok(Json(LogChunk {
-            task: id,
-            attempt,
-            stream: stream.clone(),
-            offset: 0,
-            next_offset: t.len() as u64,
-            data: t.clone(),
-            complete: true,
-            ledger_tail: true,
-        })),
-        None => Err(ApiError::Unavailable(why)),
-    };
-    let offset = q.offset.unwrap_or(0);
-    let limit = q.limit.unwrap_or(1 << 20).min(8 << 20);
-    let (data, len) = if worker == st.node {
-        let path = agent::log_path(&st.data_dir, id, attempt, &stream);
-        match cluster::read_log(&path, offset, limit) {
-            Ok(r) => r,
-            Err(e) => return from_tail(format!("cannot read {}: {e}", path.display())),
-        }
-    } else {
-        // The log lives on the worker that ran the attempt: fetch it over the mesh.
-        let Some(peer) = st.writer.peer_of(worker) else {
-            return from_tail(format!(
-                "worker {worker} that ran this attempt is not in the cluster any more; its logs are gone with it"
-            ));
-        };
-        let req = Request::Logs {
-            task: id.0,
-            attempt,
-            stream: stream.clone(),
-            offset,
-            limit,
-        };
-        match st.mesh.request(peer, req, Duration::from_secs(10)).await {
-            Ok(Response::Logs(Ok(r))) => r,
-            Ok(Response::Logs(Err(e))) => return from_tail(format!("worker {worker}: {e}")),
-            Ok(_) => return from_tail(format!("worker {worker} gave an unexpected answer")),
-            Err(e) => {
-                return from_tail(format!("cannot fetch the log from worker {worker}: {e}"));
-            }
-        }
-    };
-    if len == 0 && tail.as_ref().is_some_and(|t| !t.is_empty()) {
-        // The file is gone (cleaned up, or another data dir) but the ledger kept its end.
-        return from_tail(String::new());
-    }
-    let next_offset = offset.min(len) + data.len() as u64;
-    Ok(Json(LogChunk {
-        task: id,
-        attempt,
-        stream,
-        offset,
-        next_offset,
-        data: String::from_utf8_lossy(&data).into_owned(),
-        complete: ended && next_offset >= len,
-        ledger_tail: false,
-    }))
-}
-
-/// Turns requests into specs the ledger will take: each checked, `mem: auto` predicted, and
-/// (unless allowed) each able to run on some worker.
-pub async fn prepare_specs(
-    st: &AppState,
-    tasks: &[super::dto::TaskRequest],
-    allow_unschedulable: bool,
-) -> Result<Vec<testmesh_consensus::task::TaskSpec>, ApiError> {
-    if tasks.is_empty() {
-        return Err(ApiError::BadRequest(
-            "tasks is empty: submit at least one task".into(),
-        ));
-    }
-    if tasks.len() > MAX_SUBMIT_BATCH {
-        return Err(ApiError::TooLarge(format!(
-            "{} tasks in one request; split them into requests of at most {MAX_SUBMIT_BATCH}",
-            tasks.len()
-        )));
-    }
-    let many = tasks.len() > 1;
-    let mut specs = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
-        let mut spec = to_spec(t)
-            .map_err(|e| ApiError::BadRequest(if many { format!("task #{i}: {e}") } else { e }))?;
-        if mem_is_auto(t) {
-            // Reserve what history predicts for it.
-            super::predict::reserve_predicted_memory(st, &mut spec).await?;
-        }
-        specs.push(spec);
-    }
-    if !allow_unschedulable {
-        let ledger = st.reader.read();
-        // Specs repeat in big batches: check each distinct requirement once.
-        let mut checked = std::collections::HashSet::new();
-        for (i, s) in specs.iter().enumerate() {
-            if checked.insert(&s.requirements) {
-                planner::could_ever_fit(
-                    ledger.workers().map(|w| (&w.capacity, &w.labels)),
-                    &s.requirements,
-                )
-                .map_err(|e| {
-                    ApiError::Unprocessable(if many { format!("task #{i}: {e}") } else { e })
-                })?;
-            }
-        }
-    }
-    Ok(specs)
-}
-
-/// The client's request id, checked, or a fresh one.
-pub fn request_id_of(r: Option<String>) -> Result<String, ApiError> {
-    match r {
-        Some(r) if r.is_empty() || r.len() > 128 => Err(ApiError::BadRequest(
-            "request_id must be 1-128 characters".into(),
-        )),
-        Some(r) => Ok(r),
-        None => Ok(hex::encode(rand::random::<[u8; 16]>())),
-    }
+    Ok(Json(st.core.logs.read(read).await?))
 }
 
 pub async fn submit(
@@ -451,14 +300,15 @@ pub async fn submit(
     _auth: Authorized,
     ApiJson(req): ApiJson<SubmitRequest>,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
-    let specs = prepare_specs(&st, &req.tasks, req.allow_unschedulable).await?;
+    let specs = st.core.prepare(&req.tasks, req.allow_unschedulable).await?;
     let request_id = request_id_of(req.request_id)?;
     let r = st
+        .core
         .writer
         .write(Command::Submit {
             request_id,
             tasks: specs,
-            at: clock::now(),
+            at: st.core.now(),
         })
         .await??;
     match r {
@@ -483,10 +333,11 @@ pub async fn cancel(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
     match st
+        .core
         .writer
         .write(Command::Cancel {
             task: id,
-            at: clock::now(),
+            at: st.core.now(),
         })
         .await??
     {
@@ -512,9 +363,9 @@ async fn set_worker_state(
     let cmd = Command::SetWorkerState {
         worker,
         state,
-        at: clock::now(),
+        at: st.core.now(),
     };
-    match st.writer.write(cmd).await?? {
+    match st.core.writer.write(cmd).await?? {
         Applied::WorkerState { .. } => Ok(Json(
             serde_json::json!({ "worker": worker, "state": state }),
         )),
@@ -545,7 +396,7 @@ pub async fn unquarantine(
             "worker id {id:?} is not 16 hex digits; see GET /api/v1/workers"
         ))
     })?;
-    let w = st.reader.read().worker(worker).cloned();
+    let w = st.core.ledger.read().worker(worker).cloned();
     match w {
         None => Err(ApiError::NotFound(format!(
             "worker {worker} is not registered"
@@ -554,11 +405,12 @@ pub async fn unquarantine(
             "worker {worker} is not quarantined"
         ))),
         Some(w) => {
-            st.writer
+            st.core
+                .writer
                 .write(Command::SetQuarantine {
                     worker,
                     reason: None,
-                    at: clock::now(),
+                    at: st.core.now(),
                 })
                 .await??;
             Ok(Json(serde_json::json!({
@@ -601,9 +453,14 @@ pub async fn stats(
                 .map_err(|_| ApiError::BadRequest(format!("node {n:?} is not 16 hex digits")))
         })
         .transpose()?;
-    let store = st.stats.read().unwrap_or_else(|p| p.into_inner());
-    let nodes = store.view(node, testmesh_consensus::UnixMillis(q.since.unwrap_or(0)));
+    let since = testmesh_consensus::UnixMillis(q.since.unwrap_or(0));
+    let (nodes, malformed) = st
+        .core
+        .stats
+        .read(move |s| (s.view(node, since), s.malformed))
+        .await
+        .ok_or_else(|| ApiError::Unavailable("the node is shutting down".into()))?;
     Ok(Json(
-        serde_json::json!({ "nodes": nodes, "malformed_dropped": store.malformed }),
+        serde_json::json!({ "nodes": nodes, "malformed_dropped": malformed }),
     ))
 }

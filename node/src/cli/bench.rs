@@ -16,8 +16,9 @@ use tokio::sync::{Mutex, Notify};
 
 use super::client::{Client, ClientArgs};
 use super::tasks::RequirementArgs;
-use crate::api::{SubmitRequest, SubmitResponse, TaskList, to_spec};
-use crate::clock;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::dto::{SubmitResponse, TaskList};
+use crate::core::submit::{SubmitRequest, to_spec};
 
 /// Without a subcommand, `testmesh bench [flags] -- CMD` is the task load generator.
 #[derive(Debug, clap::Args)]
@@ -96,7 +97,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut req = a.req.to_request(Some("bench".into()), a.command.clone());
     // Tiny default cpu so that the worker's core count does not cap how many run at once.
     if a.req.cpu.is_none() {
-        req.cpu = Some(crate::api::Amount::Text("10m".into()));
+        req.cpu = Some(crate::core::submit::Amount::Text("10m".into()));
     }
     req.labels.insert("testmesh-bench".into(), run_id.clone());
     to_spec(&req).map_err(anyhow::Error::msg)?;
@@ -108,7 +109,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let progress = Arc::new(Notify::new());
     let batches = a.tasks.div_ceil(a.batch);
     let next = Arc::new(AtomicUsize::new(0));
-    let t0 = clock::instant();
+    let t0 = SystemClock.instant();
     let mut submitters = tokio::task::JoinSet::new();
     for _ in 0..a.concurrency {
         let (client, next, submitted, req) =
@@ -127,7 +128,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                     tasks: vec![req.clone(); count],
                     allow_unschedulable: false,
                 };
-                let sent = clock::instant();
+                let sent = SystemClock.instant();
                 let r: SubmitResponse = client.post("/api/v1/tasks", &body).await?;
                 {
                     let mut s = submitted.lock().await;
@@ -152,14 +153,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // Watch for finished tasks of this run.
     let mut since = start_rev;
-    let mut last_print = clock::instant();
+    let mut last_print = SystemClock.instant();
     let mut done = 0;
     while done < a.tasks {
         let q = format!(
             "/api/v1/tasks?label=testmesh-bench%3D{run_id}&state=succeeded,failed,timed_out,cancelled,lost&since={since}&wait=10s&limit=100000"
         );
         let l: TaskList = client.get(&q).await?;
-        let now = clock::instant();
+        let now = SystemClock.instant();
         since = l.rev;
         {
             let mut f = finished.lock().await;

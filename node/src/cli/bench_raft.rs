@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -18,10 +18,12 @@ use testmesh_consensus::{Command, NodeId};
 use tokio::sync::watch;
 
 use super::bench::percentile;
-use crate::cluster::network::{Liveness, MeshNetwork};
+use crate::cluster::network::MeshNetwork;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::membership::Liveness;
+use crate::core::{Core, Parts, Stats, Writer};
 use crate::mesh::{self, MeshConfig, key};
 use crate::stats::StatsStore;
-use crate::writer::Writer;
 
 #[derive(Debug, clap::Args)]
 pub struct RaftBenchArgs {
@@ -60,43 +62,56 @@ pub struct RaftReport {
 
 struct Member {
     raft: Raft,
-    writer: Writer,
+    core: Core,
     addr: String,
     _stop: watch::Sender<bool>,
+    _loops: tokio::task::JoinSet<()>,
 }
 
 async fn start_member(dir: &std::path::Path, psk_file: &std::path::Path) -> anyhow::Result<Member> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let keypair = libp2p::identity::Keypair::generate_ed25519();
     let node = key::node_id_of(&keypair.public().to_peer_id());
-    let stats = Arc::new(RwLock::new(StatsStore::new(
-        Duration::from_secs(1),
-        Duration::from_secs(60),
-    )));
-    let (mesh, inbound) = mesh::start(MeshConfig {
+    let clock = crate::core::clock::system();
+    let (stats, stats_task) = Stats::new(
+        StatsStore::new(Duration::from_secs(1), Duration::from_secs(60)),
+        clock.clone(),
+    );
+    let (mesh, inbound, mesh_loop) = mesh::start(MeshConfig {
         keypair,
         swarm_key: key::read_swarm_key(psk_file)?,
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         join: Vec::new(),
         mdns: false,
-        stats,
+        stats: stats.clone(),
     })?;
-    let (log, sm, _reader) = testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
+    let (log, sm, ledger) = testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let config = raft::config("testmesh-bench", 10_000).map_err(anyhow::Error::msg)?;
     let network = MeshNetwork {
         mesh: mesh.clone(),
-        liveness: Liveness::default(),
+        liveness: Liveness::new(clock.clone()),
     };
     let raft = Raft::new(node, Arc::new(config), network, log, sm).await?;
-    let writer = Writer::new(raft.clone(), node, Some(mesh.clone()));
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(crate::cluster::serve(
-        inbound,
-        mesh.clone(),
-        raft.clone(),
-        writer.clone(),
+    let (core, batcher) = Core::assemble(Parts {
         node,
-        dir.to_path_buf(),
+        clock,
+        raft: raft.clone(),
+        mesh: Some(mesh.clone()),
+        ledger,
+        data_dir: dir.to_path_buf(),
+        stats,
+        scaler: crate::core::scaler::shared(Vec::new()),
+        catalogue: Vec::new(),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut loops = tokio::task::JoinSet::new();
+    loops.spawn(mesh_loop.run(stopped.clone()));
+    loops.spawn(stats_task.run(stopped.clone()));
+    loops.spawn(batcher.run(stopped.clone()));
+    loops.spawn(crate::cluster::serve(
+        inbound,
+        core.clone(),
+        mesh.clone(),
         stopped,
     ));
     let mut addr = String::new();
@@ -112,25 +127,27 @@ async fn start_member(dir: &std::path::Path, psk_file: &std::path::Path) -> anyh
     }
     Ok(Member {
         raft,
-        writer,
+        core,
         addr,
         _stop: stop,
+        _loops: loops,
     })
 }
 
 /// One no-op write through the node's write path (group commit included).
 async fn commit(writer: &Writer) -> anyhow::Result<Duration> {
-    let t = crate::clock::instant();
+    let t = SystemClock.instant();
     let noop = Command::SetWorkerState {
         worker: NodeId(0),
         state: testmesh_consensus::model::WorkerState::Active,
-        at: crate::clock::now(),
+        at: SystemClock.now(),
     };
     // Refused by the ledger (no such worker) but committed all the same: a no-op entry.
     writer
         .write_here(noop)
         .await
         .map_err(|e| anyhow::anyhow!("commit failed: {e}"))?
+        .0
         .err()
         .context("the no-op write unexpectedly changed the ledger")?;
     Ok(t.elapsed())
@@ -163,7 +180,7 @@ pub async fn run(a: RaftBenchArgs) -> anyhow::Result<ExitCode> {
     let all: BTreeMap<NodeId, BasicNode> = members
         .iter()
         .map(|m| {
-            let id = m.raft.metrics().borrow().id;
+            let id = m.core.node;
             (
                 id,
                 BasicNode {
@@ -174,7 +191,7 @@ pub async fn run(a: RaftBenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
     members[0].raft.initialize(all).await?;
     let leader = loop {
-        let l = members[0].raft.metrics().borrow().current_leader;
+        let l = members[0].core.leadership.leader();
         if let Some(l) = l {
             break l;
         }
@@ -182,8 +199,8 @@ pub async fn run(a: RaftBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let writer = members
         .iter()
-        .find(|m| m.raft.metrics().borrow().id == leader)
-        .map(|m| m.writer.clone())
+        .find(|m| m.core.node == leader)
+        .map(|m| m.core.writer.clone())
         .context("the leader is not one of the bench voters")?;
     // Let every follower's replication stream settle before timing anything.
     for _ in 0..50 {
@@ -197,7 +214,7 @@ pub async fn run(a: RaftBenchArgs) -> anyhow::Result<ExitCode> {
     single.sort();
 
     let per = a.writes.div_ceil(a.concurrency);
-    let started = crate::clock::instant();
+    let started = SystemClock.instant();
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..a.concurrency {
         let writer = writer.clone();

@@ -13,6 +13,7 @@ use testmesh_consensus::model::{Capacity, GpuInfo};
 use testmesh_consensus::resources::{GpuRequest, Requirements, WHOLE_GPU_MILLI};
 use testmesh_consensus::{Bytes, MilliCpu};
 
+use crate::core::clock::{Clock, SystemClock};
 use testmesh_planner::replay::{TraceNode, TracePod, replay};
 use testmesh_planner::{Options, Policy};
 
@@ -244,7 +245,7 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             a.json,
         );
     }
-    let started = crate::clock::instant();
+    let started = SystemClock.instant();
     let report = replay(&nodes, &pods, &opts);
     let wall = started.elapsed();
     if a.json {

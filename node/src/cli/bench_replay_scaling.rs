@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use testmesh_consensus::scaling::ScalingPolicy;
 
 use super::bench_replay::ScaleArg;
+use crate::core::clock::{Clock, SystemClock};
 use testmesh_planner::catalogue::InstanceType;
 use testmesh_planner::replay::{TraceNode, TracePod};
 use testmesh_planner::replay_scaling::{ScalePolicy, replay_scaling};
@@ -113,7 +114,7 @@ pub fn run(
             idle_ms: 600_000,
         },
     };
-    let started = crate::clock::instant();
+    let started = SystemClock.instant();
     let r = replay_scaling(base, &catalogue, pods, opts, &policy);
     let wall = started.elapsed();
     if json {

@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 use super::client::{Client, ClientArgs};
+use crate::core::clock::{Clock, SystemClock};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -179,9 +180,9 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // Bursts of tests and a few GPU jobs, each burst bigger than the 2 local cores can take.
     let mut rng = StdRng::seed_from_u64(7);
-    let started = crate::clock::instant();
+    let started = SystemClock.instant();
     let mut submitted = 0usize;
-    while crate::clock::instant().duration_since(started) < a.duration {
+    while SystemClock.instant().duration_since(started) < a.duration {
         let burst = rng.random_range(4..12);
         let mut tasks = Vec::new();
         for _ in 0..burst {

@@ -12,7 +12,8 @@ use testmesh_consensus::task::TaskState;
 
 use super::client::{Client, ClientArgs};
 use super::tasks::RequirementArgs;
-use crate::api::runs::{RunCreated, RunRequest, RunView};
+use crate::core::dto::{RunCreated, RunView};
+use crate::core::submit::RunRequest;
 use crate::results::RunResults;
 use crate::{runfile, units};
 

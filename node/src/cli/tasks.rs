@@ -9,11 +9,11 @@ use testmesh_consensus::task::TaskState;
 
 use super::client::{Client, ClientArgs};
 use super::output::{between, millis, table};
-use crate::api::{
-    Amount, LogChunk, StatusView, SubmitRequest, SubmitResponse, TaskList, TaskRequest, TaskView,
-    WorkerView, to_spec,
-};
-use crate::{clock, units};
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::dto::{StatusView, SubmitResponse, TaskList, TaskView, WorkerView};
+use crate::core::logs::LogChunk;
+use crate::core::submit::{Amount, SubmitRequest, TaskRequest, to_spec};
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct JsonArgs {
@@ -243,7 +243,7 @@ pub async fn list(a: TasksArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&l.tasks)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = clock::now();
+    let now = SystemClock.now();
     let rows: Vec<Vec<String>> = l
         .tasks
         .iter()

@@ -1,8 +1,6 @@
 //! openraft's network over the mesh: every Raft RPC is one request-response exchange.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use openraft::BasicNode;
@@ -15,30 +13,9 @@ use openraft::raft::{
 use testmesh_consensus::NodeId;
 use testmesh_consensus::raft::TypeConfig;
 
-use crate::clock;
+use crate::core::membership::Liveness;
 use crate::mesh::MeshClient;
 use crate::mesh::rpc::{Request, Response};
-
-/// When each member last answered a Raft RPC (on the leader: heartbeats every 150 ms).
-#[derive(Clone, Default)]
-pub struct Liveness(Arc<Mutex<HashMap<NodeId, Instant>>>);
-
-impl Liveness {
-    fn seen(&self, node: NodeId) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node, clock::instant());
-    }
-
-    pub fn last_seen(&self, node: NodeId) -> Option<Instant> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&node)
-            .copied()
-    }
-}
 
 #[derive(Clone)]
 pub struct MeshNetwork {

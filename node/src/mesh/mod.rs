@@ -25,8 +25,8 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::core::Stats;
 use crate::error::Error;
-use crate::stats::{self, SharedStats};
 use rpc::{Request, Response};
 
 /// The gossipsub topic of resource statistics (versioned like every wire format).
@@ -41,8 +41,8 @@ pub struct MeshConfig {
     pub listen: Vec<Multiaddr>,
     pub join: Vec<Multiaddr>,
     pub mdns: bool,
-    /// Where received statistics go.
-    pub stats: SharedStats,
+    /// Where received statistics go (the store's owner validates them).
+    pub stats: Stats,
 }
 
 #[derive(NetworkBehaviour)]
@@ -196,7 +196,9 @@ fn transport(
 }
 
 /// Builds the swarm and starts its event loop. Inbound requests arrive on the returned channel.
-pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), Error> {
+/// Builds the swarm; the caller runs the returned [`EventLoop`] (until shutdown, or until
+/// every [`MeshClient`] is gone).
+pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, EventLoop), Error> {
     for a in cfg.listen.iter().chain(&cfg.join) {
         if a.iter().any(|p| {
             matches!(
@@ -226,7 +228,7 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), E
         // The default first heartbeat comes after 5 s; stats should flow at once.
         .heartbeat_initial_delay(Duration::from_millis(100))
         .heartbeat_interval(Duration::from_secs(1))
-        .max_transmit_size(stats::MAX_MESSAGE)
+        .max_transmit_size(crate::stats::MAX_MESSAGE)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .build()
         .map_err(|e| Error::Config(format!("gossipsub: {e}")))?;
@@ -278,13 +280,13 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>), E
         topic,
         stats: cfg.stats,
     };
-    tokio::spawn(event_loop.run());
-    Ok((MeshClient { tx, local }, inbound))
+    Ok((MeshClient { tx, local }, inbound, event_loop))
 }
 
 type PendingReply = BoxFuture<'static, (Option<Response>, ResponseChannel<Response>)>;
 
-struct EventLoop {
+/// The one owner of the swarm.
+pub struct EventLoop {
     swarm: Swarm<Behaviour>,
     cmds: mpsc::Receiver<Cmd>,
     inbound: mpsc::Sender<Inbound>,
@@ -294,14 +296,15 @@ struct EventLoop {
     connected: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
     topic: gossipsub::IdentTopic,
-    stats: SharedStats,
+    stats: Stats,
 }
 
 impl EventLoop {
-    async fn run(mut self) {
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut redial = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
+                _ = shutdown.changed() => return,
                 ev = self.swarm.select_next_some() => self.on_event(ev),
                 cmd = self.cmds.recv() => match cmd {
                     Some(c) => self.on_cmd(c),
@@ -437,23 +440,7 @@ impl EventLoop {
                 ..
             })) => {
                 let sender = message.source.map(|p| key::node_id_of(&p));
-                let mut store = self.stats.write().unwrap_or_else(|p| p.into_inner());
-                match sender
-                    .ok_or(stats::Invalid::WrongSender)
-                    .and_then(|s| stats::validate(&message.data, s))
-                {
-                    Ok(m) => {
-                        // Sender and receiver clocks agree on one host and are NTP-close across
-                        // hosts: this measures gossip latency (and, across hosts, clock skew).
-                        let delay = crate::clock::now().0.saturating_sub(m.at.0);
-                        store.record_delivery(m.node, delay);
-                        store.insert(m)
-                    }
-                    Err(e) => {
-                        store.malformed += 1;
-                        tracing::debug!("dropped a stats message from {:?}: {e:?}", message.source);
-                    }
-                }
+                self.stats.gossiped(sender, message.data);
             }
             _ => {}
         }

@@ -1,4 +1,4 @@
-//! What nodes ask each other over `/testmesh/rpc/1`: Raft RPCs, forwarded writes, joins, and
+//! What nodes ask each other over `/testmesh/rpc/2` (2: the log stream became an enum): Raft RPCs, forwarded writes, joins, and
 //! cluster status for formation. Encoded with bincode through a size-limited codec.
 
 use std::io;
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use testmesh_consensus::raft::TypeConfig;
 use testmesh_consensus::{Applied, Command, NodeId, Rejected, codec};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/1");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/2");
 /// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
 const MAX_FRAME: u64 = 64 << 20;
 
@@ -47,7 +47,7 @@ pub enum Request {
     Logs {
         task: u64,
         attempt: u32,
-        stream: String,
+        stream: crate::core::logs::Stream,
         offset: u64,
         limit: u64,
     },

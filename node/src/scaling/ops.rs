@@ -11,8 +11,8 @@ use testmesh_consensus::scaling::{CloudInstance, INTENT_LABEL, InstanceState, Sc
 use testmesh_consensus::{Command, NodeId, UnixMillis};
 use testmesh_providers::LaunchSpec;
 
-use super::{Scaler, lock};
-use crate::clock;
+use super::{Ops, Scaler};
+use crate::core::scaler::lock;
 
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(120);
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -22,18 +22,18 @@ const ORPHANED_INTENT_AFTER_MS: u64 = 10_000;
 
 /// Claims `intent` for one operation; false when one is already under way.
 fn claim(this: &Scaler, intent: u64) -> bool {
-    lock(&this.shared).busy.insert(intent)
+    lock(&this.core.scaler).busy.insert(intent)
 }
 
 fn release(this: &Scaler, intent: u64) {
-    lock(&this.shared).busy.remove(&intent);
+    lock(&this.core.scaler).busy.remove(&intent);
 }
 
-pub fn spawn_launch(this: Arc<Scaler>, intent: u64) {
+pub fn spawn_launch(this: Arc<Scaler>, intent: u64, ops: &mut Ops) {
     if !claim(&this, intent) {
         return;
     }
-    tokio::spawn(async move {
+    ops.spawn(async move {
         launch(&this, intent).await;
         release(&this, intent);
     });
@@ -41,7 +41,7 @@ pub fn spawn_launch(this: Arc<Scaler>, intent: u64) {
 
 async fn launch(this: &Scaler, intent: u64) {
     let (inst, cluster) = {
-        let l = this.reader.read();
+        let l = this.core.ledger.read();
         let s = l.scaling();
         match (s.instance(intent), s.cluster_id()) {
             (Some(i), Some(c)) if i.state == InstanceState::Requested => (i.clone(), c.to_string()),
@@ -60,6 +60,7 @@ async fn launch(this: &Scaler, intent: u64) {
         .await;
     };
     let Some(t) = this
+        .core
         .catalogue
         .iter()
         .find(|t| t.provider == inst.provider && t.name == inst.instance_type)
@@ -117,7 +118,7 @@ fn node_args(
     inst: &CloudInstance,
     t: &testmesh_planner::catalogue::InstanceType,
 ) -> Vec<String> {
-    let spec = lock(&this.shared)
+    let spec = lock(&this.core.scaler)
         .providers
         .get(&inst.provider)
         .map(|p| p.spec.clone());
@@ -169,15 +170,17 @@ fn node_args(
 pub async fn drain(this: &Scaler, nodes: &[NodeId]) {
     for n in nodes {
         let _ = this
+            .core
             .writer
             .write(Command::SetWorkerState {
                 worker: *n,
                 state: WorkerState::Draining,
-                at: clock::now(),
+                at: this.core.now(),
             })
             .await;
         let intent = this
-            .reader
+            .core
+            .ledger
             .read()
             .scaling()
             .instance_of(*n)
@@ -189,11 +192,11 @@ pub async fn drain(this: &Scaler, nodes: &[NodeId]) {
 }
 
 /// Ends `intent`: terminates its instance (if it was ever launched) and records the end.
-fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: String) {
+fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: String, ops: &mut Ops) {
     if !claim(&this, inst.intent) {
         return;
     }
-    tokio::spawn(async move {
+    ops.spawn(async move {
         let intent = inst.intent;
         let mut ok = true;
         let provider_id = match inst.provider_id.clone() {
@@ -224,7 +227,7 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
 }
 
 async fn find(this: &Scaler, inst: &CloudInstance) -> Option<String> {
-    let cluster = this.reader.read().scaling().cluster_id()?.to_string();
+    let cluster = this.core.ledger.read().scaling().cluster_id()?.to_string();
     let p = this.provider(&inst.provider)?;
     let list = p.list(&cluster).await.ok()?;
     list.into_iter()
@@ -233,9 +236,9 @@ async fn find(this: &Scaler, inst: &CloudInstance) -> Option<String> {
 }
 
 /// Deadlines and clean-ups, every tick.
-pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
+pub async fn maintain(this: Arc<Scaler>, now: UnixMillis, ops: &mut Ops) {
     let (instances, deadline, workers) = {
-        let l = this.reader.read();
+        let l = this.core.ledger.read();
         let s = l.scaling();
         let instances: Vec<CloudInstance> = s
             .instances()
@@ -248,7 +251,7 @@ pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
             .collect();
         (instances, s.policy().registration_deadline_ms, workers)
     };
-    let busy = lock(&this.shared).busy.clone();
+    let busy = lock(&this.core.scaler).busy.clone();
     for i in instances {
         if busy.contains(&i.intent) {
             continue;
@@ -259,13 +262,13 @@ pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
             InstanceState::Requested | InstanceState::Launched if age > deadline => {
                 let reason = format!("did not join within {} s", deadline / 1000);
                 this.failed(&i.provider, &reason);
-                spawn_end(this.clone(), i, true, reason);
+                spawn_end(this.clone(), i, true, reason, ops);
             }
             InstanceState::Requested if age > ORPHANED_INTENT_AFTER_MS => {
-                spawn_launch(this.clone(), i.intent);
+                spawn_launch(this.clone(), i.intent, ops);
             }
             InstanceState::Draining if worker.is_none_or(|(_, active)| !active) => {
-                spawn_end(this.clone(), i, false, "scaled down: idle".into());
+                spawn_end(this.clone(), i, false, "scaled down: idle".into(), ops);
             }
             InstanceState::Joined | InstanceState::Draining => match worker {
                 Some((WorkerState::Lost, _)) => spawn_end(
@@ -273,10 +276,15 @@ pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
                     i,
                     true,
                     "its worker stopped responding".into(),
+                    ops,
                 ),
-                Some((WorkerState::Left, _)) => {
-                    spawn_end(this.clone(), i, false, "its worker left the cluster".into())
-                }
+                Some((WorkerState::Left, _)) => spawn_end(
+                    this.clone(),
+                    i,
+                    false,
+                    "its worker left the cluster".into(),
+                    ops,
+                ),
                 _ => {}
             },
             _ => {}
@@ -287,9 +295,10 @@ pub async fn maintain(this: Arc<Scaler>, now: UnixMillis) {
 /// Compares every provider's listing with the ledger: adopts launches the ledger has not
 /// heard of yet, redoes launches that never happened, terminates orphans, and marks instances
 /// that vanished.
-pub async fn reconcile(this: Arc<Scaler>) {
+pub async fn reconcile(this: Arc<Scaler>, ops: &mut Ops) {
     let Some(cluster) = this
-        .reader
+        .core
+        .ledger
         .read()
         .scaling()
         .cluster_id()
@@ -297,7 +306,7 @@ pub async fn reconcile(this: Arc<Scaler>) {
     else {
         return;
     };
-    let names: Vec<String> = lock(&this.shared).providers.keys().cloned().collect();
+    let names: Vec<String> = lock(&this.core.scaler).providers.keys().cloned().collect();
     for name in names {
         let Some(p) = this.provider(&name) else {
             continue;
@@ -311,9 +320,16 @@ pub async fn reconcile(this: Arc<Scaler>) {
         };
         // Every instance of the ledger: providers may share an account or an engine and list
         // each other's instances.
-        let all: Vec<CloudInstance> = this.reader.read().scaling().instances().cloned().collect();
+        let all: Vec<CloudInstance> = this
+            .core
+            .ledger
+            .read()
+            .scaling()
+            .instances()
+            .cloned()
+            .collect();
         let ledger: Vec<&CloudInstance> = all.iter().filter(|i| i.provider == name).collect();
-        let busy = lock(&this.shared).busy.clone();
+        let busy = lock(&this.core.scaler).busy.clone();
         for inst in listed.iter().filter(|i| i.alive) {
             let known = inst.intent.and_then(|n| all.iter().find(|l| l.intent == n));
             match known {
@@ -348,7 +364,7 @@ pub async fn reconcile(this: Arc<Scaler>) {
         for l in ledger.iter().filter(|l| !busy.contains(&l.intent)) {
             let present = listed.iter().any(|i| i.alive && i.intent == Some(l.intent));
             match l.state {
-                InstanceState::Requested if !present => spawn_launch(this.clone(), l.intent),
+                InstanceState::Requested if !present => spawn_launch(this.clone(), l.intent, ops),
                 InstanceState::Launched | InstanceState::Joined | InstanceState::Draining
                     if !present =>
                 {

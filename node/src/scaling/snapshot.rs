@@ -8,7 +8,7 @@ use testmesh_consensus::resources::{self, Allocated};
 use testmesh_consensus::scaling::{DecisionKind, InstanceState};
 use testmesh_consensus::{NodeId, UnixMillis};
 
-use crate::stats::StatsStore;
+use crate::stats::Point;
 use testmesh_planner as planner;
 use testmesh_planner::autoscaler::{Demand, InstanceView, ManagedWorker, Pool, Snapshot};
 use testmesh_planner::catalogue::InstanceType;
@@ -20,7 +20,8 @@ pub const MAX_DEMAND: usize = 1_000;
 pub struct Inputs<'a> {
     pub now: UnixMillis,
     pub ledger: &'a Ledger,
-    pub stats: &'a StatsStore,
+    /// Every node's latest gossiped point.
+    pub latest: &'a HashMap<NodeId, Point>,
     pub predictor: Option<&'a Predictor>,
     pub catalogue: &'a [InstanceType],
     pub idle_since: &'a HashMap<NodeId, UnixMillis>,
@@ -102,7 +103,7 @@ pub fn build<'a>(i: &Inputs<'a>) -> Snapshot<'a> {
                 } else {
                     None
                 },
-                cpu_percent: i.stats.latest(w.id).map(|p| p.sample.cpu_percent as f64),
+                cpu_percent: i.latest.get(&w.id).map(|p| p.sample.cpu_percent as f64),
                 cpu_milli: w.capacity.cpu.0,
                 fits_waiting: waiting.iter().any(|r| {
                     resources::fit(&w.capacity, &Allocated::default(), &w.labels, r).is_ok()

@@ -6,7 +6,6 @@
 //! dropped and counted, never trusted.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -234,9 +233,6 @@ impl Delivery {
         })
     }
 }
-
-/// Shared read access for the API; the mesh's stats task is the only writer.
-pub type SharedStats = Arc<RwLock<StatsStore>>;
 
 #[cfg(test)]
 mod tests {

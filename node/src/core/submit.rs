@@ -1,13 +1,16 @@
-//! What the API accepts and returns, and the validation that turns a request into a
-//! [`TaskSpec`]. The CLI builds the same request types.
+//! Submissions: what users send to run tasks, and what turns a request into specs the ledger
+//! will take — each field checked with a message that names it, `mem: auto` predicted from
+//! history, and (unless allowed) each task able to run on some worker. The API, run files and
+//! the CLI share these request types.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use testmesh_consensus::model::Worker;
+use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::resources::{GpuRequest, Requirements};
-use testmesh_consensus::task::{Task, TaskSpec};
+use testmesh_consensus::task::TaskSpec;
 use testmesh_consensus::{Bytes, MilliCpu};
+use thiserror::Error;
 
 use crate::units;
 
@@ -84,78 +87,6 @@ pub struct SubmitRequest {
     pub allow_unschedulable: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SubmitResponse {
-    pub tasks: Vec<testmesh_consensus::TaskId>,
-    pub duplicate: bool,
-}
-
-/// A task with what the user wants to know beside the ledger record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskView {
-    #[serde(flatten)]
-    pub task: Task,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskList {
-    /// The ledger revision this list reflects; pass it as `since` to wait for changes.
-    pub rev: u64,
-    pub tasks: Vec<TaskView>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerView {
-    #[serde(flatten)]
-    pub worker: Worker,
-    pub active_tasks: usize,
-    /// Its run time over the typical run time of the same tasks (1.0 typical), from recent
-    /// history; absent without comparable attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub speed_vs_peers: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogChunk {
-    pub task: testmesh_consensus::TaskId,
-    pub attempt: u32,
-    pub stream: String,
-    pub offset: u64,
-    pub next_offset: u64,
-    pub data: String,
-    /// The attempt has ended and everything up to `next_offset` is all there is.
-    pub complete: bool,
-    /// The worker's log file could not be read (the worker is gone or unreachable): `data` is
-    /// the tail of the output kept in the ledger instead, at most 2 KiB.
-    #[serde(default)]
-    pub ledger_tail: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusView {
-    pub node_id: String,
-    pub version: String,
-    pub role: String,
-    pub leader: Option<String>,
-    pub term: u64,
-    pub last_applied: u64,
-    /// Raft voters and learners, as this node's replica has them.
-    #[serde(default)]
-    pub voters: Vec<String>,
-    #[serde(default)]
-    pub learners: Vec<String>,
-    /// A membership change is half done (joint consensus): both the old and the new voter
-    /// sets need a majority until it completes.
-    #[serde(default)]
-    pub membership_changing: bool,
-    pub workers: usize,
-    pub tasks: BTreeMap<String, usize>,
-    pub uptime_secs: u64,
-    pub host: crate::monitor::HostSample,
-}
-
 fn check_key(what: &str, k: &str) -> Result<(), String> {
     if k.is_empty() || k.len() > 128 || k.contains('=') || k.contains('\0') {
         return Err(format!(
@@ -171,7 +102,11 @@ pub fn mem_is_auto(r: &TaskRequest) -> bool {
     matches!(&r.mem, Some(Amount::Text(m)) if m.trim().eq_ignore_ascii_case("auto"))
 }
 
-pub fn to_spec(r: &TaskRequest) -> Result<TaskSpec, String> {
+pub fn to_spec(r: &TaskRequest) -> Result<TaskSpec, InvalidTask> {
+    validate(r).map_err(InvalidTask)
+}
+
+fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
     if r.command.is_empty() || r.command[0].trim().is_empty() {
         return Err(
             "command is empty: give the program and its arguments, e.g. [\"echo\", \"hi\"]".into(),
@@ -265,13 +200,134 @@ pub fn to_spec(r: &TaskRequest) -> Result<TaskSpec, String> {
     })
 }
 
+/// `POST /api/v1/runs`: tasks submitted together under one run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub name: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Makes the submit idempotent; generated when absent.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    pub tasks: Vec<TaskRequest>,
+    #[serde(default)]
+    pub allow_unschedulable: bool,
+}
+
+/// A task request that cannot become a spec; the message names the field.
+#[derive(Debug, Clone, Error)]
+#[error("{0}")]
+pub struct InvalidTask(pub String);
+
+/// Why a submission was refused; nothing of it was submitted.
+#[derive(Debug, Clone, Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    TooLarge(String),
+    /// No worker of the pool could ever run it (and the caller did not allow that).
+    #[error("{0}")]
+    Unschedulable(String),
+    #[error("mem: auto: {0}")]
+    Models(#[from] super::models::ModelError),
+}
+
+/// Headroom over the predicted peak when `mem: "auto"` reserves it.
+const AUTO_MEMORY_HEADROOM: f64 = 1.25;
+/// Label on a task whose memory was reserved by prediction, saying what was predicted.
+pub const MEM_AUTO_LABEL: &str = "testmesh.mem_auto";
+
+/// `mem: "auto"`: reserves the predicted peak memory plus 25 % (nothing when there is no
+/// history yet), and labels the task with what was predicted and how.
+pub fn reserve_predicted_memory(models: &super::models::ModelSet, spec: &mut TaskSpec) {
+    use testmesh_planner::predictor::PredictionPath;
+    use testmesh_planner::predictor::history::spec_features;
+    let p = models.memory.predict(&spec_features(spec));
+    let note = if p.path == PredictionPath::Requested {
+        "no history yet: nothing reserved".to_string()
+    } else {
+        let mib = (p.value * AUTO_MEMORY_HEADROOM).ceil().max(1.0) as u64;
+        spec.requirements.memory = Bytes(mib << 20);
+        format!(
+            "{mib} MiB reserved: predicted peak {:.0} MiB + 25 % ({:?}, confidence {:.2}, {} samples)",
+            p.value, p.path, p.confidence, p.samples
+        )
+    };
+    spec.labels.insert(MEM_AUTO_LABEL.to_string(), note);
+}
+
+/// The client's request id, checked, or a fresh one.
+pub fn request_id_of(r: Option<String>) -> Result<String, SubmitError> {
+    match r {
+        Some(r) if r.is_empty() || r.len() > 128 => Err(SubmitError::Invalid(
+            "request_id must be 1-128 characters".into(),
+        )),
+        Some(r) => Ok(r),
+        None => Ok(hex::encode(rand::random::<[u8; 16]>())),
+    }
+}
+
+/// Turns requests into specs the ledger will take: each checked, `mem: auto` predicted, and
+/// (unless allowed) each able to run on some worker of `ledger`.
+pub async fn prepare(
+    ledger: &testmesh_consensus::store::LedgerReader,
+    models: &super::models::Models,
+    tasks: &[TaskRequest],
+    allow_unschedulable: bool,
+) -> Result<Vec<TaskSpec>, SubmitError> {
+    if tasks.is_empty() {
+        return Err(SubmitError::Invalid(
+            "tasks is empty: submit at least one task".into(),
+        ));
+    }
+    if tasks.len() > MAX_SUBMIT_BATCH {
+        return Err(SubmitError::TooLarge(format!(
+            "{} tasks in one request; split them into requests of at most {MAX_SUBMIT_BATCH}",
+            tasks.len()
+        )));
+    }
+    let many = tasks.len() > 1;
+    let numbered = |i: usize, e: String| if many { format!("task #{i}: {e}") } else { e };
+    let mut specs = Vec::with_capacity(tasks.len());
+    let mut trained = None;
+    for (i, t) in tasks.iter().enumerate() {
+        let mut spec = validate(t).map_err(|e| SubmitError::Invalid(numbered(i, e)))?;
+        if mem_is_auto(t) {
+            if trained.is_none() {
+                trained = Some(models.fresh().await?);
+            }
+            if let Some(m) = &trained {
+                reserve_predicted_memory(m, &mut spec);
+            }
+        }
+        specs.push(spec);
+    }
+    if !allow_unschedulable {
+        let ledger = ledger.read();
+        // Specs repeat in big batches: check each distinct requirement once.
+        let mut checked = std::collections::HashSet::new();
+        for (i, s) in specs.iter().enumerate() {
+            if checked.insert(&s.requirements) {
+                testmesh_planner::could_ever_fit(
+                    ledger.workers().map(|w| (&w.capacity, &w.labels)),
+                    &s.requirements,
+                )
+                .map_err(|e| SubmitError::Unschedulable(numbered(i, e)))?;
+            }
+        }
+    }
+    Ok(specs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn req(json: &str) -> Result<TaskSpec, String> {
         let r: TaskRequest = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        to_spec(&r)
+        to_spec(&r).map_err(|e| e.to_string())
     }
 
     #[test]

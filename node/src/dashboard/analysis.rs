@@ -3,7 +3,7 @@
 
 use testmesh_dashboard::views::{Analysis, By, EfficiencyRow, Table};
 
-use crate::api::AppState;
+use crate::core::Core;
 use testmesh_planner::predictor::PredictionPath;
 use testmesh_planner::predictor::history::spec_features;
 
@@ -20,8 +20,8 @@ fn pct(v: Option<f64>) -> String {
 
 /// The analysis of the last `window_ms`; a failure shows as a finding rather than an error
 /// page.
-pub async fn analysis(st: &AppState, window_ms: u64) -> Analysis {
-    let (ins, models, seen) = match crate::api::insights::compute(st, window_ms).await {
+pub async fn analysis(core: &Core, window_ms: u64) -> Analysis {
+    let (ins, models, seen) = match core.insights(window_ms).await {
         Ok(x) => x,
         Err(e) => {
             return Analysis {
@@ -170,7 +170,7 @@ pub async fn analysis(st: &AppState, window_ms: u64) -> Analysis {
         ],
     );
     if let Some(m) = &models {
-        let l = st.reader.read();
+        let l = core.ledger.read();
         for t in l.pending().take(PREDICTED) {
             let f = spec_features(&t.spec);
             let secs = m.duration.predict(&f);

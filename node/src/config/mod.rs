@@ -2,6 +2,8 @@
 //! file (`deny_unknown_fields`, versioned) over defaults, validated into an immutable
 //! [`NodeConfig`].
 
+pub mod providers;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -140,7 +142,7 @@ struct FileConfig {
     instance_types: Vec<FileInstanceType>,
     /// Where the autoscaler may get workers from.
     #[serde(default)]
-    providers: Vec<crate::scaling::config::FileProvider>,
+    providers: Vec<crate::config::providers::FileProvider>,
 }
 
 /// One `[[instance_types]]` entry.
@@ -223,7 +225,7 @@ pub struct NodeConfig {
     pub stats_interval: std::time::Duration,
     pub stats_retention: std::time::Duration,
     pub catalogue: Vec<InstanceType>,
-    pub providers: Vec<crate::scaling::config::FileProvider>,
+    pub providers: Vec<crate::config::providers::FileProvider>,
     pub public_dashboard: bool,
     pub dashboard_interval: std::time::Duration,
 }
@@ -368,7 +370,7 @@ impl NodeConfig {
         }
         let catalogue =
             instance_types(file.instance_types).map_err(|e| in_file("[[instance_types]]", e))?;
-        crate::scaling::config::validate(&file.providers)
+        crate::config::providers::validate(&file.providers)
             .map_err(|e| in_file("[[providers]]", e))?;
         let dashboard_interval = args
             .dashboard_interval

@@ -1,0 +1,213 @@
+//! The dashboard's source: this node's replica, leadership, gossip statistics and the
+//! analysis, turned into the dashboard crate's plain types. Reads only the core.
+
+mod analysis;
+
+use std::collections::BTreeMap;
+
+use futures::future::BoxFuture;
+use testmesh_dashboard::views::{BUSY_GPU_PCT, Reservation, ScalingView, WorkerUsage};
+
+use crate::core::Core;
+
+/// What the dashboard reads: this node's core.
+pub struct DashboardSource(pub Core);
+
+impl testmesh_dashboard::Source for DashboardSource {
+    fn now(&self) -> u64 {
+        self.0.now().0
+    }
+
+    fn overview(&self) -> testmesh_dashboard::Overview {
+        let core = &self.0;
+        let term = core.leadership.term();
+        let l = core.ledger.read();
+        let mut by_state = BTreeMap::new();
+        for t in l.tasks() {
+            *by_state.entry(t.state).or_insert(0usize) += 1;
+        }
+        testmesh_dashboard::Overview {
+            node: core.node.to_string(),
+            leader: term.leader.map(|n| n.to_string()),
+            term: term.term,
+            workers: l.workers().cloned().collect(),
+            tasks_by_state: by_state,
+            recent: l.tasks().rev().take(20).cloned().collect(),
+        }
+    }
+
+    fn series(
+        &self,
+        window_ms: u64,
+    ) -> BoxFuture<'_, (u64, Vec<testmesh_dashboard::charts::NodeSeries>)> {
+        Box::pin(self.series_of(window_ms))
+    }
+
+    fn usage(&self) -> BoxFuture<'_, Vec<WorkerUsage>> {
+        Box::pin(async move {
+            let latest = self.0.stats.latest_all().await;
+            let l = self.0.ledger.read();
+            l.workers()
+                .filter_map(|w| {
+                    let p = latest.get(&w.id)?;
+                    Some(WorkerUsage {
+                        id: w.id.to_string(),
+                        cpu_cores: p.sample.cpu_percent as f64 / 100.0 * w.capacity.cpu.0 as f64
+                            / 1000.0,
+                        memory_bytes: p.sample.memory_used.0,
+                        busy_gpus: p
+                            .sample
+                            .gpus
+                            .iter()
+                            .filter(|g| g.utilization_percent >= BUSY_GPU_PCT)
+                            .map(|g| g.index)
+                            .collect(),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn scaling(&self) -> ScalingView {
+        let l = self.0.ledger.read();
+        let s = l.scaling();
+        ScalingView {
+            enabled: s.policy().enabled,
+            decisions: s.decisions().cloned().collect(),
+            instances: s.instances().cloned().collect(),
+            budget_micros_per_hour: s.policy().budget_micros_per_hour,
+        }
+    }
+
+    fn reservations(&self, since_ms: u64) -> Vec<Reservation> {
+        let l = self.0.ledger.read();
+        let mut out = Vec::new();
+        for t in l.tasks() {
+            for a in &t.attempts {
+                let Some(start) = a.started_at.or(Some(a.assigned_at)) else {
+                    continue;
+                };
+                let end = a.finished_at.map(|e| e.0);
+                if end.is_some_and(|e| e < since_ms) {
+                    continue;
+                }
+                out.push(Reservation {
+                    start_ms: start.0,
+                    end_ms: end,
+                    cpu_cores: t.spec.requirements.cpu.0 as f64 / 1000.0,
+                    gpus: a.gpus.iter().map(|g| g.milli as f64 / 1000.0).sum(),
+                });
+            }
+        }
+        out
+    }
+
+    fn tasks(&self, limit: usize) -> Vec<testmesh_consensus::task::Task> {
+        let l = self.0.ledger.read();
+        let mut out: Vec<_> = l.pending().take(limit).cloned().collect();
+        out.extend(
+            l.tasks()
+                .rev()
+                .filter(|t| t.state != testmesh_consensus::task::TaskState::Pending)
+                .take(limit)
+                .cloned(),
+        );
+        out
+    }
+
+    fn task(&self, id: u64) -> Option<testmesh_consensus::task::Task> {
+        self.0
+            .ledger
+            .read()
+            .task(testmesh_consensus::TaskId(id))
+            .cloned()
+    }
+
+    fn analysis(
+        &self,
+        window_ms: u64,
+    ) -> futures::future::BoxFuture<'_, testmesh_dashboard::views::Analysis> {
+        Box::pin(analysis::analysis(&self.0, window_ms))
+    }
+}
+
+impl DashboardSource {
+    async fn series_of(
+        &self,
+        window_ms: u64,
+    ) -> (u64, Vec<testmesh_dashboard::charts::NodeSeries>) {
+        use testmesh_dashboard::charts::{NodeSeries, StatPoint};
+        let now = self.0.now().0;
+        let hosts: BTreeMap<testmesh_consensus::NodeId, (String, f64, u32)> = self
+            .0
+            .ledger
+            .read()
+            .workers()
+            .map(|w| {
+                (
+                    w.id,
+                    (
+                        w.hardware.hostname.clone(),
+                        w.capacity.cpu.0 as f64 / 1000.0,
+                        w.capacity.gpus.len() as u32,
+                    ),
+                )
+            })
+            .collect();
+        let since = testmesh_consensus::UnixMillis(now.saturating_sub(window_ms));
+        let view = self
+            .0
+            .stats
+            .read(move |s| s.view(None, since))
+            .await
+            .unwrap_or_default();
+        let point = |p: &crate::stats::Point| {
+            let s = &p.sample;
+            let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let n = s.gpus.len() as f64;
+            StatPoint {
+                at_ms: p.at.0,
+                cpu: s.cpu_percent as f64 / 100.0,
+                memory: frac(s.memory_used.0, s.memory_total.0),
+                gpu: (n > 0.0).then(|| {
+                    s.gpus
+                        .iter()
+                        .map(|g| g.utilization_percent as f64)
+                        .sum::<f64>()
+                        / n
+                        / 100.0
+                }),
+                gpu_memory: (n > 0.0).then(|| {
+                    s.gpus
+                        .iter()
+                        .map(|g| frac(g.memory_used.0, g.memory_total.0))
+                        .sum::<f64>()
+                        / n
+                }),
+            }
+        };
+        let series = view
+            .into_iter()
+            .map(|(id, v)| {
+                // The downsampled history first, then the recent samples at full resolution.
+                let first_fine = v.samples.first().map_or(u64::MAX, |p| p.at.0);
+                let mut points: Vec<StatPoint> = v
+                    .history
+                    .iter()
+                    .filter(|p| p.at.0 >= since.0 && p.at.0 < first_fine)
+                    .map(point)
+                    .collect();
+                points.extend(v.samples.iter().map(point));
+                let (hostname, cores, gpus) = hosts.get(&id).cloned().unwrap_or_default();
+                NodeSeries {
+                    node: id.to_string(),
+                    hostname,
+                    cores,
+                    gpus,
+                    points,
+                }
+            })
+            .collect();
+        (now, series)
+    }
+}
