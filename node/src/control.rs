@@ -300,3 +300,108 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use testmesh_consensus::task::TaskState;
+
+    use super::*;
+    use crate::core::submit::{Amount, TaskRequest, to_spec};
+    use crate::core::testing::TestNode;
+
+    fn control(node: &TestNode) -> Control {
+        Control {
+            core: node.core.clone(),
+            options: Options::default(),
+            liveness: Liveness::new(node.core.clock.clone()),
+            dead_after: Duration::from_secs(10),
+            stats_fresh: Duration::from_secs(3),
+            predicted: Default::default(),
+        }
+    }
+
+    async fn submit(node: &TestNode, n: usize, cpus: f64) -> Vec<TaskId> {
+        let spec = to_spec(&TaskRequest {
+            command: vec!["true".into()],
+            cpu: Some(Amount::Number(cpus)),
+            ..Default::default()
+        })
+        .unwrap();
+        match node
+            .write(Command::Submit {
+                request_id: format!("r{n}-{cpus}"),
+                tasks: vec![spec; n],
+                at: node.core.now(),
+            })
+            .await
+        {
+            Applied::Submitted { tasks, .. } => tasks,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_places_what_fits_and_leaves_the_rest_pending() {
+        let node = TestNode::start().await;
+        node.register(NodeId(2), 4, 0).await;
+        let tasks = submit(&node, 6, 1.0).await;
+        control(&node).round().await;
+        let l = node.core.ledger.read();
+        let states: Vec<TaskState> = tasks.iter().map(|t| l.task(*t).unwrap().state).collect();
+        let assigned = states.iter().filter(|s| **s == TaskState::Assigned).count();
+        assert_eq!(assigned, 4, "{states:?}");
+        assert!(l.active_on(NodeId(2)).count() == 4);
+        drop(l);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_silent_for_dead_after_is_marked_lost_and_not_before() {
+        let node = TestNode::start().await;
+        node.register(NodeId(2), 4, 0).await;
+        let c = control(&node);
+        c.liveness.seen(NodeId(2));
+        node.clock.advance(Duration::from_secs(9));
+        c.find_dead().await;
+        assert_eq!(
+            node.core.ledger.read().worker(NodeId(2)).unwrap().state,
+            WorkerState::Active
+        );
+        node.clock.advance(Duration::from_secs(2));
+        c.find_dead().await;
+        assert_eq!(
+            node.core.ledger.read().worker(NodeId(2)).unwrap().state,
+            WorkerState::Lost
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn predictions_are_made_once_per_model_generation() {
+        let node = TestNode::start().await;
+        node.register(NodeId(2), 1, 0).await;
+        submit(&node, 3, 1.0).await;
+        let c = control(&node);
+        // Without models nothing is predicted and nothing is cached.
+        {
+            let l = node.core.ledger.read();
+            let q: Vec<_> = planner::pending_of(&l).collect();
+            let q = c.with_predictions(&l, q);
+            assert!(q.iter().all(|p| p.predicted_secs.is_none()));
+        }
+        assert!(c.predicted.lock().unwrap().1.is_empty());
+        node.core.models.refresh().await.unwrap();
+        {
+            let l = node.core.ledger.read();
+            let q: Vec<_> = planner::pending_of(&l).collect();
+            c.with_predictions(&l, q);
+        }
+        let (generation, cached) = {
+            let g = c.predicted.lock().unwrap();
+            (g.0, g.1.len())
+        };
+        assert_eq!(generation, node.core.models.current().unwrap().generation);
+        assert_eq!(cached, 3);
+        node.stop().await;
+    }
+}

@@ -10,6 +10,8 @@ mod run_report;
 pub mod runs;
 mod scaling;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -23,6 +23,8 @@ pub mod models;
 pub mod scaler;
 pub mod stats;
 pub mod submit;
+#[cfg(test)]
+pub mod testing;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -471,3 +471,83 @@ impl Batcher {
         failed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use testmesh_consensus::model::WorkerState;
+
+    use super::*;
+    use crate::core::testing::TestNode;
+
+    fn no_such_worker(n: u64) -> Command {
+        Command::SetWorkerState {
+            worker: NodeId(1000 + n),
+            state: WorkerState::Draining,
+            at: testmesh_consensus::UnixMillis(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_one_entry_and_each_gets_its_own_verdict() {
+        let node = TestNode::start().await;
+        let before = node.core.ledger.applied_index();
+        let writes = (0..20).map(|n| node.core.writer.write(no_such_worker(n)));
+        let verdicts = futures::future::join_all(writes).await;
+        for v in verdicts {
+            // Each command got the ledger's own answer (the worker does not exist).
+            assert!(matches!(v, Ok(Err(Rejected::UnknownWorker(_)))), "{v:?}");
+        }
+        // All twenty were queued while the first was taken: at most two entries.
+        let entries = node.core.ledger.applied_index() - before;
+        assert!(
+            (1..=2).contains(&entries),
+            "{entries} entries for 20 writes"
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_report_nobody_waits_on_is_committed() {
+        let node = TestNode::start().await;
+        node.register(NodeId(2), 4, 0).await;
+        node.core
+            .writer
+            .send(Command::SetWorkerState {
+                worker: NodeId(2),
+                state: WorkerState::Draining,
+                at: node.core.now(),
+            })
+            .await;
+        node.wait_for("the drain to be applied", |l| {
+            l.worker(NodeId(2))
+                .is_some_and(|w| w.state == WorkerState::Draining)
+        })
+        .await;
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_forwarded_batch_is_committed_as_it_is_with_its_index() {
+        let node = TestNode::start().await;
+        let batch = Command::Batch(vec![no_such_worker(1), no_such_worker(2)]);
+        let (applied, index) = node.core.writer.write_here(batch).await.unwrap();
+        match applied {
+            Ok(Applied::Batch(results)) => assert_eq!(results.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(index, node.core.ledger.applied_index());
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn writes_fail_cleanly_once_the_batcher_has_stopped() {
+        let node = TestNode::start().await;
+        let writer = node.core.writer.clone();
+        node.stop().await;
+        let r = writer.write(no_such_worker(1)).await;
+        assert!(
+            matches!(&r, Err(WriteError::Unavailable(m)) if m.contains("shutting down")),
+            "{r:?}"
+        );
+    }
+}

@@ -10,6 +10,8 @@
 
 mod ops;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
