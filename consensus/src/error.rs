@@ -14,9 +14,12 @@ pub enum Error {
     #[error("ledger database error: {0}")]
     Db(String),
     #[error(
-        "cannot decode stored {what}: {message}; the data dir may be from an incompatible version"
+        "cannot decode stored {what}: {error}; the data dir may be from an incompatible version"
     )]
-    Decode { what: &'static str, message: String },
+    Decode {
+        what: &'static str,
+        error: crate::codec::CodecError,
+    },
     #[error("stored snapshot has format {found}, this build reads format {expected}")]
     SnapshotFormat { found: u32, expected: u32 },
     #[error(

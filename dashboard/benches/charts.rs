@@ -15,7 +15,7 @@ use testmesh_consensus::task::Task;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, UnixMillis};
 use testmesh_dashboard::charts::{self, Metric, NodeSeries, StatPoint};
 use testmesh_dashboard::views::{
-    Analysis, By, EfficiencyRow, Reservation, ScalingView, Table, WorkerUsage,
+    Analysis, By, EfficiencyRow, ReservedSpan, ScalingView, Table, WorkerUsage,
 };
 use testmesh_dashboard::{Overview, Source};
 use tower::ServiceExt;
@@ -151,9 +151,9 @@ impl Source for Fake {
             budget_micros_per_hour: Some(50_000_000),
         }
     }
-    fn reservations(&self, _since_ms: u64) -> Vec<Reservation> {
+    fn reservations(&self, _since_ms: u64) -> Vec<ReservedSpan> {
         (0..5000)
-            .map(|i| Reservation {
+            .map(|i| ReservedSpan {
                 start_ms: NOW - HOUR + i * 700,
                 end_ms: Some(NOW - HOUR + i * 700 + 60_000),
                 cpu_cores: 4.0,

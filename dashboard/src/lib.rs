@@ -29,7 +29,7 @@ use testmesh_consensus::model::Worker;
 use testmesh_consensus::task::{Task, TaskState};
 
 use crate::doc::{Document, Section};
-use crate::views::{Analysis, Reservation, ScalingView, WorkerUsage};
+use crate::views::{Analysis, ReservedSpan, ScalingView, WorkerUsage};
 
 /// What the overview shows.
 #[derive(Debug, Clone, Default)]
@@ -55,7 +55,7 @@ pub trait Source: Send + Sync + 'static {
     /// The scaling policy's budget, decisions (oldest first) and instances.
     fn scaling(&self) -> ScalingView;
     /// Reservations of attempts that ran at any time since `since_ms`.
-    fn reservations(&self, since_ms: u64) -> Vec<Reservation>;
+    fn reservations(&self, since_ms: u64) -> Vec<ReservedSpan>;
     /// The pending queue in order, then the newest other tasks, at most `limit` of each.
     fn tasks(&self, limit: usize) -> Vec<Task>;
     fn task(&self, id: u64) -> Option<Task>;

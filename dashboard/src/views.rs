@@ -18,7 +18,7 @@ pub const BUSY_GPU_PCT: u32 = 5;
 
 /// What was reserved for one attempt, and when.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Reservation {
+pub struct ReservedSpan {
     pub start_ms: u64,
     /// None while it runs.
     pub end_ms: Option<u64>,

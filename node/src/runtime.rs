@@ -137,7 +137,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         clock.clone(),
     );
     let (mesh, inbound, mesh_loop) = mesh::start(MeshConfig {
-        stats: stats.clone(),
+        stats: stats.gossip_sink(),
         keypair: id.keypair,
         swarm_key,
         listen: cfg.listen.clone(),

@@ -14,7 +14,7 @@ use testmesh_consensus::resources::{Allocated, GpuRequest, Requirements};
 use testmesh_consensus::task::TaskState;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, TaskId, UnixMillis};
 use testmesh_planner::catalogue::default_catalogue;
-use testmesh_planner::insights::{Demand, Snapshot, WorkerUse, analyse};
+use testmesh_planner::insights::{Demand, Observations, WorkerUse, analyse};
 
 const HOUR: u64 = 3_600_000;
 const NOW: u64 = 100 * HOUR;
@@ -90,7 +90,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let catalogue = default_catalogue();
-    let snapshot = Snapshot {
+    let snapshot = Observations {
         now: UnixMillis(NOW),
         window_ms: 24 * HOUR,
         history: history.iter().collect(),

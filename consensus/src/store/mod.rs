@@ -69,9 +69,9 @@ fn check_format(db: &Database, path: &Path) -> Result<(), Error> {
         match meta.get(FORMAT_KEY)? {
             Some(v) => {
                 Some(
-                    crate::codec::decode::<u32>(v.value()).map_err(|message| Error::Decode {
+                    crate::codec::decode::<u32>(v.value()).map_err(|error| Error::Decode {
                         what: "storage format",
-                        message,
+                        error,
                     })?,
                 )
             }
@@ -90,9 +90,9 @@ fn check_format(db: &Database, path: &Path) -> Result<(), Error> {
             expected: STORAGE_FORMAT,
         }),
         None => {
-            let bytes = crate::codec::encode(&STORAGE_FORMAT).map_err(|message| Error::Decode {
+            let bytes = crate::codec::encode(&STORAGE_FORMAT).map_err(|error| Error::Decode {
                 what: "storage format",
-                message,
+                error,
             })?;
             let tx = db.begin_write()?;
             tx.open_table(META)?.insert(FORMAT_KEY, bytes.as_slice())?;

@@ -91,9 +91,9 @@ fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
 }
 
 fn decode_snapshot(data: &[u8]) -> Result<Ledger, Error> {
-    let env: Envelope = codec::decode(data).map_err(|message| Error::Decode {
+    let env: Envelope = codec::decode(data).map_err(|error| Error::Decode {
         what: "snapshot",
-        message,
+        error,
     })?;
     if env.format != SNAPSHOT_FORMAT {
         return Err(Error::SnapshotFormat {
@@ -112,9 +112,9 @@ impl StateMachine {
             let tx = db.begin_read()?;
             let table = tx.open_table(SNAPSHOT)?;
             if let Some(v) = table.get("current")? {
-                let stored: Stored = codec::decode(v.value()).map_err(|message| Error::Decode {
+                let stored: Stored = codec::decode(v.value()).map_err(|error| Error::Decode {
                     what: "snapshot record",
-                    message,
+                    error,
                 })?;
                 state.ledger = decode_snapshot(&stored.data)?;
                 state.last_applied = stored.meta.last_log_id;

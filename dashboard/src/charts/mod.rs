@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn efficiency_over_time_counts_reserved_and_used() {
-        use crate::views::Reservation;
+        use crate::views::ReservedSpan;
         let series = vec![NodeSeries {
             node: "a".into(),
             hostname: "h".into(),
@@ -399,7 +399,7 @@ mod tests {
                 })
                 .collect(),
         }];
-        let r = [Reservation {
+        let r = [ReservedSpan {
             start_ms: 0,
             end_ms: None,
             cpu_cores: 4.0,

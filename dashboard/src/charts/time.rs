@@ -4,7 +4,7 @@ use plotters::prelude::*;
 use testmesh_consensus::scaling::{CloudInstance, DecisionKind, DecisionRecord};
 
 use super::{ChartError, FONT, NodeSeries, Tips, e, pct};
-use crate::views::{Reservation, ScalingView};
+use crate::views::{ReservedSpan, ScalingView};
 
 /// Managed instances over time, with the queue length and every scale-up and scale-down.
 pub fn scaling(
@@ -141,7 +141,7 @@ fn overlap(a: u64, b: u64, lo: u64, hi: u64) -> u64 {
 /// times GPUs, so a reserved GPU doing nothing shows as a gap.
 pub(super) fn efficiency_buckets(
     series: &[NodeSeries],
-    reservations: &[Reservation],
+    reservations: &[ReservedSpan],
     now_ms: u64,
     window_ms: u64,
 ) -> Vec<[f64; 4]> {
@@ -183,7 +183,7 @@ pub(super) fn efficiency_buckets(
 /// work show as red.
 pub fn efficiency(
     series: &[NodeSeries],
-    reservations: &[Reservation],
+    reservations: &[ReservedSpan],
     now_ms: u64,
     window_ms: u64,
 ) -> Result<String, ChartError> {

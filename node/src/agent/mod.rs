@@ -49,12 +49,27 @@ pub struct Launch<'a> {
     pub stderr: File,
 }
 
+/// Why an attempt could not be started (its outcome's message says so).
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create log file {path}: {source}")]
+    LogFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {program:?}: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
 /// What the agent asks of the operating system.
 pub trait Processes: Send + 'static {
     /// Starts watching for exits; the exits of started processes arrive on the channel.
     fn exits(&mut self) -> tokio::sync::mpsc::Receiver<Exit>;
     /// Starts one attempt in a process group of its own; returns its pid (= the group's id).
-    fn spawn(&mut self, launch: Launch<'_>) -> Result<u32, String>;
+    fn spawn(&mut self, launch: Launch<'_>) -> Result<u32, SpawnError>;
     /// Signals an attempt's whole process group.
     fn signal(&mut self, pid: u32, signal: Signal);
 }
@@ -70,7 +85,7 @@ impl Processes for SystemProcesses {
         sys::start(self.children.clone())
     }
 
-    fn spawn(&mut self, l: Launch<'_>) -> Result<u32, String> {
+    fn spawn(&mut self, l: Launch<'_>) -> Result<u32, SpawnError> {
         let mut cmd = std::process::Command::new(&l.argv[0]);
         cmd.args(&l.argv[1..])
             .envs(l.env)
@@ -85,7 +100,10 @@ impl Processes for SystemProcesses {
         let pid = cmd
             .spawn()
             .map(|c| c.id())
-            .map_err(|e| format!("cannot start {:?}: {e}", l.argv[0]))?;
+            .map_err(|source| SpawnError::Start {
+                program: l.argv[0].clone(),
+                source,
+            })?;
         self.children.spawned(pid);
         Ok(pid)
     }
@@ -105,7 +123,7 @@ enum Ending {
     Cancelled,
 }
 
-struct Run {
+struct Running {
     attempt: u32,
     pid: u32,
     deadline: Option<Instant>,
@@ -125,7 +143,7 @@ pub struct Agent<P: Processes> {
     core: Core,
     kill_grace: Duration,
     processes: P,
-    running: HashMap<TaskId, Run>,
+    running: HashMap<TaskId, Running>,
     by_pid: HashMap<u32, TaskId>,
     /// Attempts reported finished whose report may not be applied yet.
     reported: HashMap<TaskId, u32>,
@@ -279,7 +297,7 @@ impl<P: Processes> Agent<P> {
                 let now = self.core.clock.instant();
                 self.running.insert(
                     s.task,
-                    Run {
+                    Running {
                         attempt: s.attempt,
                         pid,
                         deadline: s.spec.timeout_ms.map(|ms| now + Duration::from_millis(ms)),
@@ -299,7 +317,8 @@ impl<P: Processes> Agent<P> {
                     })
                     .await;
             }
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 tracing::debug!("task {} attempt {}: {message}", s.task, s.attempt);
                 let err_log = self.core.logs.path(s.task, s.attempt, Stream::Stderr);
                 let _ = std::fs::write(err_log, format!("testmesh: {message}\n"));
@@ -317,10 +336,10 @@ impl<P: Processes> Agent<P> {
         }
     }
 
-    fn spawn(&mut self, s: &Start) -> Result<u32, String> {
+    fn spawn(&mut self, s: &Start) -> Result<u32, SpawnError> {
         let open = |stream| {
-            let p = self.core.logs.path(s.task, s.attempt, stream);
-            File::create(&p).map_err(|e| format!("cannot create log file {}: {e}", p.display()))
+            let path = self.core.logs.path(s.task, s.attempt, stream);
+            File::create(&path).map_err(|source| SpawnError::LogFile { path, source })
         };
         let stdout = open(Stream::Stdout)?;
         let stderr = open(Stream::Stderr)?;

@@ -35,7 +35,7 @@ impl Processes for FakeProcesses {
         rx
     }
 
-    fn spawn(&mut self, l: Launch<'_>) -> Result<u32, String> {
+    fn spawn(&mut self, l: Launch<'_>) -> Result<u32, SpawnError> {
         let mut s = self.0.lock().unwrap();
         let pid = 100 + s.spawned.len() as u32;
         s.spawned.push((pid, l.argv.to_vec(), l.env));

@@ -196,7 +196,7 @@ pub struct ScalingQuery {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ScalingView {
+pub struct ScalingState {
     pub cluster_id: Option<String>,
     pub policy: PolicyView,
     /// Dollars per hour of the instances that have not ended.
@@ -212,7 +212,7 @@ pub struct ScalingView {
 pub async fn scaling(
     State(st): State<AppState>,
     ApiQuery(q): ApiQuery<ScalingQuery>,
-) -> Result<Json<ScalingView>, ApiError> {
+) -> Result<Json<ScalingState>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::BadRequest("limit: use 1..=1000".into()));
@@ -231,7 +231,7 @@ pub async fn scaling(
             .take(limit)
             .cloned(),
     );
-    Ok(Json(ScalingView {
+    Ok(Json(ScalingState {
         cluster_id: s.cluster_id().map(str::to_string),
         policy: PolicyView::from(s.policy()),
         hourly_cost: s

@@ -112,14 +112,14 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
     })
 }
 
-pub async fn workers(State(st): State<AppState>) -> Json<Vec<WorkerView>> {
+pub async fn workers(State(st): State<AppState>) -> Json<Vec<WorkerStatus>> {
     let ledger = st.core.ledger.read();
     let recent: Vec<_> = ledger.history().rev().take(RECENT_HISTORY).collect();
     let speed = planner::quarantine::speed_vs_peers(&recent);
     Json(
         ledger
             .workers()
-            .map(|w| WorkerView {
+            .map(|w| WorkerStatus {
                 worker: w.clone(),
                 active_tasks: ledger.active_on(w.id).count(),
                 speed_vs_peers: speed.get(&w.id).copied(),

@@ -83,7 +83,7 @@ async fn start_member(dir: &std::path::Path, psk_file: &std::path::Path) -> anyh
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         join: Vec::new(),
         mdns: false,
-        stats: stats.clone(),
+        stats: stats.gossip_sink(),
     })?;
     let (log, sm, ledger) = testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
     let config = raft::config("testmesh-bench", 10_000).map_err(anyhow::Error::msg)?;

@@ -10,7 +10,7 @@ use testmesh_consensus::task::TaskState;
 use super::client::{Client, ClientArgs};
 use super::output::{between, millis, table};
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::dto::{StatusView, SubmitResponse, TaskList, TaskView, WorkerView};
+use crate::core::dto::{StatusView, SubmitResponse, TaskList, TaskView, WorkerStatus};
 use crate::core::logs::LogChunk;
 use crate::core::submit::{Amount, SubmitRequest, TaskRequest, to_spec};
 use crate::units;
@@ -432,7 +432,7 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
-    let ws: Vec<WorkerView> = client.get("/api/v1/workers").await?;
+    let ws: Vec<WorkerStatus> = client.get("/api/v1/workers").await?;
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);

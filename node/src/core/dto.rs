@@ -31,7 +31,7 @@ pub struct TaskList {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerView {
+pub struct WorkerStatus {
     #[serde(flatten)]
     pub worker: Worker,
     pub active_tasks: usize,

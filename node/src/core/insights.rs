@@ -6,7 +6,7 @@ use std::sync::Arc;
 use testmesh_consensus::UnixMillis;
 use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::resources::Requirements;
-use testmesh_planner::insights::{self, Demand, Insights, LiveUse, Snapshot, WorkerUse};
+use testmesh_planner::insights::{self, Demand, Insights, LiveUse, Observations, WorkerUse};
 use testmesh_planner::predictor::PredictionPath;
 use testmesh_planner::predictor::history::spec_features;
 use thiserror::Error;
@@ -86,7 +86,7 @@ pub async fn compute(
     };
     let catalogue = core.catalogue.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let snapshot = Snapshot {
+        let snapshot = Observations {
             now,
             window_ms,
             history: history.iter().collect(),

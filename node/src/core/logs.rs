@@ -15,13 +15,8 @@ use super::writer::Writer;
 use crate::mesh::MeshClient;
 use crate::mesh::rpc::{Request, Response};
 
-/// Which output of an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
+/// Which output of an attempt (the mesh carries it as it is).
+pub use crate::mesh::rpc::LogStream as Stream;
 
 impl Stream {
     pub fn as_str(self) -> &'static str {

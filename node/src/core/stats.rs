@@ -54,6 +54,12 @@ impl Stats {
         }
     }
 
+    /// The mesh's sink for gossiped messages.
+    pub fn gossip_sink(&self) -> crate::mesh::GossipSink {
+        let this = self.clone();
+        Box::new(move |sender, data| this.gossiped(sender, data))
+    }
+
     /// Keeps this node's own sample.
     pub async fn insert(&self, m: StatsMessage) {
         let _ = self.tx.send(Op::Local(m)).await;

@@ -6,7 +6,7 @@ mod analysis;
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
-use testmesh_dashboard::views::{BUSY_GPU_PCT, Reservation, ScalingView, WorkerUsage};
+use testmesh_dashboard::views::{BUSY_GPU_PCT, ReservedSpan, ScalingView, WorkerUsage};
 
 use crate::core::Core;
 
@@ -79,7 +79,7 @@ impl testmesh_dashboard::Source for DashboardSource {
         }
     }
 
-    fn reservations(&self, since_ms: u64) -> Vec<Reservation> {
+    fn reservations(&self, since_ms: u64) -> Vec<ReservedSpan> {
         let l = self.0.ledger.read();
         let mut out = Vec::new();
         for t in l.tasks() {
@@ -91,7 +91,7 @@ impl testmesh_dashboard::Source for DashboardSource {
                 if end.is_some_and(|e| e < since_ms) {
                     continue;
                 }
-                out.push(Reservation {
+                out.push(ReservedSpan {
                     start_ms: start.0,
                     end_ms: end,
                     cpu_cores: t.spec.requirements.cpu.0 as f64 / 1000.0,

@@ -25,7 +25,6 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::Stats;
 use crate::error::Error;
 use rpc::{Request, Response};
 
@@ -41,8 +40,9 @@ pub struct MeshConfig {
     pub listen: Vec<Multiaddr>,
     pub join: Vec<Multiaddr>,
     pub mdns: bool,
-    /// Where received statistics go (the store's owner validates them).
-    pub stats: Stats,
+    /// Where received statistics go (the store's owner validates them); called from the event
+    /// loop, so it must not block.
+    pub stats: GossipSink,
 }
 
 #[derive(NetworkBehaviour)]
@@ -53,6 +53,9 @@ struct Behaviour {
     gossip: gossipsub::Behaviour,
     rpc: request_response::Behaviour<rpc::Codec>,
 }
+
+/// Takes a gossiped statistics message: the node the mesh says signed it, and its bytes.
+pub type GossipSink = Box<dyn Fn(Option<testmesh_consensus::NodeId>, Vec<u8>) + Send>;
 
 /// A request from a peer, to be answered through `reply`.
 pub struct Inbound {
@@ -296,7 +299,7 @@ pub struct EventLoop {
     connected: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
     topic: gossipsub::IdentTopic,
-    stats: Stats,
+    stats: GossipSink,
 }
 
 impl EventLoop {
@@ -440,7 +443,7 @@ impl EventLoop {
                 ..
             })) => {
                 let sender = message.source.map(|p| key::node_id_of(&p));
-                self.stats.gossiped(sender, message.data);
+                (self.stats)(sender, message.data);
             }
             _ => {}
         }

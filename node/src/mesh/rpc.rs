@@ -17,6 +17,14 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/2");
 /// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
 const MAX_FRAME: u64 = 64 << 20;
 
+/// Which output of a task attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
 /// A node's view of the cluster, for formation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Hello {
@@ -47,7 +55,7 @@ pub enum Request {
     Logs {
         task: u64,
         attempt: u32,
-        stream: crate::core::logs::Stream,
+        stream: LogStream,
         offset: u64,
         limit: u64,
     },
@@ -114,7 +122,7 @@ async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> 
     io.close().await
 }
 
-fn invalid(e: String) -> io::Error {
+fn invalid(e: codec::CodecError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 

@@ -54,7 +54,7 @@ const DELAYS: usize = 1000;
 #[derive(Debug, PartialEq)]
 pub enum Invalid {
     TooLarge(usize),
-    Undecodable(String),
+    Undecodable(codec::CodecError),
     Version(u32),
     WrongSender,
     Nonsense(&'static str),

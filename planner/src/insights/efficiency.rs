@@ -11,7 +11,7 @@ use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::resources::GpuRequest;
 
-use super::{Snapshot, quantile, round3, round6, sorted};
+use super::{Observations, quantile, round3, round6, sorted};
 
 /// A reserved GPU below this utilisation in the latest sample counts as idle.
 pub const IDLE_GPU_PERCENT: u32 = 5;
@@ -83,7 +83,7 @@ pub struct Suggestion {
     pub reason: String,
 }
 
-pub fn efficiency(s: &Snapshot) -> Efficiency {
+pub fn efficiency(s: &Observations) -> Efficiency {
     let hostnames: BTreeMap<NodeId, &str> = s
         .workers
         .iter()

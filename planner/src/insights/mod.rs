@@ -1,6 +1,6 @@
 //! Workload insights: what the cluster has been running (patterns), how much of what it
 //! reserved it used (efficiency), and which machine type would suit the queued work best
-//! (recommendations). Pure functions over a [`Snapshot`]; the API builds the snapshot from the
+//! (recommendations). Pure functions over [`Observations`]; the node builds them from the
 //! replica, the gossip statistics and the predictor.
 
 pub mod efficiency;
@@ -18,7 +18,7 @@ use testmesh_consensus::{Bytes, NodeId, UnixMillis};
 use super::catalogue::InstanceType;
 
 /// Everything the insights look at, read at one moment.
-pub struct Snapshot<'a> {
+pub struct Observations<'a> {
     pub now: UnixMillis,
     /// How far back patterns and efficiency look.
     pub window_ms: u64,
@@ -69,7 +69,7 @@ pub struct Insights {
 }
 
 /// All three analyses.
-pub fn analyse(s: &Snapshot, catalogue: &[InstanceType]) -> Insights {
+pub fn analyse(s: &Observations, catalogue: &[InstanceType]) -> Insights {
     Insights {
         window_secs: s.window_ms / 1000,
         patterns: patterns::patterns(s),

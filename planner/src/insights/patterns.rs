@@ -7,7 +7,7 @@ use serde::Serialize;
 use testmesh_consensus::resources::GpuRequest;
 use testmesh_consensus::task::TaskState;
 
-use super::{Snapshot, quantile, round3, sorted};
+use super::{Observations, quantile, round3, sorted};
 
 /// Buckets the window is cut into for the arrival histogram.
 pub const BUCKETS: usize = 12;
@@ -73,7 +73,7 @@ pub struct NameShare {
     pub p50_secs: f64,
 }
 
-pub fn patterns(s: &Snapshot) -> Patterns {
+pub fn patterns(s: &Observations) -> Patterns {
     let window = s.window_ms.max(1);
     let start = s.now.0.saturating_sub(window);
     let bucket_ms = window.div_ceil(BUCKETS as u64).max(1);

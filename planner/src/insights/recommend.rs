@@ -8,7 +8,7 @@
 use serde::Serialize;
 use testmesh_consensus::resources::{self, Allocated, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 
-use super::{Snapshot, round3};
+use super::{Observations, round3};
 use crate::catalogue::InstanceType;
 
 /// Most instances one type is packed onto; tasks beyond that are counted as not held.
@@ -106,7 +106,7 @@ fn gpu_units(g: &GpuRequest) -> f64 {
     }
 }
 
-pub fn recommend(s: &Snapshot, catalogue: &[InstanceType]) -> Recommendations {
+pub fn recommend(s: &Observations, catalogue: &[InstanceType]) -> Recommendations {
     let (basis, tasks, mut options) = if !s.queued.is_empty() {
         let demand: Vec<&Requirements> = s.queued.iter().map(|d| &d.requirements).collect();
         let secs: Vec<Option<f64>> = s.queued.iter().map(|d| d.predicted_secs).collect();
@@ -176,7 +176,7 @@ fn packed(demand: &[&Requirements], secs: &[Option<f64>], t: &InstanceType) -> C
 }
 
 /// Average concurrent demand of the window (reservation × run time / window), in instances.
-fn fluid(s: &Snapshot, t: &InstanceType) -> Choice {
+fn fluid(s: &Observations, t: &InstanceType) -> Choice {
     let cap = t.capacity();
     let empty = Allocated::default();
     let window_h = s.window_ms.max(1) as f64 / 3_600_000.0;
@@ -251,7 +251,11 @@ fn rank(options: &mut [Choice]) {
 
 /// GPU tasks on the best GPU type and the rest on the best CPU type, when that is cheaper per
 /// hour than the best single type holding everything.
-fn split(s: &Snapshot, catalogue: &[InstanceType], single: Option<&Choice>) -> Option<Vec<Choice>> {
+fn split(
+    s: &Observations,
+    catalogue: &[InstanceType],
+    single: Option<&Choice>,
+) -> Option<Vec<Choice>> {
     let single = single.filter(|c| c.not_held == 0)?;
     let (gpu, cpu): (Vec<_>, Vec<_>) = s
         .queued

@@ -8,7 +8,7 @@ use testmesh_consensus::resources::{Allocated, GpuRequest, Requirements};
 use testmesh_consensus::task::TaskState;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, TaskId, UnixMillis};
 
-use super::{Snapshot, WorkerUse};
+use super::{Observations, WorkerUse};
 
 pub const NOW: u64 = 10_000_000;
 
@@ -90,8 +90,8 @@ pub fn snapshot<'a>(
     history: &'a [HistoryRecord],
     submitted: Vec<(UnixMillis, &'a Requirements)>,
     window_ms: u64,
-) -> Snapshot<'a> {
-    Snapshot {
+) -> Observations<'a> {
+    Observations {
         now: UnixMillis(NOW),
         window_ms,
         history: history.iter().collect(),
