@@ -15,7 +15,8 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 use serde_json::json;
-use support::TestNode;
+use support::{TestNode, show, wait_for};
+use testmesh_consensus::scaling::InstanceState;
 use testmesh_providers::aws::{AwsConfig, AwsProvider};
 use testmesh_providers::{LaunchSpec, Provider};
 
@@ -76,13 +77,12 @@ async fn moto() -> Option<Moto> {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(m);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not start on port {port}");
+    wait_for(Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await
+    .unwrap_or_else(|| panic!("moto_server did not start on port {port}"));
+    Some(m)
 }
 
 fn client(url: &str) -> Client {
@@ -261,10 +261,8 @@ join = ["/ip4/10.0.0.1/tcp/7071"]
         )
         .await;
     assert_eq!(code, 200, "{v}");
-    let v = node
-        .wait_get("/api/v1/scaling", 30, |v| v["cluster_id"].is_string())
-        .await;
-    let cluster = v["cluster_id"].as_str().unwrap().to_string();
+    let v = node.wait_scaling(30, |v| v.cluster_id.is_some()).await;
+    let cluster = v.cluster_id.unwrap();
 
     // An instance tagged for this cluster that the ledger knows nothing of: an orphan.
     let tags = TagSpecification::builder()
@@ -290,32 +288,30 @@ join = ["/ip4/10.0.0.1/tcp/7071"]
 
     // A backlog: the leader launches on EC2; nothing boots in the emulator, so at the
     // deadline the instance is terminated and the launch marked failed.
-    let (code, _) = node
-        .post(
-            "/api/v1/tasks",
-            json!({"tasks": [{"command": ["true"], "cpu": 2}], "allow_unschedulable": true}),
-        )
-        .await;
-    assert_eq!(code, 201);
+    node.submit_body(
+        json!({"tasks": [{"command": ["true"], "cpu": 2}], "allow_unschedulable": true}),
+    )
+    .await;
     let v = node
-        .wait_get("/api/v1/scaling", 60, |v| {
-            v["instances"]
-                .as_array()
-                .is_some_and(|is| is.iter().any(|i| i["state"] == "failed"))
+        .wait_scaling(60, |v| {
+            v.instances.iter().any(|i| i.state == InstanceState::Failed)
         })
         .await;
-    let failed = v["instances"]
-        .as_array()
-        .unwrap()
+    let failed = v
+        .instances
         .iter()
-        .find(|i| i["state"] == "failed")
-        .unwrap()
-        .clone();
-    assert_eq!(failed["end_reason"], "did not join within 4 s", "{failed}");
-    let launched = failed["provider_id"]
-        .as_str()
-        .expect("it was launched")
-        .to_string();
+        .find(|i| i.state == InstanceState::Failed)
+        .unwrap();
+    assert_eq!(
+        failed.end_reason.as_deref(),
+        Some("did not join within 4 s"),
+        "{}",
+        show(&v)
+    );
+    let launched = failed
+        .provider_id
+        .clone()
+        .unwrap_or_else(|| panic!("it was launched: {failed:?}"));
     assert!(launched.starts_with("i-"), "{launched}");
     let st = state_of(&c, &launched).await;
     assert!(
@@ -346,19 +342,16 @@ join = ["/ip4/10.0.0.1/tcp/7071"]
     );
     node.kill9();
     node.spawn().await;
-    let mut ended = false;
-    for _ in 0..100 {
-        if matches!(
+    let ended = wait_for(Duration::from_secs(20), async || {
+        matches!(
             state_of(&c, &orphan).await,
             Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
-        ) {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        )
+        .then_some(())
+    })
+    .await;
     assert!(
-        ended,
+        ended.is_some(),
         "reconcile terminated the orphan; log:\n{}",
         node.log()
     );

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use support::TestNode;
+use support::{TestNode, wait_for};
+use testmesh_consensus::task::TaskState;
 
 /// chromedriver on a free loopback port; killed on drop.
 struct Driver {
@@ -84,11 +85,13 @@ async fn js(c: &Client, script: &str) -> Value {
 
 /// Waits until `js` returns true.
 async fn until(c: &Client, script: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while js(c, script).await != json!(true) {
-        assert!(Instant::now() < deadline, "not within {secs} s: {script}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut last = Value::Null;
+    let ok = wait_for(Duration::from_secs(secs), async || {
+        last = js(c, script).await;
+        (last == json!(true)).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "not within {secs} s: {script} (last: {last})");
 }
 
 #[tokio::test]
@@ -108,7 +111,7 @@ async fn every_page_renders_its_charts_live_in_chromium() {
     let id = node
         .submit(json!({"command": ["sleep", "0.3"], "name": "warm-up", "cpu": "10m", "gpus": 1}))
         .await;
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
 
     let pages = [
         ("/", &["allocation", "cpu", "scaling"][..]),
@@ -211,7 +214,7 @@ async fn every_page_renders_its_charts_live_in_chromium() {
         "the browser showed the finished task {:.0} ms after its submission",
         submitted.elapsed().as_secs_f64() * 1000.0
     );
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
     assert_eq!(
         js(&c, "return window.__marker;").await,
         json!(1),

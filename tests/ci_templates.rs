@@ -9,7 +9,7 @@ mod support;
 
 use std::path::Path;
 
-use support::TestNode;
+use support::{TestNode, show, wait_for};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const CI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/ci");
@@ -173,7 +173,22 @@ async fn the_grafana_dashboard_only_asks_for_metrics_the_nodes_serve() {
         "200ms",
     ])
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    // Host and GPU series come from the node's latest statistics sample: wait for the first.
+    let me = node.node_id();
+    let sampled = wait_for(std::time::Duration::from_secs(10), async || {
+        let st = node.stats().await;
+        st.nodes
+            .get(&me)
+            .and_then(|n| n.latest.as_ref())
+            .is_some_and(|p| !p.sample.gpus.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        sampled.is_some(),
+        "no statistics sample of this node with its GPU: {}",
+        show(&node.stats().await)
+    );
     let metrics = reqwest::get(format!("{}/metrics", node.url))
         .await
         .unwrap()

@@ -8,7 +8,23 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{TestNode, cluster, cluster_with, signal, status};
+use support::{
+    TaskViewExt, TestNode, cluster, cluster_with, show, signal, status, wait_for, wait_status,
+};
+use testmesh::core::dto::TaskView;
+use testmesh_consensus::NodeId;
+use testmesh_consensus::model::WorkerState;
+use testmesh_consensus::task::TaskState;
+
+/// The leader `node` knows of (it must answer and know one).
+async fn leader_of(node: &TestNode) -> String {
+    let s = status(node)
+        .await
+        .unwrap_or_else(|| panic!("{} does not answer its status", node.url));
+    s.leader
+        .clone()
+        .unwrap_or_else(|| panic!("{} knows no leader: {}", node.url, show(&s)))
+}
 
 #[tokio::test]
 async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
@@ -16,31 +32,36 @@ async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
     // One cluster: everyone agrees on the leader, and the leader has 3 voters' worth of workers.
     let mut leaders = BTreeSet::new();
     for n in &nodes {
-        leaders.insert(
-            status(n).await.unwrap()["leader"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        leaders.insert(leader_of(n).await);
     }
     assert_eq!(leaders.len(), 1, "{leaders:?}");
     // Every node receives every node's gossiped statistics (not through Raft).
     for n in &nodes {
-        let mut seen = 0;
-        for _ in 0..100 {
-            let (_, s) = n.get("/api/v1/stats").await;
-            let m = s["nodes"].as_object().cloned().unwrap_or_default();
-            seen = m
+        let with_samples = |s: &support::Stats| {
+            s.nodes
                 .values()
-                .filter(|v| v["latest"]["sample"]["memory_total"].as_u64() > Some(0))
-                .count();
-            if seen == 3 {
-                assert_eq!(s["malformed_dropped"], 0);
-                break;
+                .filter(|v| {
+                    v.latest
+                        .as_ref()
+                        .is_some_and(|p| p.sample.memory_total.0 > 0)
+                })
+                .count()
+        };
+        let mut last = None;
+        let s = wait_for(Duration::from_secs(10), async || {
+            let s = n.stats().await;
+            if with_samples(&s) == 3 {
+                return Some(s);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(seen, 3, "{} has stats of {seen} node(s)", n.url);
+            last = Some(s);
+            None
+        })
+        .await
+        .unwrap_or_else(|| {
+            let seen = last.as_ref().map_or(0, with_samples);
+            panic!("{} has stats of {seen} node(s): {}", n.url, show(&last))
+        });
+        assert_eq!(s.malformed_dropped, 0);
     }
 
     // Writes on a follower land; with 2 cpus per worker, six 1-cpu tasks need all three.
@@ -64,31 +85,27 @@ async fn three_nodes_form_one_cluster_and_run_tasks_everywhere() {
     // A linearizable read on any other node sees a write the moment it was acknowledged.
     let others: Vec<&TestNode> = nodes.iter().filter(|n| n.url != follower.url).collect();
     for n in &others {
-        let (code, t) = n
-            .get(&format!("/api/v1/tasks/{}?consistent=true", ids[5]))
+        let t: TaskView = n
+            .get_ok(&format!("/api/v1/tasks/{}?consistent=true", ids[5]))
             .await;
-        assert_eq!(code, 200, "{t}");
+        assert_eq!(t.task.id.0, ids[5]);
     }
     let mut workers = BTreeSet::new();
     for id in &ids {
-        let t = follower.wait_state(*id, "running").await;
-        workers.insert(t["attempts"][0]["worker"].as_str().unwrap().to_string());
+        let t = follower.wait_state(*id, TaskState::Running).await;
+        workers.insert(t.attempt(0).worker);
     }
     assert_eq!(workers.len(), 3, "tasks ran on {workers:?}");
     std::fs::write(&gate, "").unwrap();
     for id in &ids {
-        follower.wait_state(*id, "succeeded").await;
+        follower.wait_state(*id, TaskState::Succeeded).await;
     }
     // Logs come from the worker that ran the task, whichever node is asked.
     for n in &nodes {
         for id in &ids {
-            let (code, l) = n.get(&format!("/api/v1/tasks/{id}/logs")).await;
-            assert_eq!(code, 200, "{l}");
-            let worker = n.task(*id).await["attempts"][0]["worker"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            assert_eq!(l["data"], format!("ran on {worker}\n"));
+            let l = n.logs(*id, "").await;
+            let worker = n.task(*id).await.attempt(0).worker;
+            assert_eq!(l.data, format!("ran on {worker}\n"));
         }
     }
 }
@@ -105,21 +122,16 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
         );
     }
     for id in &ids {
-        nodes[1].wait_state(*id, "succeeded").await;
+        nodes[1].wait_state(*id, TaskState::Succeeded).await;
     }
     // Three voters (learners are promoted once registered), so two survivors are a majority.
-    let mut leader = String::new();
-    for _ in 0..300 {
-        let s = status(&nodes[0]).await.unwrap();
-        // Not mid-change either: killing the leader during joint consensus can leave the old
-        // voter set without a majority.
-        if s["voters"].as_array().map(Vec::len) == Some(3) && s["membership_changing"] == false {
-            leader = s["leader"].as_str().unwrap().to_string();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(!leader.is_empty(), "the cluster never had 3 voters");
+    // Not mid-change either: killing the leader during joint consensus can leave the old voter
+    // set without a majority.
+    let s = wait_status(&nodes[0], 30, |s| {
+        s.voters.len() == 3 && !s.membership_changing && s.leader.is_some()
+    })
+    .await;
+    let leader = s.leader.unwrap();
     let li = nodes.iter().position(|n| n.node_id() == leader).unwrap();
     nodes[li].kill9();
     let survivors: Vec<&TestNode> = nodes
@@ -130,36 +142,29 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
         .collect();
     // A new leader among the survivors (a deadline, not a timing target: on a loaded 2-core
     // machine an election can take several rounds).
-    let mut elected = None;
-    for _ in 0..600 {
-        let s = status(survivors[0]).await.unwrap();
-        if let Some(l) = s["leader"].as_str().filter(|l| *l != leader) {
-            elected = Some(l.to_string());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let elected = elected.expect("no new leader was elected");
+    let s = wait_status(survivors[0], 60, |s| {
+        s.leader.as_deref().is_some_and(|l| l != leader)
+    })
+    .await;
+    let elected = s.leader.expect("no new leader was elected");
     assert_ne!(elected, leader);
     // Every committed task is still there, on every survivor, and new writes land.
     for n in &survivors {
         for id in &ids {
-            assert_eq!(n.task(*id).await["state"], "succeeded");
+            assert_eq!(n.task(*id).await.task.state, TaskState::Succeeded);
         }
     }
     let id = survivors[1]
         .submit(json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    let t = survivors[1]
-        .wait_task(id, 30, |t| {
-            t["state"] == "succeeded" || t["attempts"][0]["worker"] == leader.as_str()
-        })
-        .await;
+    let dead: NodeId = leader.parse().unwrap();
+    let done_or_on_the_dead = |t: &TaskView| {
+        t.task.state == TaskState::Succeeded
+            || t.task.attempts.first().is_some_and(|a| a.worker == dead)
+    };
+    let t = survivors[1].wait_task(id, 30, done_or_on_the_dead).await;
     // Until dead workers are detected, the dead leader's worker may still be chosen.
-    assert!(
-        t["state"] == "succeeded" || t["attempts"][0]["worker"] == leader,
-        "{t}"
-    );
+    assert!(done_or_on_the_dead(&t), "{}", show(&t));
 }
 
 #[tokio::test]
@@ -168,21 +173,16 @@ async fn a_node_without_the_swarm_key_is_refused() {
     // Its own, different key: the pnet handshake fails on both sides.
     let stranger = TestNode::start_with(&["--join", &a.mesh_addr()], false).await;
     // Both sides log the refusal; under load the first dial may take a while.
-    support::wait_for(Duration::from_secs(20), || {
+    wait_for(Duration::from_secs(20), async || {
         (stranger.log().contains("cannot connect") && a.log().contains("refused a connection"))
             .then_some(())
     })
     .await;
-    let (_, ws) = a.get("/api/v1/workers").await;
-    assert_eq!(
-        ws.as_array().unwrap().len(),
-        1,
-        "the stranger must not join: {ws}"
-    );
-    let (_, s) = stranger.get("/api/v1/status").await;
+    let ws = a.workers().await;
+    assert_eq!(ws.len(), 1, "the stranger must not join: {ws:?}");
     assert_ne!(
-        s["leader"],
-        status(&a).await.unwrap()["leader"],
+        status(&stranger).await.and_then(|s| s.leader),
+        status(&a).await.and_then(|s| s.leader),
         "the stranger is not in a's cluster"
     );
     assert!(
@@ -200,10 +200,7 @@ async fn a_node_without_the_swarm_key_is_refused() {
 #[tokio::test]
 async fn a_silent_worker_is_lost_after_dead_after_and_its_task_moves_exactly_once() {
     let nodes = cluster_with(3, &["--dead-after", "3s"]).await;
-    let leader = status(&nodes[0]).await.unwrap()["leader"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let leader = leader_of(&nodes[0]).await;
     let leader_node = nodes.iter().find(|n| n.node_id() == leader).unwrap();
     // Drain the leader's worker (through the CLI), so the task lands on a follower.
     let o = leader_node.cli(&["drain", &leader]);
@@ -213,10 +210,10 @@ async fn a_silent_worker_is_lost_after_dead_after_and_its_task_moves_exactly_onc
     let id = leader_node
         .submit(json!({"command": ["sh", "-c", script], "cpu": 1, "retries": 1}))
         .await;
-    let t = leader_node.wait_state(id, "running").await;
-    let w = t["attempts"][0]["worker"].as_str().unwrap().to_string();
-    assert_ne!(w, leader, "a drained worker takes no new task");
-    let worker = nodes.iter().find(|n| n.node_id() == w).unwrap();
+    let t = leader_node.wait_state(id, TaskState::Running).await;
+    let w = t.attempt(0).worker;
+    assert_ne!(w.to_string(), leader, "a drained worker takes no new task");
+    let worker = nodes.iter().find(|n| n.id() == w).unwrap();
 
     // Silent for less than --dead-after: nothing moves.
     signal(worker, "-STOP");
@@ -225,55 +222,41 @@ async fn a_silent_worker_is_lost_after_dead_after_and_its_task_moves_exactly_onc
     tokio::time::sleep(Duration::from_secs(3)).await;
     let t = leader_node.task(id).await;
     assert_eq!(
-        (t["attempt"].as_u64(), t["state"].as_str()),
-        (Some(1), Some("running")),
-        "{t}"
+        (t.task.attempt, t.task.state),
+        (1, TaskState::Running),
+        "{}",
+        show(&t)
     );
 
     // Silent for longer: the attempt is lost and the task runs again elsewhere, once.
-    let old_pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    let old_pid = u64::from(t.attempt(0).pid.expect("a running attempt has a pid"));
     signal(worker, "-STOP");
     let t = leader_node
-        .wait_task(id, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .wait_task(id, 30, |t| {
+            t.task.attempt == 2 && t.task.state == TaskState::Running
+        })
         .await;
-    assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
-    assert_ne!(t["attempts"][1]["worker"].as_str().unwrap(), w);
-    let (_, ws) = leader_node.get("/api/v1/workers").await;
-    let lost = ws
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] == w.as_str())
-        .unwrap();
-    assert_eq!(lost["state"], "lost");
+    assert_eq!(t.outcome(0).state, TaskState::Lost);
+    assert_ne!(t.attempt(1).worker, w);
+    assert_eq!(leader_node.worker(w).await.worker.state, WorkerState::Lost);
     // Back again: it rejoins as a worker and stops the attempt it no longer owns.
     signal(worker, "-CONT");
-    for _ in 0..200 {
-        let (_, ws) = leader_node.get("/api/v1/workers").await;
-        if ws
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| x["id"] == w.as_str() && x["state"] == "active")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    leader_node
+        .wait_get_as::<Vec<testmesh::core::dto::WorkerStatus>>("/api/v1/workers", 30, |ws| {
+            ws.iter()
+                .any(|x| x.worker.id == w && x.worker.state == WorkerState::Active)
+        })
+        .await;
     assert!(
-        support::wait_for(Duration::from_secs(10), || (!support::alive(old_pid))
+        wait_for(Duration::from_secs(10), async || (!support::alive(old_pid))
             .then_some(()))
         .await
         .is_some(),
         "the returning worker kills the attempt that was moved away"
     );
     std::fs::write(&gate, "").unwrap();
-    let t = leader_node.wait_state(id, "succeeded").await;
-    assert_eq!(
-        t["attempts"].as_array().unwrap().len(),
-        2,
-        "exactly one re-run: {t}"
-    );
+    let t = leader_node.wait_state(id, TaskState::Succeeded).await;
+    assert_eq!(t.task.attempts.len(), 2, "exactly one re-run: {}", show(&t));
 }
 
 #[test]
@@ -309,20 +292,12 @@ async fn five_nodes_form_one_cluster_with_five_voters() {
     let mut leaders = BTreeSet::new();
     // Each replica applies the membership change in its own time.
     for n in &nodes {
-        let mut s = status(n).await.unwrap();
-        for _ in 0..200 {
-            if s["voters"].as_array().map(|v| v.len()) == Some(5) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            s = status(n).await.unwrap();
-        }
-        assert_eq!(s["voters"].as_array().unwrap().len(), 5, "{s}");
-        leaders.insert(s["leader"].as_str().unwrap().to_string());
+        let s = wait_status(n, 20, |s| s.voters.len() == 5 && s.leader.is_some()).await;
+        leaders.insert(s.leader.unwrap());
     }
     assert_eq!(leaders.len(), 1, "one cluster, one leader: {leaders:?}");
     let id = nodes[4]
         .submit(json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    nodes[0].wait_state(id, "succeeded").await;
+    nodes[0].wait_state(id, TaskState::Succeeded).await;
 }

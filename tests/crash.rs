@@ -7,7 +7,18 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{TestNode, alive, wait_for};
+use support::{TaskViewExt, TestNode, alive, show, wait_for};
+use testmesh_consensus::MilliCpu;
+use testmesh_consensus::task::TaskState;
+
+/// The pid of a running task's first attempt.
+fn pid(t: &testmesh::core::dto::TaskView) -> u64 {
+    u64::from(
+        t.attempt(0)
+            .pid
+            .unwrap_or_else(|| panic!("a running attempt has a pid: {}", show(t))),
+    )
+}
 
 #[tokio::test]
 async fn kill_9_loses_nothing_committed() {
@@ -21,23 +32,16 @@ async fn kill_9_loses_nothing_committed() {
     let done = node
         .submit(json!({"command": ["echo", "finished before the crash"]}))
         .await;
-    node.wait_state(done, "succeeded").await;
-    let pid_retry = node.wait_state(retry, "running").await["attempts"][0]["pid"]
-        .as_u64()
-        .unwrap();
-    let pid_once = node.wait_state(once, "running").await["attempts"][0]["pid"]
-        .as_u64()
-        .unwrap();
+    node.wait_state(done, TaskState::Succeeded).await;
+    let pid_retry = pid(&node.wait_state(retry, TaskState::Running).await);
+    let pid_once = pid(&node.wait_state(once, TaskState::Running).await);
     // Plenty of committed history, so that restart replays a real log.
-    let (c, v) = node
-        .post(
-            "/api/v1/tasks",
-            json!({"tasks": vec![json!({"command": ["true"], "cpu": "10m"}); 200]}),
-        )
+    let v = node
+        .submit_body(json!({"tasks": vec![json!({"command": ["true"], "cpu": "10m"}); 200]}))
         .await;
-    assert_eq!(c, 201, "{v}");
-    let last = v["tasks"][199].as_u64().unwrap();
-    node.wait_state(last, "succeeded").await;
+    assert_eq!(v.tasks.len(), 200, "{v:?}");
+    let last = v.tasks[199].0;
+    node.wait_state(last, TaskState::Succeeded).await;
 
     node.kill9();
     assert!(
@@ -48,38 +52,40 @@ async fn kill_9_loses_nothing_committed() {
     node.spawn().await;
     // Orphans of the old boot are killed before anything new starts.
     assert!(
-        wait_for(Duration::from_secs(10), || (!alive(pid_retry)
+        wait_for(Duration::from_secs(10), async || (!alive(pid_retry)
             && !alive(pid_once))
         .then_some(()))
         .await
         .is_some()
     );
     let t = node
-        .wait_task(retry, 30, |t| t["state"] == "running" && t["attempt"] == 2)
+        .wait_task(retry, 30, |t| {
+            t.task.state == TaskState::Running && t.task.attempt == 2
+        })
         .await;
-    assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
-    assert_eq!(t["attempts"][0]["outcome"]["message"], "worker restarted");
-    let t = node.wait_state(once, "lost").await;
-    assert_eq!(t["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(t.outcome(0).state, TaskState::Lost);
+    assert_eq!(t.outcome(0).message.as_deref(), Some("worker restarted"));
+    let t = node.wait_state(once, TaskState::Lost).await;
+    assert_eq!(t.task.attempts.len(), 1);
     // Finished work and its logs are still there.
-    assert_eq!(node.task(done).await["state"], "succeeded");
-    let (_, logs) = node.get(&format!("/api/v1/tasks/{done}/logs")).await;
-    assert_eq!(logs["data"], "finished before the crash\n");
-    let (_, l) = node.get("/api/v1/tasks?state=succeeded&limit=1000").await;
-    assert_eq!(l["tasks"].as_array().unwrap().len(), 201);
+    assert_eq!(node.task(done).await.task.state, TaskState::Succeeded);
+    let logs = node.logs(done, "").await;
+    assert_eq!(logs.data, "finished before the crash\n");
+    let l = node.tasks("?state=succeeded&limit=1000").await;
+    assert_eq!(l.tasks.len(), 201);
     // Exactly the retried task holds a reservation: 1 cpu.
-    let (_, ws) = node.get("/api/v1/workers").await;
-    assert_eq!(
-        ws.as_array().unwrap().len(),
-        1,
-        "the restarted node is the same worker"
-    );
-    assert_eq!(ws[0]["allocated"]["cpu"], 1000, "{ws}");
+    let ws = node.workers().await;
+    assert_eq!(ws.len(), 1, "the restarted node is the same worker");
+    assert_eq!(ws[0].worker.allocated.cpu, MilliCpu(1000), "{ws:?}");
     node.post(&format!("/api/v1/tasks/{retry}/cancel"), json!({}))
         .await;
-    node.wait_state(retry, "cancelled").await;
-    let (_, ws) = node.get("/api/v1/workers").await;
-    assert_eq!(ws[0]["allocated"]["cpu"], 0, "no reservation leaks: {ws}");
+    node.wait_state(retry, TaskState::Cancelled).await;
+    let ws = node.workers().await;
+    assert_eq!(
+        ws[0].worker.allocated.cpu,
+        MilliCpu(0),
+        "no reservation leaks: {ws:?}"
+    );
 }
 
 #[tokio::test]
@@ -96,17 +102,17 @@ async fn snapshots_and_log_purges_survive_restarts() {
         );
     }
     for id in &ids {
-        node.wait_state(*id, "succeeded").await;
+        node.wait_state(*id, TaskState::Succeeded).await;
     }
     node.kill9();
     node.spawn().await;
     for (i, id) in ids.iter().enumerate() {
         let t = node.task(*id).await;
-        assert_eq!(t["state"], "succeeded");
-        let (_, logs) = node.get(&format!("/api/v1/tasks/{id}/logs")).await;
-        assert_eq!(logs["data"], format!("{i}\n"));
+        assert_eq!(t.task.state, TaskState::Succeeded);
+        let logs = node.logs(*id, "").await;
+        assert_eq!(logs.data, format!("{i}\n"));
     }
     // And it keeps working after the restart.
     let id = node.submit(json!({"command": ["true"]})).await;
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
 }

@@ -10,7 +10,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestNode;
+use support::{TestNode, show, wait_for};
+use testmesh_consensus::task::TaskState;
 
 async fn fetch(node: &TestNode, path: &str) -> (u16, String, String) {
     let r = reqwest::get(format!("{}{path}", node.url)).await.unwrap();
@@ -46,8 +47,25 @@ async fn every_chart_renders_with_data_and_the_overview_shows_them() {
         .submit(json!({"command": ["sleep", "0.5"], "cpu": "10m", "gpus": 1,
             "env": {"TESTMESH_SIMULATED_GPU_MIB": "512"}}))
         .await;
-    node.wait_state(id, "succeeded").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = node.wait_state(id, TaskState::Succeeded).await;
+    // The charts draw this node's statistics: wait until they reach past the task's end (every
+    // sample of its run is in then).
+    let end = t.task.finished_at.expect("a finished task has an end");
+    let me = node.node_id();
+    let caught_up = wait_for(Duration::from_secs(10), async || {
+        let st = node.stats().await;
+        st.nodes
+            .get(&me)
+            .and_then(|n| n.latest.as_ref())
+            .is_some_and(|p| p.at > end)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "no statistics after the task's end ({end:?}): {}",
+        show(&node.stats().await)
+    );
 
     let (_, empty_ct, empty) = fetch(&node, "/dashboard/charts/scaling.svg").await;
     assert_eq!(empty_ct, "image/svg+xml");
@@ -196,7 +214,7 @@ async fn live_updates_arrive_over_the_websocket_and_cross_site_ones_are_refused(
     let id = node
         .submit(json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
     loop {
         let u = next_update(&mut ws).await;
         if u["tasks"]["succeeded"] == 1 {
@@ -221,7 +239,7 @@ async fn the_report_has_a_section_per_chart_and_the_tables() {
     let id = node
         .submit(json!({"command": ["true"], "name": "unit", "cpu": "10m"}))
         .await;
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
     let out = node.dir.path().join("report.html");
     let o = node.cli(&["report", "--out", out.to_str().unwrap(), "--since", "10m"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -315,8 +333,8 @@ async fn the_report_has_a_section_per_chart_and_the_tables() {
     assert!(String::from_utf8_lossy(&o.stderr).contains(".html or .pdf"));
 }
 
-#[test]
-fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
+#[tokio::test]
+async fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let o = std::process::Command::new(support::BIN)
         .args([
@@ -345,17 +363,20 @@ fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
         html.contains("<td>up</td>"),
         "the autoscaler launched simulated workers"
     );
-    // Nothing of the demo keeps running.
-    std::thread::sleep(Duration::from_secs(1));
-    let left = std::process::Command::new("pgrep")
-        .arg("-f")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
-        "leftover processes"
-    );
+    // Nothing of the demo keeps running (its processes may take a moment to be gone).
+    let mut left = String::new();
+    let none_left = wait_for(Duration::from_secs(10), async || {
+        let o = std::process::Command::new("pgrep")
+            .arg("-a")
+            .arg("-f")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        left = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        left.is_empty().then_some(())
+    })
+    .await;
+    assert!(none_left.is_some(), "leftover processes:\n{left}");
 }
 
 #[tokio::test]
@@ -367,15 +388,12 @@ async fn the_tasks_pages_list_the_queue_and_show_a_task_with_its_output() {
             "name": "<i>shouty</i>", "cpu": "10m"}),
         )
         .await;
-    node.wait_state(done, "failed").await;
-    let (code, v) = node
-        .post(
-            "/api/v1/tasks",
-            json!({"tasks": [{"command": ["true"], "name": "waits", "gpus": 8}],
-                   "allow_unschedulable": true}),
-        )
-        .await;
-    assert_eq!(code, 201, "{v}");
+    node.wait_state(done, TaskState::Failed).await;
+    node.submit_body(
+        json!({"tasks": [{"command": ["true"], "name": "waits", "gpus": 8}],
+           "allow_unschedulable": true}),
+    )
+    .await;
     let (code, _, list) = fetch(&node, "/dashboard/tasks").await;
     assert_eq!(code, 200);
     let queue = &list[list.find("<table id=queued>").unwrap()..];
@@ -402,7 +420,7 @@ async fn a_followers_dashboard_shows_the_same_cluster_as_the_leaders() {
     let id = nodes[0]
         .submit(json!({"command": ["true"], "name": "seen-everywhere", "cpu": "10m"}))
         .await;
-    nodes[0].wait_state(id, "succeeded").await;
+    nodes[0].wait_state(id, TaskState::Succeeded).await;
     let ids: Vec<String> = nodes.iter().map(|n| n.node_id()).collect();
     // Each replica applies the result in its own time: wait until both pages agree.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -13,9 +13,10 @@ mod support;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use support::{BIN, docker};
+use serde::de::DeserializeOwned;
+use support::{BIN, TaskViewExt, docker};
+use testmesh::core::dto::{StatusView, TaskView, WorkerStatus};
+use testmesh_consensus::task::TaskState;
 
 fn docker_ok(args: &[&str]) -> String {
     let o = docker(args);
@@ -36,12 +37,11 @@ fn cli(container: &str, args: &[&str]) -> Output {
     docker(&a)
 }
 
-fn json(container: &str, args: &[&str]) -> Option<Value> {
+/// The CLI's `--json` answer read into `T`; None when the command fails (the node does not
+/// answer yet, or cannot). Output that is not a `T` fails the test with the output.
+fn json<T: DeserializeOwned>(container: &str, args: &[&str]) -> Option<T> {
     let o = cli(container, args);
-    o.status
-        .success()
-        .then(|| serde_json::from_slice(&o.stdout).ok())
-        .flatten()
+    o.status.success().then(|| support::parse_output(&o))
 }
 
 fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -132,12 +132,11 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
     // No --join anywhere: mDNS alone makes one cluster of three.
     for c in &env.containers {
         wait_until(60, "three workers everywhere", || {
-            json(c, &["workers", "--json"]).filter(|w| w.as_array().map(|a| a.len()) == Some(3))
+            json::<Vec<WorkerStatus>>(c, &["workers", "--json"]).filter(|w| w.len() == 3)
         });
     }
     let leader = wait_until(30, "a leader", || {
-        json(&env.containers[0], &["status", "--json"])
-            .and_then(|s| s["leader"].as_str().map(str::to_string))
+        json::<StatusView>(&env.containers[0], &["status", "--json"]).and_then(|s| s.leader)
     });
     // Tasks run on all three: six 1-cpu tasks on three 2-cpu workers.
     let mut ids = Vec::new();
@@ -160,9 +159,10 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
     let mut hosts = std::collections::BTreeSet::new();
     for id in &ids {
         let t = wait_until(60, "task success", || {
-            json(&env.containers[2], &["task", id, "--json"]).filter(|t| t["state"] == "succeeded")
+            json::<TaskView>(&env.containers[2], &["task", id, "--json"])
+                .filter(|t| t.task.state == TaskState::Succeeded)
         });
-        hosts.insert(t["attempts"][0]["worker"].as_str().unwrap().to_string());
+        hosts.insert(t.attempt(0).worker);
     }
     assert_eq!(hosts.len(), 3, "tasks ran on {hosts:?}");
 
@@ -170,14 +170,14 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
     let leader_c = env
         .containers
         .iter()
-        .find(|c| json(c, &["status", "--json"]).is_some_and(|s| s["node_id"] == leader.as_str()))
+        .find(|c| json::<StatusView>(c, &["status", "--json"]).is_some_and(|s| s.node_id == leader))
         .unwrap()
         .clone();
     let majority: Vec<&String> = env.containers.iter().filter(|c| **c != leader_c).collect();
     docker_ok(&["network", "disconnect", &env.network, &leader_c]);
     let new_leader = wait_until(30, "a new leader in the majority", || {
-        json(majority[0], &["status", "--json"])
-            .and_then(|s| s["leader"].as_str().map(str::to_string))
+        json::<StatusView>(majority[0], &["status", "--json"])
+            .and_then(|s| s.leader)
             .filter(|l| *l != leader)
     });
     // The majority keeps scheduling (a task placed on the cut-off worker is re-run once that
@@ -196,9 +196,11 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
     let during = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert!(
         o.status.success(),
-        "majority submit: {}\n{:#}",
+        "majority submit: {}\n{}",
         String::from_utf8_lossy(&o.stderr),
-        json(majority[0], &["task", &during, "--json"]).unwrap_or_default()
+        json::<TaskView>(majority[0], &["task", &during, "--json"])
+            .map(|t| support::show(&t))
+            .unwrap_or_default()
     );
     let o = cli(&leader_c, &["submit", "--cpu", "10m", "--", "true"]);
     assert!(
@@ -210,8 +212,9 @@ fn containers_discover_each_other_by_mdns_and_survive_a_partition() {
     // Reconnect: it rejoins, follows the new leader and catches up.
     docker_ok(&["network", "connect", &env.network, &leader_c]);
     wait_until(60, "the old leader to rejoin and catch up", || {
-        let s = json(&leader_c, &["status", "--json"])?;
-        let t = json(&leader_c, &["task", &during, "--json"])?;
-        (s["leader"] == new_leader.as_str() && t["state"] == "succeeded").then_some(())
+        let s = json::<StatusView>(&leader_c, &["status", "--json"])?;
+        let t = json::<TaskView>(&leader_c, &["task", &during, "--json"])?;
+        (s.leader.as_deref() == Some(new_leader.as_str()) && t.task.state == TaskState::Succeeded)
+            .then_some(())
     });
 }

@@ -13,8 +13,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use support::{TestNode, docker};
+use serde_json::json;
+use support::{TestNode, docker, show, wait_for};
+use testmesh_consensus::model::WorkerState;
+use testmesh_consensus::scaling::InstanceState;
+use testmesh_consensus::task::TaskState;
 
 /// Removes the test's containers, network and image, whatever happened.
 struct Cleanup {
@@ -57,10 +60,6 @@ impl Drop for Cleanup {
         docker(&["network", "rm", &self.network]);
         docker(&["rmi", "-f", &self.tag]);
     }
-}
-
-fn instances(v: &Value) -> Vec<Value> {
-    v["instances"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -131,7 +130,7 @@ network = "{net}"
         "/ip4/0.0.0.0/tcp/0",
     ])
     .await;
-    let me = node.node_id();
+    let me = node.id();
     let (code, v) = node
         .put(
             "/api/v1/policy",
@@ -144,122 +143,124 @@ network = "{net}"
 
     // A task no worker here can hold (2 cores on a 1-core pool).
     let submitted = Instant::now();
-    let (code, v) = node
-        .post(
-            "/api/v1/tasks",
+    let v = node
+        .submit_body(
             json!({"tasks": [{"command": ["sh", "-c", "echo from $(hostname)"], "cpu": 2}],
                    "allow_unschedulable": true}),
         )
         .await;
-    assert_eq!(code, 201, "{v}");
-    let task = v["tasks"][0].as_u64().unwrap();
+    let task = v.tasks[0].0;
 
     // The first provider's container never joins: terminated at the deadline, removed.
     let v = node
-        .wait_get("/api/v1/scaling", 90, |v| {
-            instances(v)
+        .wait_scaling(90, |v| {
+            v.instances
                 .iter()
-                .any(|i| i["provider"] == "docker-bad" && i["state"] == "failed")
+                .any(|i| i.provider == "docker-bad" && i.state == InstanceState::Failed)
         })
         .await;
-    *env.cluster.lock().unwrap() = v["cluster_id"].as_str().map(str::to_string);
-    let bad = instances(&v)
-        .into_iter()
-        .find(|i| i["provider"] == "docker-bad")
+    *env.cluster.lock().unwrap() = v.cluster_id.clone();
+    let cluster = v
+        .cluster_id
+        .clone()
+        .unwrap_or_else(|| panic!("a cluster id once it launched: {}", show(&v)));
+    let bad = v
+        .instances
+        .iter()
+        .find(|i| i.provider == "docker-bad")
         .unwrap();
-    assert_eq!(bad["end_reason"], "did not join within 8 s", "{bad}");
-    let bad_name = format!(
-        "testmesh-{}-{}",
-        v["cluster_id"].as_str().unwrap(),
-        bad["intent"]
+    assert_eq!(
+        bad.end_reason.as_deref(),
+        Some("did not join within 8 s"),
+        "{bad:?}"
     );
-    let gone = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        !docker(&["inspect", &bad_name]).status.success()
-    });
-    assert!(gone, "the container that never joined was removed");
+    let bad_name = format!("testmesh-{cluster}-{}", bad.intent);
+    let gone = wait_for(Duration::from_secs(10), async || {
+        (!docker(&["inspect", &bad_name]).status.success()).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the container that never joined was removed"
+    );
 
     // The next provider is used. Kill the leader while that launch is in flight.
     let v = node
-        .wait_get("/api/v1/scaling", 60, |v| {
-            instances(v).iter().any(|i| {
-                i["provider"] == "docker" && (i["state"] == "requested" || i["state"] == "launched")
+        .wait_scaling(60, |v| {
+            v.instances.iter().any(|i| {
+                i.provider == "docker"
+                    && matches!(i.state, InstanceState::Requested | InstanceState::Launched)
             })
         })
         .await;
-    let good = instances(&v)
-        .into_iter()
-        .find(|i| i["provider"] == "docker")
-        .unwrap();
-    let _ = &good;
-    let state_at_kill = good["state"].clone();
+    let good = v.instances.iter().find(|i| i.provider == "docker").unwrap();
+    let state_at_kill = good.state;
     node.kill9();
     node.spawn().await;
     let t = node
-        .wait_task(task, 120, |t| t["state"] == "succeeded")
+        .wait_task(task, 120, |t| t.task.state == TaskState::Succeeded)
         .await;
-    let ran_on = t["attempts"].as_array().unwrap().last().unwrap()["worker"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_ne!(ran_on, me, "the task ran on a container worker");
+    let ran_on_id = t
+        .task
+        .attempts
+        .last()
+        .unwrap_or_else(|| panic!("a succeeded task has an attempt: {}", show(&t)))
+        .worker;
+    assert_ne!(ran_on_id, me, "the task ran on a container worker");
     eprintln!(
         "backlog → task done on a container in {:.1} s (leader killed while the launch was {state_at_kill})",
         submitted.elapsed().as_secs_f64()
     );
     // No duplicate: at most one container per intent, whatever the leader had done before it
     // died, and the worker that ran the task is the docker provider's.
-    let now = node.get("/api/v1/scaling").await.1;
-    let cluster = now["cluster_id"].as_str().unwrap().to_string();
-    for i in instances(&now) {
+    let now = node.scaling().await;
+    assert_eq!(now.cluster_id.as_deref(), Some(cluster.as_str()));
+    for i in &now.instances {
         let o = docker(&[
             "ps",
             "-aq",
             "--filter",
             &format!("label=testmesh.cluster={cluster}"),
             "--filter",
-            &format!("label=testmesh.intent={}", i["intent"]),
+            &format!("label=testmesh.intent={}", i.intent),
         ]);
         let n = String::from_utf8_lossy(&o.stdout)
             .split_whitespace()
             .count();
-        assert!(n <= 1, "intent {} has {n} containers: {now}", i["intent"]);
+        assert!(
+            n <= 1,
+            "intent {} has {n} containers: {}",
+            i.intent,
+            show(&now)
+        );
     }
     assert!(
-        instances(&now)
+        now.instances
             .iter()
-            .any(|i| i["worker"] == ran_on.as_str() && i["provider"] == "docker"),
-        "the task ran on the docker provider's worker: {now}"
+            .any(|i| i.worker == Some(ran_on_id) && i.provider == "docker"),
+        "the task ran on the docker provider's worker: {}",
+        show(&now)
     );
 
     // Idle: drained, stopped (it leaves the cluster), removed. Nothing of the cluster remains.
     let v = node
-        .wait_get("/api/v1/scaling", 120, |v| {
-            instances(v)
-                .iter()
-                .all(|i| i["state"] == "terminated" || i["state"] == "failed")
-        })
+        .wait_scaling(120, |v| v.instances.iter().all(|i| i.state.is_ended()))
         .await;
-    let good = instances(&v)
-        .into_iter()
-        .find(|i| i["provider"] == "docker" && i["state"] == "terminated")
-        .expect("the docker worker was scaled in");
-    assert_eq!(good["end_reason"], "scaled down: idle");
+    let good = v
+        .instances
+        .iter()
+        .find(|i| i.provider == "docker" && i.state == InstanceState::Terminated)
+        .unwrap_or_else(|| panic!("the docker worker was scaled in: {}", show(&v)));
+    assert_eq!(good.end_reason.as_deref(), Some("scaled down: idle"));
     assert!(
         env.containers().is_empty(),
         "no container of the cluster is left: {:?}",
         env.containers()
     );
-    let (_, ws) = node.get("/api/v1/workers").await;
-    let w = ws
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["id"] == ran_on.as_str())
-        .unwrap()
-        .clone();
+    let w = node.worker(ran_on_id).await;
     assert_eq!(
-        w["state"], "left",
-        "the container's node left the cluster on its way out: {w}"
+        w.worker.state,
+        WorkerState::Left,
+        "the container's node left the cluster on its way out: {w:?}"
     );
 }

@@ -7,7 +7,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{TestNode, alive, wait_for};
+use support::{TaskViewExt, TestNode, alive, show, wait_for};
+use testmesh::core::dto::{StatusView, SubmitResponse, WorkerStatus};
+use testmesh::core::logs::Stream;
+use testmesh_consensus::model::Worker;
+use testmesh_consensus::task::TaskState;
+use testmesh_consensus::{Bytes, MilliCpu};
 
 #[tokio::test]
 async fn runs_tasks_keeps_logs_and_records_results() {
@@ -18,23 +23,23 @@ async fn runs_tasks_keeps_logs_and_records_results() {
     let bad = node
         .submit(json!({"command": ["sh", "-c", "exit 7"], "name": "seven"}))
         .await;
-    let t = node.wait_state(ok, "succeeded").await;
-    assert_eq!(t["attempts"][0]["outcome"]["exit_code"], 0);
-    let t = node.wait_state(bad, "failed").await;
-    assert_eq!(t["attempts"][0]["outcome"]["exit_code"], 7);
-    assert_eq!(t["spec"]["name"], "seven");
+    let t = node.wait_state(ok, TaskState::Succeeded).await;
+    assert_eq!(t.outcome(0).exit_code, Some(0));
+    let t = node.wait_state(bad, TaskState::Failed).await;
+    assert_eq!(t.outcome(0).exit_code, Some(7));
+    assert_eq!(t.task.spec.name, "seven");
 
-    let (_, out) = node.get(&format!("/api/v1/tasks/{ok}/logs")).await;
+    let out = node.logs(ok, "").await;
     assert_eq!(
-        out["data"],
+        out.data,
         format!("out\ngpus=[] id={ok}\n"),
         "no GPUs reserved: CUDA_VISIBLE_DEVICES is empty"
     );
-    assert_eq!(out["complete"], true);
-    let (_, err) = node
-        .get(&format!("/api/v1/tasks/{ok}/logs?stream=stderr"))
-        .await;
-    assert_eq!(err["data"], "err\n");
+    assert_eq!(out.stream, Stream::Stdout);
+    assert!(out.complete, "{out:?}");
+    let err = node.logs(ok, "?stream=stderr").await;
+    assert_eq!(err.stream, Stream::Stderr);
+    assert_eq!(err.data, "err\n");
 
     // The CLI: --wait mirrors the exit code; tasks/logs/workers/status work.
     let o = node.cli(&["submit", "--wait", "--", "sh", "-c", "echo via-cli; exit 3"]);
@@ -54,13 +59,13 @@ async fn runs_tasks_keeps_logs_and_records_results() {
         "{table}"
     );
     let o = node.cli(&["workers", "--json"]);
-    let ws: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(ws.as_array().unwrap().len(), 1);
-    assert!(ws[0]["capacity"]["cpu"].as_u64().unwrap() >= 1000);
+    let ws: Vec<WorkerStatus> = support::parse_output(&o);
+    assert_eq!(ws.len(), 1);
+    assert!(ws[0].worker.capacity.cpu >= MilliCpu(1000), "{ws:?}");
     let o = node.cli(&["status", "--json"]);
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["role"], "leader");
-    assert_eq!(s["tasks"]["failed"], 2);
+    let s: StatusView = support::parse_output(&o);
+    assert_eq!(s.role, "leader");
+    assert_eq!(s.tasks.get("failed"), Some(&2), "{s:?}");
 }
 
 #[tokio::test]
@@ -70,10 +75,12 @@ async fn measures_cpu_time_and_peak_memory() {
     let id = node
         .submit(json!({"command": ["sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; head -c 67108864 /dev/zero | tail -c 1 >/dev/null"]}))
         .await;
-    let t = node.wait_task(id, 60, |t| t["state"] == "succeeded").await;
-    let o = &t["attempts"][0]["outcome"];
-    assert!(o["cpu_time_ms"].as_u64().unwrap() > 10, "{o}");
-    assert!(o["peak_rss"].as_u64().unwrap() > 1 << 20, "{o}");
+    let t = node
+        .wait_task(id, 60, |t| t.task.state == TaskState::Succeeded)
+        .await;
+    let o = t.outcome(0);
+    assert!(o.cpu_time_ms > 10, "{o:?}");
+    assert!(o.peak_rss > Bytes(1 << 20), "{o:?}");
 }
 
 #[tokio::test]
@@ -84,15 +91,15 @@ async fn timeout_kills_the_whole_process_group() {
     let id = node
         .submit(json!({"command": ["sh", "-c", script], "timeout": "1s"}))
         .await;
-    let bg: u64 = wait_for(Duration::from_secs(20), || {
+    let bg: u64 = wait_for(Duration::from_secs(20), async || {
         support::read(&pidfile).trim().parse().ok()
     })
     .await
     .unwrap();
-    let t = node.wait_state(id, "timed_out").await;
-    assert_eq!(t["attempts"][0]["outcome"]["message"], "timed out");
+    let t = node.wait_state(id, TaskState::TimedOut).await;
+    assert_eq!(t.outcome(0).message.as_deref(), Some("timed out"));
     assert!(
-        wait_for(Duration::from_secs(10), || (!alive(bg)).then_some(()))
+        wait_for(Duration::from_secs(10), async || (!alive(bg)).then_some(()))
             .await
             .is_some(),
         "the background child survived the timeout"
@@ -106,17 +113,17 @@ async fn cancel_stops_a_running_task_and_a_pending_one() {
         .submit(json!({"command": ["sleep", "300"], "cpu": 1}))
         .await;
     let queued = node.submit(json!({"command": ["true"], "cpu": 1})).await;
-    let t = node.wait_state(running, "running").await;
-    let pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    let t = node.wait_state(running, TaskState::Running).await;
+    let pid = u64::from(t.attempt(0).pid.expect("a running attempt has a pid"));
     // The second task waits, and says why.
     let q = node.task(queued).await;
-    assert_eq!(q["state"], "pending");
+    assert_eq!(q.task.state, TaskState::Pending);
     assert!(
-        q["pending_reason"]
-            .as_str()
-            .unwrap()
-            .contains("needs 1 cpu, 0 free"),
-        "{q}"
+        q.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("needs 1 cpu, 0 free")),
+        "{}",
+        show(&q)
     );
 
     let (code, v) = node
@@ -127,15 +134,16 @@ async fn cancel_stops_a_running_task_and_a_pending_one() {
         .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
         .await;
     assert_eq!(code, 200);
-    node.wait_state(running, "cancelled").await;
+    node.wait_state(running, TaskState::Cancelled).await;
     assert!(!alive(pid));
     let (code, v) = node
         .post(&format!("/api/v1/tasks/{running}/cancel"), json!({}))
         .await;
     assert_eq!(code, 409, "{v}");
-    let (_, ws) = node.get("/api/v1/workers").await;
+    let ws = node.workers().await;
     assert_eq!(
-        ws[0]["allocated"]["cpu"], 0,
+        ws[0].worker.allocated.cpu,
+        MilliCpu(0),
         "cancelled tasks release their reservation"
     );
 }
@@ -146,14 +154,14 @@ async fn retries_then_fails_and_priorities_order_the_queue() {
     let flaky = node
         .submit(json!({"command": ["sh", "-c", "exit 1"], "retries": 2}))
         .await;
-    let t = node.wait_state(flaky, "failed").await;
-    assert_eq!(t["attempts"].as_array().unwrap().len(), 3);
-    assert_eq!(t["attempt"], 3);
+    let t = node.wait_state(flaky, TaskState::Failed).await;
+    assert_eq!(t.task.attempts.len(), 3);
+    assert_eq!(t.task.attempt, 3);
 
     // One slot: a blocker, then low and high priority; high must start first.
     let gate = node.dir.path().join("gate");
     let blocker = node.submit(json!({"command": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": 1})).await;
-    node.wait_state(blocker, "running").await;
+    node.wait_state(blocker, TaskState::Running).await;
     let low = node
         .submit(json!({"command": ["true"], "cpu": 1, "priority": 1}))
         .await;
@@ -161,13 +169,10 @@ async fn retries_then_fails_and_priorities_order_the_queue() {
         .submit(json!({"command": ["true"], "cpu": 1, "priority": 10}))
         .await;
     std::fs::write(&gate, "").unwrap();
-    let l = node.wait_state(low, "succeeded").await;
-    let h = node.wait_state(high, "succeeded").await;
-    assert!(h["attempts"][0]["assigned_at"].as_u64() <= l["attempts"][0]["assigned_at"].as_u64());
-    assert!(
-        h["rev"].as_u64() < l["rev"].as_u64(),
-        "high priority finished first"
-    );
+    let l = node.wait_state(low, TaskState::Succeeded).await;
+    let h = node.wait_state(high, TaskState::Succeeded).await;
+    assert!(h.attempt(0).assigned_at <= l.attempt(0).assigned_at);
+    assert!(h.task.rev < l.task.rev, "high priority finished first");
 }
 
 #[tokio::test]
@@ -256,23 +261,21 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         assert!(!o.stderr.is_empty(), "{args:?} printed no error");
     }
     // Nothing was created by any of that.
-    let (_, l) = node.get("/api/v1/tasks").await;
-    assert_eq!(l["tasks"].as_array().unwrap().len(), 0, "{l}");
+    let l = node.tasks("").await;
+    assert_eq!(l.tasks.len(), 0, "{l:?}");
     // ...but an impossible task can be queued on purpose, with its reason.
-    let (c, v) = node
-        .post(
-            "/api/v1/tasks",
+    let v = node
+        .submit_body(
             json!({"tasks": [{"command": ["x"], "gpus": 64}], "allow_unschedulable": true}),
         )
         .await;
-    assert_eq!(c, 201, "{v}");
-    let t = node.task(v["tasks"][0].as_u64().unwrap()).await;
+    let t = node.task(v.tasks[0].0).await;
     assert!(
-        t["pending_reason"]
-            .as_str()
-            .unwrap()
-            .contains("64 whole GPU"),
-        "{t}"
+        t.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("64 whole GPU")),
+        "{}",
+        show(&t)
     );
 }
 
@@ -280,13 +283,15 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 async fn submits_are_idempotent_per_request_id() {
     let node = TestNode::start(&[]).await;
     let body = json!({"request_id": "ci-build-42", "tasks": [{"command": ["true"]}, {"command": ["true"]}]});
-    let (c1, a) = node.post("/api/v1/tasks", body.clone()).await;
-    let (c2, b) = node.post("/api/v1/tasks", body).await;
+    let (c1, a) = node
+        .post_as::<SubmitResponse>("/api/v1/tasks", body.clone())
+        .await;
+    let (c2, b) = node.post_as::<SubmitResponse>("/api/v1/tasks", body).await;
     assert_eq!((c1, c2), (201, 200));
-    assert_eq!(a["tasks"], b["tasks"]);
-    assert_eq!(b["duplicate"], true);
-    let (_, l) = node.get("/api/v1/tasks").await;
-    assert_eq!(l["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(a.tasks, b.tasks);
+    assert!(!a.duplicate && b.duplicate, "{a:?} {b:?}");
+    let l = node.tasks("").await;
+    assert_eq!(l.tasks.len(), 2);
 }
 
 #[tokio::test]
@@ -298,9 +303,9 @@ async fn graceful_stop_drains_hands_back_the_rest_and_restart_runs_them() {
     let short = node
         .submit(json!({"command": ["sh", "-c", "sleep 1; echo done"], "retries": 0, "cpu": "10m"}))
         .await;
-    let t = node.wait_state(long, "running").await;
-    node.wait_state(short, "running").await;
-    let pid = t["attempts"][0]["pid"].as_u64().unwrap();
+    let t = node.wait_state(long, TaskState::Running).await;
+    node.wait_state(short, TaskState::Running).await;
+    let pid = u64::from(t.attempt(0).pid.expect("a running attempt has a pid"));
     node.stop();
     assert!(
         !alive(pid),
@@ -309,13 +314,15 @@ async fn graceful_stop_drains_hands_back_the_rest_and_restart_runs_them() {
     node.spawn().await;
     // The short task finished while the node drained; the long one was handed back and runs
     // again although it has no retries: a hand-back is not the task's failure.
-    let s = node.wait_state(short, "succeeded").await;
-    assert_eq!(s["attempts"].as_array().unwrap().len(), 1, "{s}");
+    let s = node.wait_state(short, TaskState::Succeeded).await;
+    assert_eq!(s.task.attempts.len(), 1, "{}", show(&s));
     let t = node
-        .wait_task(long, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .wait_task(long, 30, |t| {
+            t.task.attempt == 2 && t.task.state == TaskState::Running
+        })
         .await;
-    assert_eq!(t["handed_back"], 1);
-    assert_eq!(t["attempts"][0]["outcome"]["state"], "lost");
+    assert_eq!(t.task.handed_back, 1);
+    assert_eq!(t.outcome(0).state, TaskState::Lost);
 }
 
 #[tokio::test]
@@ -329,19 +336,32 @@ async fn a_gpu_busy_with_someone_elses_process_is_not_free() {
     ])
     .await;
     let me = node.node_id();
-    for _ in 0..100 {
-        let (_, st) = node.get("/api/v1/stats").await;
-        if st["nodes"][&me]["latest"]["sample"]["gpus"][0]["foreign_processes"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The live view has seen the foreign process.
+    let seen = wait_for(Duration::from_secs(10), async || {
+        let st = node.stats().await;
+        st.nodes
+            .get(&me)
+            .and_then(|n| n.latest.as_ref())
+            .is_some_and(|p| {
+                p.sample
+                    .gpus
+                    .first()
+                    .is_some_and(|g| g.foreign_processes == 1)
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "no stats sample shows GPU 0's foreign process: {}",
+        show(&node.stats().await)
+    );
     let gate = node.dir.path().join("gate");
     let hold = json!({"command": ["sh", "-c", format!("echo \"[$CUDA_VISIBLE_DEVICES]\"; while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": "10m", "gpus": 1});
     let a = node.submit(hold.clone()).await;
     let b = node.submit(hold).await;
-    node.wait_state(a, "running").await;
-    let out = wait_for(Duration::from_secs(10), || {
+    node.wait_state(a, TaskState::Running).await;
+    let out = wait_for(Duration::from_secs(10), async || {
         let s = support::read(&node.data_dir().join(format!("logs/{a}.1.stdout")));
         (!s.is_empty()).then_some(s)
     })
@@ -350,11 +370,11 @@ async fn a_gpu_busy_with_someone_elses_process_is_not_free() {
     assert_eq!(out.trim(), "[1]", "the free GPU, not the busy one");
     // The ledger has GPU 0 unreserved, but the live view says it is taken: b waits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(node.task(b).await["state"], "pending");
+    assert_eq!(node.task(b).await.task.state, TaskState::Pending);
     std::fs::write(&gate, "").unwrap();
-    node.wait_state(a, "succeeded").await;
-    let t = node.wait_state(b, "succeeded").await;
-    assert_eq!(t["attempts"][0]["gpus"][0]["index"], 1);
+    node.wait_state(a, TaskState::Succeeded).await;
+    let t = node.wait_state(b, TaskState::Succeeded).await;
+    assert_eq!(t.attempt(0).gpus[0].index, 1, "{}", show(&t));
 }
 
 #[tokio::test]
@@ -364,18 +384,17 @@ async fn the_output_tail_outlives_the_log_file() {
     let id = node
         .submit(json!({"command": ["sh", "-c", script], "cpu": "10m"}))
         .await;
-    let t = node.wait_state(id, "failed").await;
-    let tail = t["attempts"][0]["outcome"]["stdout_tail"].as_str().unwrap();
+    let t = node.wait_state(id, TaskState::Failed).await;
+    let tail = t.outcome(0).stdout_tail.as_str();
     assert!(tail.len() <= 2048 && tail.len() > 1500, "{}", tail.len());
     assert!(tail.starts_with("line "), "cut at a line start: {tail:.40}");
     assert!(tail.ends_with("line 499 of the output\n"));
-    assert_eq!(t["attempts"][0]["outcome"]["stderr_tail"], "oops\n");
+    assert_eq!(t.outcome(0).stderr_tail, "oops\n");
     // With the file gone (cleaned up, or its worker gone), the API serves the ledger's tail.
     std::fs::remove_file(node.data_dir().join(format!("logs/{id}.1.stdout"))).unwrap();
-    let (code, c) = node.get(&format!("/api/v1/tasks/{id}/logs")).await;
-    assert_eq!(code, 200, "{c}");
-    assert_eq!(c["ledger_tail"], true);
-    assert_eq!(c["data"], tail);
+    let c = node.logs(id, "").await;
+    assert!(c.ledger_tail, "{c:?}");
+    assert_eq!(c.data, tail);
     let o = node.cli(&["logs", &id.to_string()]);
     assert!(o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), tail);
@@ -401,23 +420,27 @@ async fn gpu_reservations_set_cuda_visible_devices() {
         ))
         .await;
     let c = node.submit(hold(json!({"gpus": 1}))).await;
-    node.wait_state(a, "running").await;
-    node.wait_state(b, "running").await;
+    node.wait_state(a, TaskState::Running).await;
+    node.wait_state(b, TaskState::Running).await;
     // Both GPUs are exclusively held: the third waits and says so.
     let t = node.task(c).await;
-    assert_eq!(t["state"], "pending");
+    assert_eq!(t.task.state, TaskState::Pending);
     assert!(
-        t["pending_reason"]
-            .as_str()
-            .unwrap()
-            .contains("1 whole GPU(s), 0 matching free"),
-        "{t}"
+        t.pending_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("1 whole GPU(s), 0 matching free")),
+        "{}",
+        show(&t)
     );
-    let (_, ws) = node.get("/api/v1/workers").await;
-    assert_eq!(ws[0]["capacity"]["gpus"][1]["model"], "Sim A100");
+    // Read as bare `Worker`s: `WorkerStatus` (which flattens `Worker`) does not deserialize
+    // while a GPU is reserved: serde's flatten cannot read `allocated.gpus`' integer keys from
+    // JSON strings (`testmesh workers` fails the same way).
+    let ws: Vec<Worker> = node.get_ok("/api/v1/workers").await;
+    assert_eq!(ws[0].capacity.gpus[1].model, "Sim A100");
+    assert_eq!(ws[0].allocated.gpus.len(), 2, "both GPUs reserved: {ws:?}");
     let mut seen = Vec::new();
     for id in [a, b] {
-        let out = wait_for(Duration::from_secs(10), || {
+        let out = wait_for(Duration::from_secs(10), async || {
             let p = node.data_dir().join(format!("logs/{id}.1.stdout"));
             let s = support::read(&p);
             (!s.is_empty()).then_some(s)
@@ -441,14 +464,14 @@ async fn gpu_reservations_set_cuda_visible_devices() {
         .await;
     assert_eq!(code, 422, "{v}");
     std::fs::write(&gate, "").unwrap();
-    node.wait_state(c, "succeeded").await;
+    node.wait_state(c, TaskState::Succeeded).await;
 }
 
 #[tokio::test]
 async fn logs_follow_streams_until_the_task_ends() {
     let node = TestNode::start(&[]).await;
     let id = node.submit(json!({"command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.2; done"]})).await;
-    node.wait_state(id, "running").await;
+    node.wait_state(id, TaskState::Running).await;
     let o = node.cli(&["logs", &id.to_string(), "--follow"]);
     assert!(o.status.success());
     assert_eq!(
@@ -465,14 +488,14 @@ async fn a_failed_spawn_does_not_disturb_a_running_task() {
     let running = node
         .submit(json!({"command": ["sleep", "1"], "cpu": "10m"}))
         .await;
-    node.wait_state(running, "running").await;
+    node.wait_state(running, TaskState::Running).await;
     for _ in 0..5 {
         let bad = node
             .submit(json!({"command": ["no-such-program-here"], "cpu": "10m"}))
             .await;
-        node.wait_state(bad, "failed").await;
+        node.wait_state(bad, TaskState::Failed).await;
     }
-    node.wait_state(running, "succeeded").await;
+    node.wait_state(running, TaskState::Succeeded).await;
 }
 
 #[test]

@@ -8,7 +8,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestNode;
+use support::{TaskViewExt, TestNode, show, wait_for};
+use testmesh::core::dto::TaskView;
+use testmesh_consensus::Bytes;
+use testmesh_consensus::task::TaskState;
 
 #[tokio::test]
 async fn peak_gpu_memory_is_attributed_to_the_task() {
@@ -25,17 +28,18 @@ async fn peak_gpu_memory_is_attributed_to_the_task() {
         .submit(json!({"command": ["sleep", "1.5"], "cpu": "10m", "gpus": 2,
             "env": {"TESTMESH_SIMULATED_GPU_MIB": "700"}}))
         .await;
-    let t = node.wait_state(id, "succeeded").await;
+    let t = node.wait_state(id, TaskState::Succeeded).await;
     assert_eq!(
-        t["attempts"][0]["outcome"]["peak_gpu_memory"].as_u64(),
-        Some((2 * 700) << 20),
-        "700 MiB on each of its 2 GPUs: {t}"
+        t.outcome(0).peak_gpu_memory,
+        Bytes((2 * 700) << 20),
+        "700 MiB on each of its 2 GPUs: {}",
+        show(&t)
     );
     let cpu_only = node
         .submit(json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    let t = node.wait_state(cpu_only, "succeeded").await;
-    assert_eq!(t["attempts"][0]["outcome"]["peak_gpu_memory"], 0);
+    let t = node.wait_state(cpu_only, TaskState::Succeeded).await;
+    assert_eq!(t.outcome(0).peak_gpu_memory, Bytes(0));
 }
 
 #[test]
@@ -179,7 +183,7 @@ async fn predictions_come_from_the_execution_history() {
         }
     }
     for id in ids {
-        node.wait_state(id, "succeeded").await;
+        node.wait_state(id, TaskState::Succeeded).await;
     }
     let ask = |name: &str| node.cli(&["predict", "--name", name, "--json", "--", "sleep", "1"]);
     let read = |o: std::process::Output| -> serde_json::Value {
@@ -218,26 +222,51 @@ async fn the_queue_runs_shortest_predicted_first_within_a_priority() {
         ids.push(node.submit(run("short", "0.1")).await);
     }
     for id in ids {
-        node.wait_state(id, "succeeded").await;
+        node.wait_state(id, TaskState::Succeeded).await;
     }
-    // The leader checks every second whether to retrain; give it a few chances.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The queue orders by the models the leader has trained (it retrains when due, checking
+    // every second). Wait until they have learned all six runs and tell the names apart: asking
+    // for a prediction trains them when due, and these are the models the queue then reads.
+    let predict = async |task: serde_json::Value| {
+        let (code, p) = node.post("/api/v1/predict", task).await;
+        assert_eq!(code, 200, "{p}");
+        p
+    };
+    let mut last = serde_json::Value::Null;
+    let learned = wait_for(Duration::from_secs(30), async || {
+        let long = predict(run("long", "1")).await;
+        let short = predict(run("short", "0.1")).await;
+        let secs = |p: &serde_json::Value| p["duration_secs"]["value"].as_f64();
+        let ok = long["history_samples"] == 6
+            && long["duration_secs"]["path"] != "requested"
+            && short["duration_secs"]["path"] != "requested"
+            && secs(&short) < secs(&long);
+        last = json!({"long": long, "short": short});
+        ok.then_some(())
+    })
+    .await;
+    assert!(
+        learned.is_some(),
+        "the models never learned the history: {last:#}"
+    );
     let gate = node.dir.path().join("gate");
     let blocker = node
         .submit(json!({"command": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": 1}))
         .await;
-    node.wait_state(blocker, "running").await;
+    node.wait_state(blocker, TaskState::Running).await;
     let l1 = node.submit(run("long", "1")).await;
     let l2 = node.submit(run("long", "1")).await;
     let s = node.submit(run("short", "0.1")).await;
     std::fs::write(&gate, "").unwrap();
-    let started = |t: &serde_json::Value| t["attempts"][0]["started_at"].as_u64().unwrap();
-    let short = node.wait_state(s, "succeeded").await;
-    let long1 = node.wait_state(l1, "succeeded").await;
-    let long2 = node.wait_state(l2, "succeeded").await;
+    let started = |t: &TaskView| t.attempt(0).started_at.expect("it started");
+    let short = node.wait_state(s, TaskState::Succeeded).await;
+    let long1 = node.wait_state(l1, TaskState::Succeeded).await;
+    let long2 = node.wait_state(l2, TaskState::Succeeded).await;
     assert!(
         started(&short) < started(&long1) && started(&short) < started(&long2),
-        "the short task, submitted last, runs first: {short}\n{long1}"
+        "the short task, submitted last, runs first: {}\n{}",
+        show(&short),
+        show(&long1)
     );
 }
 
@@ -247,17 +276,20 @@ async fn mem_auto_reserves_the_predicted_peak_and_says_so() {
     let task = json!({"command": ["sleep", "0.1"], "name": "probe", "cpu": "10m", "mem": "auto"});
     // No history yet: nothing reserved, and the label says why.
     let first = node.submit(task.clone()).await;
-    let t = node.wait_state(first, "succeeded").await;
-    assert_eq!(t["spec"]["requirements"]["memory"], 0);
+    let t = node.wait_state(first, TaskState::Succeeded).await;
+    assert_eq!(t.task.spec.requirements.memory, Bytes(0));
     assert!(
-        t["spec"]["labels"]["testmesh.mem_auto"]
-            .as_str()
-            .unwrap()
-            .contains("no history")
+        t.task
+            .spec
+            .labels
+            .get("testmesh.mem_auto")
+            .is_some_and(|l| l.contains("no history")),
+        "{}",
+        show(&t)
     );
     for _ in 0..3 {
         let id = node.submit(task.clone()).await;
-        node.wait_state(id, "succeeded").await;
+        node.wait_state(id, TaskState::Succeeded).await;
     }
     // With history: the measured peak RSS plus headroom is reserved.
     let o = node.cli(&[
@@ -265,15 +297,15 @@ async fn mem_auto_reserves_the_predicted_peak_and_says_so() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let id: u64 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
-    let t = node.wait_state(id, "succeeded").await;
-    let reserved = t["spec"]["requirements"]["memory"].as_u64().unwrap();
-    let peak = t["attempts"][0]["outcome"]["peak_rss"].as_u64().unwrap();
-    assert!(reserved > 0, "{t}");
+    let t = node.wait_state(id, TaskState::Succeeded).await;
+    let reserved = t.task.spec.requirements.memory.0;
+    let peak = t.outcome(0).peak_rss.0;
+    assert!(reserved > 0, "{}", show(&t));
     assert!(
         reserved as f64 >= peak as f64 * 0.8,
         "reserved {reserved}, peak {peak}"
     );
-    let why = t["spec"]["labels"]["testmesh.mem_auto"].as_str().unwrap();
+    let why = t.task.spec.labels["testmesh.mem_auto"].as_str();
     assert!(
         why.contains("MiB reserved") && why.contains("KeyMedian"),
         "{why}"
@@ -298,17 +330,14 @@ async fn insights_report_patterns_efficiency_and_worker_types() {
         .await,
     );
     for id in done {
-        node.wait_state(id, "succeeded").await;
+        node.wait_state(id, TaskState::Succeeded).await;
     }
     // Work no worker here can hold, queued anyway: what should we buy for it?
-    let (code, v) = node
-        .post(
-            "/api/v1/tasks",
-            json!({"tasks": [{"command": ["true"], "name": "big", "gpus": 4, "cpu": "8",
-                "mem": "64GiB"}], "allow_unschedulable": true}),
-        )
-        .await;
-    assert_eq!(code, 201, "{v}");
+    node.submit_body(
+        json!({"tasks": [{"command": ["true"], "name": "big", "gpus": 4, "cpu": "8",
+            "mem": "64GiB"}], "allow_unschedulable": true}),
+    )
+    .await;
 
     let (code, v) = node.get("/api/v1/insights?window=10m").await;
     assert_eq!(code, 200, "{v}");

@@ -5,44 +5,20 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::time::Duration;
+use serde_json::json;
+use support::{TaskViewExt, TestNode, cluster_with, show, signal, wait_status, wait_workers};
+use testmesh_consensus::NodeId;
+use testmesh_consensus::model::WorkerState;
+use testmesh_consensus::task::TaskState;
 
-use serde_json::{Value, json};
-use support::{TestNode, cluster_with, signal, status, wait_workers};
-
-fn ids(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until `node`'s status satisfies `f`; panics with the last status after `secs`.
-async fn wait_status(node: &TestNode, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..secs * 10 {
-        if let Some(s) = status(node).await {
-            if f(&s) {
-                return s;
-            }
-            last = s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("status never got there: {last:#}\nlog:\n{}", node.log());
-}
-
-async fn worker_state(node: &TestNode, id: &str) -> String {
-    let (_, ws) = node.get("/api/v1/workers").await;
-    ws.as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["id"] == id)
-        .map(|w| w["state"].as_str().unwrap().to_string())
-        .unwrap_or_default()
+/// The state of worker `id` as `node` lists it (None: not listed).
+async fn worker_state(node: &TestNode, id: &str) -> Option<WorkerState> {
+    let id: NodeId = id.parse().unwrap();
+    node.workers()
+        .await
+        .into_iter()
+        .find(|w| w.worker.id == id)
+        .map(|w| w.worker.state)
 }
 
 /// Starts one more node that joins `first`'s cluster.
@@ -63,15 +39,12 @@ async fn a_node_leaving_on_sigterm_hands_back_its_task_and_gives_up_its_seat() {
         wait_workers(n, 4).await;
     }
     let s = wait_status(&nodes[0], 30, |s| {
-        ids(&s["voters"]).len() == 3 && ids(&s["learners"]).len() == 1
+        s.voters.len() == 3 && s.learners.len() == 1 && s.leader.is_some()
     })
     .await;
-    let leader = s["leader"].as_str().unwrap().to_string();
-    let learner = ids(&s["learners"])[0].clone();
-    let leaving = ids(&s["voters"])
-        .into_iter()
-        .find(|v| *v != leader)
-        .unwrap();
+    let leader = s.leader.clone().unwrap();
+    let learner = s.learners[0].clone();
+    let leaving = s.voters.iter().find(|v| **v != leader).unwrap().clone();
     let by_id = |id: &str| nodes.iter().position(|n| n.node_id() == id).unwrap();
     let (li, fi, di) = (by_id(&leader), by_id(&leaving), by_id(&learner));
 
@@ -86,31 +59,36 @@ async fn a_node_leaving_on_sigterm_hands_back_its_task_and_gives_up_its_seat() {
     let task = nodes[li]
         .submit(json!({"command": ["sleep", "60"], "cpu": "10m", "retries": 0}))
         .await;
-    let t = nodes[li].wait_state(task, "running").await;
-    assert_eq!(t["attempts"][0]["worker"], leaving.as_str());
+    let t = nodes[li].wait_state(task, TaskState::Running).await;
+    assert_eq!(t.attempt(0).worker.to_string(), leaving);
 
     // SIGTERM: it drains for 1 s, hands the task back and leaves; the exit is clean.
     nodes[fi].stop();
-    let t = nodes[li].wait_state(task, "pending").await;
-    assert_eq!(t["handed_back"], 1, "{t}");
-    let why = t["attempts"][0]["outcome"]["message"].as_str().unwrap();
+    let t = nodes[li].wait_state(task, TaskState::Pending).await;
+    assert_eq!(t.task.handed_back, 1, "{}", show(&t));
+    let why = t.outcome(0).message.as_deref().unwrap_or_default();
     assert!(why.contains("handed back"), "{why}");
-    assert_eq!(worker_state(&nodes[li], &leaving).await, "left");
+    assert_eq!(
+        worker_state(&nodes[li], &leaving).await,
+        Some(WorkerState::Left)
+    );
     let s = wait_status(&nodes[li], 20, |s| {
-        ids(&s["voters"]).contains(&learner)
-            && !ids(&s["voters"]).contains(&leaving)
-            && !ids(&s["learners"]).contains(&leaving)
+        s.voters.contains(&learner)
+            && !s.voters.contains(&leaving)
+            && !s.learners.contains(&leaving)
     })
     .await;
-    assert_eq!(ids(&s["voters"]).len(), 3, "the learner took the seat: {s}");
+    assert_eq!(s.voters.len(), 3, "the learner took the seat: {}", show(&s));
 
     // The handed-back task did not use up its only try: it runs again elsewhere.
     let o = nodes[li].cli(&["undrain", &learner]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let t = nodes[li]
-        .wait_task(task, 30, |t| t["attempt"] == 2 && t["state"] == "running")
+        .wait_task(task, 30, |t| {
+            t.task.attempt == 2 && t.task.state == TaskState::Running
+        })
         .await;
-    assert_eq!(t["attempts"][1]["worker"], learner.as_str());
+    assert_eq!(t.attempt(1).worker.to_string(), learner);
     let (code, _) = nodes[li]
         .post(&format!("/api/v1/tasks/{task}/cancel"), json!({}))
         .await;
@@ -118,26 +96,26 @@ async fn a_node_leaving_on_sigterm_hands_back_its_task_and_gives_up_its_seat() {
 
     // Restarted, the node that left joins again (with a fresh replica) and works.
     nodes[fi].spawn().await;
-    for _ in 0..200 {
-        if worker_state(&nodes[li], &leaving).await == "active" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(worker_state(&nodes[li], &leaving).await, "active");
-    wait_status(&nodes[li], 20, |s| ids(&s["learners"]).contains(&leaving)).await;
+    let leaving_id: NodeId = leaving.parse().unwrap();
+    nodes[li]
+        .wait_get_as::<Vec<testmesh::core::dto::WorkerStatus>>("/api/v1/workers", 20, |ws| {
+            ws.iter()
+                .any(|w| w.worker.id == leaving_id && w.worker.state == WorkerState::Active)
+        })
+        .await;
+    wait_status(&nodes[li], 20, |s| s.learners.contains(&leaving)).await;
 
     // The leader leaves: it hands over, a survivor leads, and writes go on.
     nodes[li].stop();
     let s = wait_status(&nodes[di], 30, |s| {
-        s["leader"].as_str().is_some_and(|l| l != leader) && !ids(&s["voters"]).contains(&leader)
+        s.leader.as_deref().is_some_and(|l| l != leader) && !s.voters.contains(&leader)
     })
     .await;
-    assert_eq!(ids(&s["voters"]).len(), 3, "{s}");
+    assert_eq!(s.voters.len(), 3, "{}", show(&s));
     let id = nodes[di]
         .submit(json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    nodes[di].wait_state(id, "succeeded").await;
+    nodes[di].wait_state(id, TaskState::Succeeded).await;
 }
 
 #[tokio::test]
@@ -146,32 +124,30 @@ async fn a_silent_voter_is_replaced_by_a_live_learner() {
     let mut nodes = cluster_with(3, &extra).await;
     nodes.push(join(&nodes[0], &extra).await);
     let s = wait_status(&nodes[0], 30, |s| {
-        ids(&s["voters"]).len() == 3 && ids(&s["learners"]).len() == 1
+        s.voters.len() == 3 && s.learners.len() == 1 && s.leader.is_some()
     })
     .await;
-    let leader = s["leader"].as_str().unwrap().to_string();
-    let learner = ids(&s["learners"])[0].clone();
-    let silent = ids(&s["voters"])
-        .into_iter()
-        .find(|v| *v != leader)
-        .unwrap();
+    let leader = s.leader.clone().unwrap();
+    let learner = s.learners[0].clone();
+    let silent = s.voters.iter().find(|v| **v != leader).unwrap().clone();
     let li = nodes.iter().position(|n| n.node_id() == leader).unwrap();
     let si = nodes.iter().position(|n| n.node_id() == silent).unwrap();
 
     signal(&nodes[si], "-STOP");
     let s = wait_status(&nodes[li], 30, |s| {
-        ids(&s["voters"]).contains(&learner) && !ids(&s["voters"]).contains(&silent)
+        s.voters.contains(&learner) && !s.voters.contains(&silent)
     })
     .await;
     assert!(
-        ids(&s["learners"]).contains(&silent),
-        "the silent voter stays on as a learner: {s}"
+        s.learners.contains(&silent),
+        "the silent voter stays on as a learner: {}",
+        show(&s)
     );
     // When it answers again it catches up as a learner; the voters stay as they are.
     signal(&nodes[si], "-CONT");
     let s = wait_status(&nodes[si], 30, |s| {
-        ids(&s["learners"]).contains(&silent) && s["leader"].is_string()
+        s.learners.contains(&silent) && s.leader.is_some()
     })
     .await;
-    assert_eq!(ids(&s["voters"]).len(), 3, "{s}");
+    assert_eq!(s.voters.len(), 3, "{}", show(&s));
 }

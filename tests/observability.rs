@@ -8,7 +8,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use support::TestNode;
+use support::{TestNode, wait_for};
+use testmesh::core::dto::StatusView;
+use testmesh_consensus::task::TaskState;
 
 fn promtool_available() -> bool {
     let ok = Command::new("promtool")
@@ -31,10 +33,11 @@ async fn metrics_describe_the_cluster_and_pass_promtool() {
     let id = node
         .submit(json!({"command": ["true"], "name": "probe", "cpu": "10m"}))
         .await;
-    node.wait_state(id, "succeeded").await;
+    node.wait_state(id, TaskState::Succeeded).await;
     let me = node.node_id();
     // Gossip of this node's own sample arrives within a stats interval.
-    let text = loop {
+    let mut last = String::new();
+    let text = wait_for(std::time::Duration::from_secs(30), async || {
         let r = reqwest::Client::new()
             .get(format!("{}/metrics", node.url))
             .header(
@@ -49,10 +52,13 @@ async fn metrics_describe_the_cluster_and_pass_promtool() {
         assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
         let t = r.text().await.unwrap();
         if t.contains("testmesh_node_cpu_usage_ratio{") {
-            break t;
+            return Some(t);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+        last = t;
+        None
+    })
+    .await
+    .unwrap_or_else(|| panic!("no sample of this node in the metrics:\n{last}"));
     for want in [
         "testmesh_raft_is_leader 1".to_string(),
         "testmesh_raft_voters 1".to_string(),
@@ -136,8 +142,9 @@ async fn loopback_refuses_foreign_hosts_and_cross_site_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let (code, _) = node.get("/api/v1/status").await;
+    let (code, s) = node.get_as::<StatusView>("/api/v1/status").await;
     assert_eq!(code, 200, "reads on loopback need no token");
+    assert_eq!(s.node_id, node.node_id());
 }
 
 #[tokio::test]

@@ -11,8 +11,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use serde_json::Value;
-use support::TestNode;
+use support::{TaskViewExt, TestNode, show};
+use testmesh::core::dto::RunView;
+use testmesh::results::{RunResults, TaskResult};
+use testmesh_consensus::NodeId;
+use testmesh_consensus::task::TaskState;
 
 const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/suite.py");
 const XSD: &str = concat!(
@@ -90,29 +93,38 @@ async fn a_suite_sharded_across_three_nodes_gives_the_results_of_a_local_run() {
         "{out}"
     );
 
-    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_eq!(r["metadata"]["commit"], "abc123");
-    let tasks = r["tasks"].as_array().unwrap();
+    let body = std::fs::read_to_string(&json).unwrap();
+    let r: RunResults = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("the results file is not a RunResults: {e}\n{body}"));
+    assert_eq!(r.metadata.get("commit").map(String::as_str), Some("abc123"));
+    let tasks = &r.tasks;
     assert_eq!(tasks.len(), 3);
     let mut union = BTreeSet::new();
     let mut workers = BTreeSet::new();
     for t in tasks {
-        union.extend(cases(t["stdout_tail"].as_str().unwrap()));
-        let a = &t["attempts"][0];
-        workers.insert(a["worker"].as_str().unwrap().to_string());
+        union.extend(cases(&t.stdout_tail));
+        let a = &t.attempts[0];
+        workers.insert(a.worker.clone());
         // Provenance of every attempt.
-        assert!(!a["hostname"].as_str().unwrap().is_empty(), "{a}");
-        assert!(a["version"].as_str().unwrap().starts_with("0."), "{a}");
-        assert!(a["started_at"].as_u64().is_some() && a["finished_at"].as_u64().is_some());
-        assert!(a["exit_code"].is_number());
-        assert_eq!(t["metrics"][0]["name"], "failed_cases", "{t}");
+        assert!(!a.provenance.hostname.is_empty(), "{a:?}");
+        assert!(a.provenance.version.starts_with("0."), "{a:?}");
+        assert!(a.started_at.is_some() && a.finished_at.is_some(), "{a:?}");
+        assert!(a.exit_code.is_some(), "{a:?}");
+        assert_eq!(
+            t.metrics.first().map(|m| m.name.as_str()),
+            Some("failed_cases"),
+            "{t:?}"
+        );
     }
     assert_eq!(
         union, expected,
         "the shards together ran the suite exactly once"
     );
     assert_eq!(workers.len(), 3, "one shard per worker");
-    let failed: Vec<&Value> = tasks.iter().filter(|t| t["state"] == "failed").collect();
+    let failed: Vec<&TaskResult> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Failed)
+        .collect();
     assert_eq!(
         failed.len(),
         2,
@@ -136,10 +148,10 @@ async fn a_suite_sharded_across_three_nodes_gives_the_results_of_a_local_run() {
     }
 
     // The list, the badge.
-    let (_, runs) = nodes[1].get("/api/v1/runs").await;
-    assert_eq!(runs[0]["name"], "suite");
-    assert_eq!(runs[0]["summary"]["failed"], 2);
-    let id = runs[0]["run"].as_u64().unwrap();
+    let runs: Vec<RunView> = nodes[1].get_ok("/api/v1/runs").await;
+    assert_eq!(runs[0].name, "suite");
+    assert_eq!(runs[0].summary.failed, 2, "{runs:?}");
+    let id = runs[0].run;
     let badge = reqwest::get(format!("{}/api/v1/runs/{id}/badge.svg", nodes[2].url))
         .await
         .unwrap()
@@ -191,28 +203,24 @@ command = ["sh", "-c", "if [ {{kind}} = flaky ] && [ ! -f {m} ]; then touch {m};
         .unwrap()
         .trim()
         .to_string();
-    let (_, r) = node.get(&format!("/api/v1/runs/{id}")).await;
-    let flaky = r["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "flaky")
-        .unwrap();
-    assert_eq!(flaky["flaky"], true);
-    assert_eq!(flaky["retries"], 1);
-    assert_eq!(flaky["attempts"][0]["state"], "failed");
-    let bench = r["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "bench")
-        .unwrap();
-    assert_eq!(bench["flaky"], false);
-    assert_eq!(bench["metrics"][0]["name"], "throughput");
-    assert_eq!(bench["metrics"][0]["value"], 1532.5);
-    assert_eq!(bench["metrics"][0]["unit"], "samples/s");
-    assert_eq!(bench["metrics"][1]["name"], "latency_p99");
-    assert_eq!(r["summary"]["flaky"], 1);
+    let r: RunResults = node.get_ok(&format!("/api/v1/runs/{id}")).await;
+    let task = |name: &str| {
+        r.tasks
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no task {name} in {r:?}"))
+    };
+    let flaky = task("flaky");
+    assert!(flaky.flaky, "{flaky:?}");
+    assert_eq!(flaky.retries, 1);
+    assert_eq!(flaky.attempts[0].state, Some(TaskState::Failed));
+    let bench = task("bench");
+    assert!(!bench.flaky, "{bench:?}");
+    assert_eq!(bench.metrics[0].name, "throughput");
+    assert_eq!(bench.metrics[0].value, 1532.5);
+    assert_eq!(bench.metrics[0].unit, "samples/s");
+    assert_eq!(bench.metrics[1].name, "latency_p99");
+    assert_eq!(r.summary.flaky, 1);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<flakyFailure"), "{xml}");
     if support::tool_or_skip("xmllint", "libxml2-utils") {
@@ -317,10 +325,10 @@ async fn bad_runs_are_explained_before_anything_is_submitted() {
         "{}",
         text(&o)
     );
-    let (_, runs) = node.get("/api/v1/runs").await;
-    assert_eq!(runs, serde_json::json!([]), "nothing was submitted");
-    let (_, tasks) = node.get("/api/v1/tasks").await;
-    assert_eq!(tasks["tasks"], serde_json::json!([]), "{tasks}");
+    let runs: Vec<RunView> = node.get_ok("/api/v1/runs").await;
+    assert!(runs.is_empty(), "nothing was submitted: {runs:?}");
+    let tasks = node.tasks("").await;
+    assert!(tasks.tasks.is_empty(), "{tasks:?}");
     let (code, v) = node.get("/api/v1/runs/77").await;
     assert_eq!(code, 404, "{v}");
 }
@@ -340,6 +348,7 @@ async fn a_worker_failing_every_task_is_quarantined_and_the_run_completes_on_the
         support::wait_workers(n, 3).await;
     }
     let bad = nodes[2].node_id();
+    let bad_id: NodeId = nodes[2].id();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("run.toml");
     std::fs::write(
@@ -362,28 +371,17 @@ command = ["sh", "-c", "test -z \"$TESTMESH_TEST_BROKEN\" && sleep 0.2"]
         o.status.success(),
         "the run completes on the others:\n{out}"
     );
-    let (_, ws) = nodes[0].get("/api/v1/workers").await;
-    let w = ws
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["id"] == bad.as_str())
-        .unwrap()
-        .clone();
+    let ws = nodes[0].workers().await;
+    let w = nodes[0].worker(bad_id).await.worker;
     assert!(
-        w["quarantine"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("other workers")),
-        "{w}\n{out}"
+        w.quarantine
+            .as_ref()
+            .is_some_and(|q| q.reason.contains("other workers")),
+        "{w:?}\n{out}"
     );
-    assert_eq!(w["record"]["succeeded"], 0, "{w}");
-    for healthy in ws
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["id"] != bad.as_str())
-    {
-        assert!(healthy["quarantine"].is_null(), "{healthy}");
+    assert_eq!(w.record.succeeded, 0, "{w:?}");
+    for healthy in ws.iter().filter(|w| w.worker.id != bad_id) {
+        assert!(healthy.worker.quarantine.is_none(), "{healthy:?}");
     }
     let listed = text(&nodes[1].cli(&["workers"]));
     assert!(
@@ -402,31 +400,17 @@ command = ["sh", "-c", "test -z \"$TESTMESH_TEST_BROKEN\" && sleep 0.2"]
     assert!(page.contains("class=quarantined"), "on the dashboard");
 
     // Nothing new lands there while it is quarantined.
-    let (_, t) = nodes[0]
-        .post(
-            "/api/v1/tasks",
-            serde_json::json!({"tasks": [{"command": ["true"], "cpu": "10m"}]}),
-        )
+    let id = nodes[0]
+        .submit(serde_json::json!({"command": ["true"], "cpu": "10m"}))
         .await;
-    let id = t["tasks"][0].as_u64().unwrap();
-    let done = nodes[0].wait_state(id, "succeeded").await;
-    assert_ne!(done["attempts"][0]["worker"], bad.as_str());
+    let done = nodes[0].wait_state(id, TaskState::Succeeded).await;
+    assert_ne!(done.attempt(0).worker, bad_id, "{}", show(&done));
 
     // An operator clears it; its record starts afresh.
     let o = nodes[0].cli(&["unquarantine", &bad]);
     assert!(o.status.success(), "{}", text(&o));
-    let (_, ws) = nodes[0].get("/api/v1/workers").await;
-    let w = ws
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["id"] == bad.as_str())
-        .unwrap()
-        .clone();
-    assert!(
-        w["quarantine"].is_null() && w["record"]["failed"] == 0,
-        "{w}"
-    );
+    let w = nodes[0].worker(bad_id).await.worker;
+    assert!(w.quarantine.is_none() && w.record.failed == 0, "{w:?}");
     let o = nodes[0].cli(&["unquarantine", &bad]);
     assert!(text(&o).contains("not quarantined"), "{}", text(&o));
 }

@@ -7,8 +7,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use serde_json::{Value, json};
-use support::TestNode;
+use serde_json::json;
+use support::{TaskViewExt, TestNode, show, wait_for};
+use testmesh_consensus::model::WorkerState;
+use testmesh_consensus::scaling::{DecisionKind, InstanceState};
+use testmesh_consensus::task::TaskState;
 
 /// Kills whatever a test's simulated workers left running (they are in their own process
 /// groups, so stopping the leader does not stop them).
@@ -49,17 +52,13 @@ dir = "{}"
     p
 }
 
-fn instances(v: &Value) -> Vec<Value> {
-    v["instances"].as_array().cloned().unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_backlog_scales_out_onto_joining_workers_and_idle_ones_scale_in() {
     let cfg_dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(cfg_dir.path().to_path_buf());
     let cfg = config(cfg_dir.path(), "");
     let node = TestNode::start(&["--config", cfg.to_str().unwrap(), "--cpus", "1"]).await;
-    let me = node.node_id();
+    let me = node.id();
 
     // Bad policies are refused with the reason and change nothing.
     let (code, v) = node.put("/api/v1/policy", json!({"enabled": true})).await;
@@ -83,74 +82,70 @@ async fn a_backlog_scales_out_onto_joining_workers_and_idle_ones_scale_in() {
     // Three 2-core tasks on a 1-core pool: nothing here can ever run them.
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (code, v) = node
-            .post(
-                "/api/v1/tasks",
+        let v = node
+            .submit_body(
                 json!({"tasks": [{"command": ["sleep", "1"], "cpu": 2, "name": "burst"}],
                        "allow_unschedulable": true}),
             )
             .await;
-        assert_eq!(code, 201, "{v}");
-        ids.push(v["tasks"][0].as_u64().unwrap());
+        ids.push(v.tasks[0].0);
     }
     for id in &ids {
-        let t = node.wait_task(*id, 90, |t| t["state"] == "succeeded").await;
-        let worker = t["attempts"][0]["worker"].as_str().unwrap().to_string();
-        assert_ne!(worker, me, "ran on a launched worker");
+        let t = node
+            .wait_task(*id, 90, |t| t.task.state == TaskState::Succeeded)
+            .await;
+        assert_ne!(t.attempt(0).worker, me, "ran on a launched worker");
     }
-    let v = node.get("/api/v1/scaling").await.1;
-    assert!(!v["cluster_id"].as_str().unwrap().is_empty());
-    let up = v["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "up")
-        .cloned()
-        .expect("an up decision");
+    let v = node.scaling().await;
     assert!(
-        up["reason"].as_str().unwrap().contains("cannot be placed"),
-        "{up}"
+        v.cluster_id.as_deref().is_some_and(|c| !c.is_empty()),
+        "{}",
+        show(&v)
     );
-    let launched: u32 = up["launches"]
-        .as_array()
-        .unwrap()
+    let up = v
+        .decisions
         .iter()
-        .map(|l| l["count"].as_u64().unwrap() as u32)
-        .sum();
-    assert!((1..=4).contains(&launched), "{up}");
-    for i in instances(&v) {
-        assert_eq!(i["provider"], "sim");
-        assert!(i["worker"].is_string() || i["state"] != "joined", "{i}");
+        .find(|d| d.kind == DecisionKind::Up)
+        .unwrap_or_else(|| panic!("an up decision: {}", show(&v)));
+    assert!(up.reason.contains("cannot be placed"), "{up:?}");
+    let launched: u32 = up.launches.iter().map(|l| l.count).sum();
+    assert!((1..=4).contains(&launched), "{up:?}");
+    for i in &v.instances {
+        assert_eq!(i.provider, "sim");
+        assert!(
+            i.worker.is_some() || i.state != InstanceState::Joined,
+            "{i:?}"
+        );
     }
 
     // Idle for 3 s: drained, terminated, gone.
     let v = node
-        .wait_get("/api/v1/scaling", 90, |v| {
-            let is = instances(v);
-            !is.is_empty() && is.iter().all(|i| i["state"] == "terminated")
+        .wait_scaling(90, |v| {
+            !v.instances.is_empty()
+                && v.instances
+                    .iter()
+                    .all(|i| i.state == InstanceState::Terminated)
         })
         .await;
-    for i in instances(&v) {
-        assert_eq!(i["end_reason"], "scaled down: idle", "{i}");
+    for i in &v.instances {
+        assert_eq!(i.end_reason.as_deref(), Some("scaled down: idle"), "{i:?}");
     }
     assert!(
-        v["decisions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["kind"] == "down")
+        v.decisions.iter().any(|d| d.kind == DecisionKind::Down),
+        "{}",
+        show(&v)
     );
-    assert_eq!(v["hourly_cost"], 0.0);
+    assert_eq!(v.hourly_cost, 0.0);
     let left = std::fs::read_dir(cfg_dir.path().join("sim"))
         .unwrap()
         .count();
     assert_eq!(left, 0, "every simulated worker removed its instance dir");
-    let (_, ws) = node.get("/api/v1/workers").await;
-    for w in ws.as_array().unwrap() {
-        if w["id"] != me.as_str() {
+    for w in node.workers().await {
+        if w.worker.id != me {
             assert_eq!(
-                w["state"], "left",
-                "removed workers left the cluster cleanly: {w}"
+                w.worker.state,
+                WorkerState::Left,
+                "removed workers left the cluster cleanly: {w:?}"
             );
         }
     }
@@ -174,35 +169,38 @@ async fn a_worker_that_never_joins_is_terminated_at_its_deadline() {
         )
         .await;
     assert_eq!(code, 200, "{v}");
-    let (code, _) = node
-        .post(
-            "/api/v1/tasks",
-            json!({"tasks": [{"command": ["true"], "cpu": 2}], "allow_unschedulable": true}),
-        )
-        .await;
-    assert_eq!(code, 201);
+    node.submit_body(
+        json!({"tasks": [{"command": ["true"], "cpu": 2}], "allow_unschedulable": true}),
+    )
+    .await;
     let v = node
-        .wait_get("/api/v1/scaling", 60, |v| {
-            instances(v).iter().any(|i| i["state"] == "failed")
+        .wait_scaling(60, |v| {
+            v.instances.iter().any(|i| i.state == InstanceState::Failed)
         })
         .await;
-    let failed = instances(&v)
-        .into_iter()
-        .find(|i| i["state"] == "failed")
+    let failed = v
+        .instances
+        .iter()
+        .find(|i| i.state == InstanceState::Failed)
         .unwrap();
-    assert_eq!(failed["end_reason"], "did not join within 3 s", "{failed}");
+    assert_eq!(
+        failed.end_reason.as_deref(),
+        Some("did not join within 3 s"),
+        "{failed:?}"
+    );
     // Terminated: its process and directory are gone.
-    let name = failed["provider_id"].as_str().unwrap();
+    let name = failed
+        .provider_id
+        .as_deref()
+        .unwrap_or_else(|| panic!("it was launched: {failed:?}"));
     let dir = cfg_dir.path().join("sim").join(name);
-    for _ in 0..100 {
-        if !dir.exists() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(!dir.exists(), "the instance was terminated");
+    let gone = wait_for(std::time::Duration::from_secs(10), async || {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the instance was terminated");
     // The provider backs off after the failure.
-    let p = &v["scaler"]["providers"][0];
+    let p = &v.scaler["providers"][0];
     assert_eq!(p["name"], "sim");
     assert!(p["failures"].as_u64().unwrap() >= 1, "{p}");
 }

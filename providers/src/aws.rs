@@ -1,5 +1,6 @@
 //! EC2 instances through aws-sdk-ec2. Credentials come from the standard AWS chain
-//! (environment, profile, SSO, instance role) and are only used on the leader. Every launch
+//! (environment, profile files, credential process, web identity, instance role; not SSO) and
+//! are only used on the leader. Every launch
 //! carries the intent id as its ClientToken (EC2 returns the first instance for a repeated
 //! token) and as a tag; the listing is by the cluster tag, so reconcile also finds instances a
 //! token could not de-duplicate (emulators ignore tokens).
@@ -46,6 +47,14 @@ pub fn bootstrap_script(spec: &LaunchSpec, install_url: Option<&str>) -> String 
         .replace("{{INSTALL_URL}}", install_url.unwrap_or(""))
 }
 
+/// The SDK's HTTPS client: rustls with ring, trusting the platform's root certificates.
+pub fn https_client() -> aws_sdk_ec2::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
 impl AwsProvider {
     pub async fn connect(config: AwsConfig) -> Result<Self, Error> {
         if config.image_id.is_empty() {
@@ -56,6 +65,7 @@ impl AwsProvider {
         }
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(config.region.clone()))
+            .http_client(https_client())
             .load()
             .await;
         let mut b = aws_sdk_ec2::config::Builder::from(&shared);

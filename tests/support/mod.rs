@@ -1,5 +1,11 @@
 //! Shared helpers for the end-to-end tests: a real `testmesh node` process on a free loopback
-//! port with its own data dir, and a small HTTP client. Waits are on conditions with deadlines.
+//! port with its own data dir, and a small HTTP client. Waits are on conditions with deadlines
+//! (one helper, [`wait_for`]).
+//!
+//! Answers are read into the types the API itself returns (`TaskView`, `StatusView`,
+//! `WorkerStatus`, `LogChunk`, ...): a renamed or retyped field fails the test at compile time,
+//! or at the first answer with the body that did not parse, never as a timeout. The raw
+//! `get`/`post`/`put` (JSON values) are for error bodies and endpoints without such a type.
 
 #![allow(dead_code)]
 // Tests measure their own deadlines; the one-clock rule is for the product code.
@@ -9,7 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use testmesh::core::dto::{StatusView, SubmitResponse, TaskList, TaskView, WorkerStatus};
+use testmesh::core::logs::LogChunk;
+use testmesh_consensus::NodeId;
+use testmesh_consensus::scaling::{CloudInstance, DecisionRecord};
+use testmesh_consensus::task::{Attempt, Outcome, TaskState};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_testmesh");
 
@@ -97,7 +110,7 @@ impl TestNode {
             .spawn()
             .expect("start testmesh node");
         self.child = Some(child);
-        let addr = wait_for(Duration::from_secs(30), || {
+        let addr = wait_for(Duration::from_secs(30), async || {
             // Complete addresses only (host:port).
             std::fs::read_to_string(data.join("http.addr"))
                 .ok()
@@ -118,9 +131,8 @@ impl TestNode {
 
     /// Waits until `/readyz` answers 200 (in a cluster, registered as a worker).
     pub async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last;
-        loop {
+        let mut last = String::new();
+        let ready = wait_for(Duration::from_secs(30), async || {
             // A bounded wait per request: one stuck connection must not eat the whole deadline.
             let r = self
                 .http
@@ -129,7 +141,7 @@ impl TestNode {
                 .send()
                 .await;
             match r {
-                Ok(r) if r.status() == 200 => return,
+                Ok(r) if r.status() == 200 => return Some(()),
                 Ok(r) => {
                     last = format!(
                         "HTTP {}: {}",
@@ -139,13 +151,14 @@ impl TestNode {
                 }
                 Err(e) => last = format!("request failed: {e}"),
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "node never became ready (last answer: {last}); log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        })
+        .await;
+        if ready.is_none() {
+            panic!(
+                "node never became ready (last answer: {last}); log:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -153,6 +166,13 @@ impl TestNode {
     pub fn node_id(&self) -> String {
         let p = self.data_dir().join("node.id");
         read(&p).trim().to_string()
+    }
+
+    /// This node's id, as the ledger types carry it (workers, attempts).
+    pub fn id(&self) -> NodeId {
+        let s = self.node_id();
+        s.parse()
+            .unwrap_or_else(|_| panic!("node.id holds {s:?}, not a node id"))
     }
 
     /// The first mesh address this node listens on, with its peer id.
@@ -189,91 +209,187 @@ impl TestNode {
         }
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
+    /// `GET path`: the status and the body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
         let r = self
             .http
             .get(format!("{}{path}", self.url))
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+        (code, r.text().await.unwrap_or_default())
+    }
+
+    /// `GET path` as raw JSON (Null when the body is not JSON): for error bodies and endpoints
+    /// that have no type of their own. Use [`TestNode::get_as`] for the others.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let (code, body) = self.get_text(path).await;
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    /// `GET path` read into `T`; panics with the body when it is not a `T` (whatever the status:
+    /// use it where an answer of that type is expected).
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> (u16, T) {
+        let (code, body) = self.get_text(path).await;
+        (code, parse(&format!("GET {path}"), code, &body))
+    }
+
+    /// `GET path` that must answer 200 with a `T`.
+    pub async fn get_ok<T: DeserializeOwned>(&self, path: &str) -> T {
+        let (code, body) = self.get_text(path).await;
+        assert_eq!(code, 200, "GET {path}: {body}");
+        parse(&format!("GET {path}"), code, &body)
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, body).await
+        let (code, text) = self.send(reqwest::Method::POST, path, body).await;
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `POST path` read into `T`; panics with the body when it is not a `T`.
+    pub async fn post_as<T: DeserializeOwned>(&self, path: &str, body: Value) -> (u16, T) {
+        let (code, text) = self.send(reqwest::Method::POST, path, body).await;
+        (code, parse(&format!("POST {path}"), code, &text))
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.send(reqwest::Method::PUT, path, body).await
+        let (code, text) = self.send(reqwest::Method::PUT, path, body).await;
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, String) {
         let r = self
             .http
-            .request(method, format!("{}{path}", self.url))
+            .request(method.clone(), format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .json(&body)
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
+        (code, r.text().await.unwrap_or_default())
     }
 
-    /// Waits (up to `secs`) until `GET path` satisfies `f`; returns that answer.
+    /// Waits (up to `secs`) until `GET path` answers 200 with a `T` that satisfies `f`; returns
+    /// that answer. A 200 that is not a `T` fails at once, with the body.
+    pub async fn wait_get_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        secs: u64,
+        f: impl Fn(&T) -> bool,
+    ) -> T {
+        let mut last = String::new();
+        wait_for(Duration::from_secs(secs), async || {
+            let (code, body) = self.get_text(path).await;
+            let found = if code == 200 {
+                let v: T = parse(&format!("GET {path}"), code, &body);
+                f(&v).then_some(v)
+            } else {
+                None
+            };
+            last = format!("HTTP {code}: {body}");
+            found
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "timed out waiting on {path}: last answer {last}\nlog:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// [`TestNode::wait_get_as`] for endpoints without a type of their own.
     pub async fn wait_get(&self, path: &str, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (code, v) = self.get(path).await;
-            if code == 200 && f(&v) {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting on {path}: last answer {v}\nlog:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_get_as(path, secs, f).await
     }
 
     /// Submits one task and returns its id.
     pub async fn submit(&self, task: Value) -> u64 {
-        let (code, v) = self
-            .post("/api/v1/tasks", serde_json::json!({ "tasks": [task] }))
+        let r = self
+            .submit_body(serde_json::json!({ "tasks": [task] }))
             .await;
-        assert_eq!(code, 201, "{v}");
-        v["tasks"][0].as_u64().unwrap()
+        assert_eq!(r.tasks.len(), 1, "{r:?}");
+        r.tasks[0].0
     }
 
-    pub async fn task(&self, id: u64) -> Value {
-        let (code, v) = self.get(&format!("/api/v1/tasks/{id}")).await;
-        assert_eq!(code, 200, "{v}");
-        v
+    /// Posts a whole submit request (several tasks, `allow_unschedulable`, ...) that must be
+    /// accepted as new (201).
+    pub async fn submit_body(&self, body: Value) -> SubmitResponse {
+        let (code, text) = self
+            .send(reqwest::Method::POST, "/api/v1/tasks", body)
+            .await;
+        assert_eq!(code, 201, "{text}");
+        parse("POST /api/v1/tasks", code, &text)
+    }
+
+    pub async fn task(&self, id: u64) -> TaskView {
+        self.get_ok(&format!("/api/v1/tasks/{id}")).await
+    }
+
+    /// `GET /api/v1/tasks` with `query` (e.g. `"?state=failed"`, or `""`).
+    pub async fn tasks(&self, query: &str) -> TaskList {
+        self.get_ok(&format!("/api/v1/tasks{query}")).await
+    }
+
+    pub async fn workers(&self) -> Vec<WorkerStatus> {
+        self.get_ok("/api/v1/workers").await
+    }
+
+    /// One worker by id (panics with the list when it is not there).
+    pub async fn worker(&self, id: NodeId) -> WorkerStatus {
+        let ws = self.workers().await;
+        ws.iter()
+            .find(|w| w.worker.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no worker {id} in {ws:#?}"))
+    }
+
+    /// A task's output: `GET /api/v1/tasks/{id}/logs{query}` (e.g. `"?stream=stderr"`).
+    pub async fn logs(&self, id: u64, query: &str) -> LogChunk {
+        self.get_ok(&format!("/api/v1/tasks/{id}/logs{query}"))
+            .await
+    }
+
+    /// `GET /api/v1/stats` (gossiped host statistics of every node).
+    pub async fn stats(&self) -> Stats {
+        self.get_ok("/api/v1/stats").await
+    }
+
+    /// `GET /api/v1/scaling`.
+    pub async fn scaling(&self) -> Scaling {
+        self.get_ok("/api/v1/scaling").await
+    }
+
+    /// Waits until the autoscaler's state satisfies `f`, or panics with it after `secs`.
+    pub async fn wait_scaling(&self, secs: u64, f: impl Fn(&Scaling) -> bool) -> Scaling {
+        self.wait_get_as("/api/v1/scaling", secs, f).await
     }
 
     /// Waits until the task satisfies `f`, or panics with the task after `secs`.
-    pub async fn wait_task(&self, id: u64, secs: u64, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
+    pub async fn wait_task(&self, id: u64, secs: u64, f: impl Fn(&TaskView) -> bool) -> TaskView {
+        let mut last = None;
+        wait_for(Duration::from_secs(secs), async || {
             let t = self.task(id).await;
             if f(&t) {
-                return t;
+                return Some(t);
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "task {id} never got there: {t:#}\nnode log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            last = Some(t);
+            None
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "task {id} never got there: {}\nnode log:\n{}",
+                last.as_ref().map(show).unwrap_or_default(),
+                self.log()
+            )
+        })
     }
 
-    pub async fn wait_state(&self, id: u64, state: &str) -> Value {
-        self.wait_task(id, 30, |t| t["state"] == state).await
+    pub async fn wait_state(&self, id: u64, state: TaskState) -> TaskView {
+        self.wait_task(id, 30, |t| t.task.state == state).await
     }
 
     /// Runs the CLI against this node.
@@ -313,16 +429,92 @@ fn unsafe_free_sigterm(pid: u32) {
         .unwrap();
 }
 
-pub async fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+/// Polls `f` until it gives a value or `limit` has passed (then None). The one wait of these
+/// tests: every other wait is this with a condition.
+pub async fn wait_for<T>(limit: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(25);
     loop {
-        if let Some(v) = f() {
+        if let Some(v) = f().await {
             return Some(v);
         }
         if Instant::now() > deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// `body` read into `T`, or a panic that shows it (`what`: the request, for the message).
+pub fn parse<T: DeserializeOwned>(what: &str, code: u16, body: &str) -> T {
+    serde_json::from_str(body).unwrap_or_else(|e| {
+        panic!(
+            "{what} answered {code} with a body that is not a {}: {e}\n{body}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// CLI `--json` output read into `T`; panics with the output when it is not a `T`.
+pub fn parse_output<T: DeserializeOwned>(o: &std::process::Output) -> T {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the CLI's output is not a {}: {e}\nstdout:\n{}\nstderr:\n{}",
+            std::any::type_name::<T>(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+/// A value as pretty JSON, for assertion messages.
+pub fn show<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("(unprintable: {e})"))
+}
+
+/// What `GET /api/v1/stats` answers (the endpoint builds it in place; these are its parts).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Stats {
+    /// By node id (16 hex digits).
+    pub nodes: std::collections::BTreeMap<String, testmesh::stats::NodeStats>,
+    pub malformed_dropped: u64,
+}
+
+/// What `GET /api/v1/scaling` answers. The node's `ScalingState` is only serialised, so this
+/// mirrors it; instances and decisions are the ledger's own types, the policy and the scaler's
+/// view (serialise-only types too) stay JSON.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct Scaling {
+    pub cluster_id: Option<String>,
+    pub policy: Value,
+    pub hourly_cost: f64,
+    pub instances: Vec<CloudInstance>,
+    pub decisions: Vec<DecisionRecord>,
+    pub scaler: Value,
+}
+
+/// Short ways into a task's attempts that say what was there when they fail.
+pub trait TaskViewExt {
+    /// The attempt at `i` (0: the first).
+    fn attempt(&self, i: usize) -> &Attempt;
+    /// How the attempt at `i` ended (it must have ended).
+    fn outcome(&self, i: usize) -> &Outcome;
+}
+
+impl TaskViewExt for TaskView {
+    fn attempt(&self, i: usize) -> &Attempt {
+        self.task
+            .attempts
+            .get(i)
+            .unwrap_or_else(|| panic!("task has no attempt #{i}: {}", show(self)))
+    }
+
+    fn outcome(&self, i: usize) -> &Outcome {
+        self.attempt(i)
+            .outcome
+            .as_ref()
+            .unwrap_or_else(|| panic!("attempt #{i} has not ended: {}", show(self)))
     }
 }
 
@@ -363,22 +555,51 @@ pub async fn cluster_with(n: usize, extra: &[&str]) -> Vec<TestNode> {
     nodes
 }
 
+/// Waits until `node` lists `n` workers.
 pub async fn wait_workers(node: &TestNode, n: usize) {
-    for _ in 0..600 {
-        let (_, ws) = node.get("/api/v1/workers").await;
-        if ws.as_array().map(|a| a.len()) == Some(n) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never saw {n} workers; log:\n{}", node.url, node.log());
+    node.wait_get_as::<Vec<WorkerStatus>>("/api/v1/workers", 30, |ws| ws.len() == n)
+        .await;
 }
 
-pub async fn status(node: &TestNode) -> Option<Value> {
-    let r = reqwest::get(format!("{}/api/v1/status", node.url))
+/// The node's status; None while it does not answer (stopped, starting, unreachable). An
+/// answer that is not a `StatusView` fails the test with the body.
+pub async fn status(node: &TestNode) -> Option<StatusView> {
+    let r = node
+        .http
+        .get(format!("{}/api/v1/status", node.url))
+        .timeout(Duration::from_secs(5))
+        .send()
         .await
         .ok()?;
-    r.json().await.ok()
+    let code = r.status().as_u16();
+    let body = r.text().await.ok()?;
+    (code == 200).then(|| parse("GET /api/v1/status", code, &body))
+}
+
+/// Waits until `node`'s status satisfies `f`; panics with the last status after `secs`.
+pub async fn wait_status(
+    node: &TestNode,
+    secs: u64,
+    f: impl Fn(&StatusView) -> bool,
+) -> StatusView {
+    let mut last = None;
+    wait_for(Duration::from_secs(secs), async || {
+        let s = status(node).await?;
+        if f(&s) {
+            return Some(s);
+        }
+        last = Some(s);
+        None
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the status of {} never got there: {}\nlog:\n{}",
+            node.url,
+            last.as_ref().map(show).unwrap_or_default(),
+            node.log()
+        )
+    })
 }
 
 pub fn signal(node: &TestNode, sig: &str) {

@@ -30,7 +30,7 @@ pub struct TaskList {
     pub tasks: Vec<TaskView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {
     #[serde(flatten)]
     pub worker: Worker,
@@ -79,4 +79,78 @@ pub struct RunView {
     pub metadata: BTreeMap<String, String>,
     pub created_at: u64,
     pub summary: RunSummary,
+}
+
+/// By hand: serde's `flatten` buffers the worker and then cannot read the integer keys of its
+/// GPU allocations back (`"0"` is not a u32 there), so `testmesh workers` failed whenever a GPU
+/// was reserved. serde_json's own map keys parse numbers, so go through a JSON value.
+impl<'de> Deserialize<'de> for WorkerStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let map = v
+            .as_object_mut()
+            .ok_or_else(|| D::Error::custom("a worker must be a JSON object"))?;
+        let active_tasks = map
+            .remove("active_tasks")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(D::Error::custom)?
+            .ok_or_else(|| D::Error::missing_field("active_tasks"))?;
+        let speed_vs_peers = map
+            .remove("speed_vs_peers")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(D::Error::custom)?
+            .flatten();
+        let worker = serde_json::from_value(v).map_err(D::Error::custom)?;
+        Ok(WorkerStatus {
+            worker,
+            active_tasks,
+            speed_vs_peers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use testmesh_consensus::resources::GpuUse;
+    use testmesh_consensus::{Bytes, NodeId};
+
+    use super::*;
+
+    #[test]
+    fn a_worker_with_a_reserved_gpu_reads_back() {
+        let mut worker = Worker {
+            id: NodeId(3),
+            hardware: Default::default(),
+            capacity: Default::default(),
+            labels: BTreeMap::new(),
+            state: testmesh_consensus::model::WorkerState::Active,
+            boot_id: 1,
+            version: "test".into(),
+            registered_at: testmesh_consensus::UnixMillis(0),
+            allocated: Default::default(),
+            record: Default::default(),
+            quarantine: None,
+        };
+        worker.allocated.gpus = BTreeMap::from([(
+            0,
+            GpuUse {
+                milli: 1000,
+                memory: Bytes(1 << 30),
+                exclusive: true,
+            },
+        )]);
+        let w = WorkerStatus {
+            worker,
+            active_tasks: 1,
+            speed_vs_peers: Some(1.5),
+        };
+        let back: WorkerStatus = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back.worker, w.worker);
+        assert_eq!((back.active_tasks, back.speed_vs_peers), (1, Some(1.5)));
+    }
 }
