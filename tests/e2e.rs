@@ -10,7 +10,6 @@ use serde_json::json;
 use support::{TaskViewExt, TestNode, alive, show, wait_for};
 use testmesh::core::dto::{StatusView, SubmitResponse, WorkerStatus};
 use testmesh::core::logs::Stream;
-use testmesh_consensus::model::Worker;
 use testmesh_consensus::task::TaskState;
 use testmesh_consensus::{Bytes, MilliCpu};
 
@@ -432,12 +431,12 @@ async fn gpu_reservations_set_cuda_visible_devices() {
         "{}",
         show(&t)
     );
-    // Read as bare `Worker`s: `WorkerStatus` (which flattens `Worker`) does not deserialize
-    // while a GPU is reserved: serde's flatten cannot read `allocated.gpus`' integer keys from
-    // JSON strings (`testmesh workers` fails the same way).
-    let ws: Vec<Worker> = node.get_ok("/api/v1/workers").await;
-    assert_eq!(ws[0].capacity.gpus[1].model, "Sim A100");
-    assert_eq!(ws[0].allocated.gpus.len(), 2, "both GPUs reserved: {ws:?}");
+    // Regression: workers with a reserved GPU did not read back (`testmesh workers` failed).
+    let ws: Vec<WorkerStatus> = node.get_ok("/api/v1/workers").await;
+    assert_eq!(ws[0].worker.capacity.gpus[1].model, "Sim A100");
+    assert_eq!(ws[0].worker.allocated.gpus.len(), 2, "both GPUs reserved: {ws:?}");
+    let o = node.cli(&["workers"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut seen = Vec::new();
     for id in [a, b] {
         let out = wait_for(Duration::from_secs(10), async || {
