@@ -434,7 +434,11 @@ async fn gpu_reservations_set_cuda_visible_devices() {
     // Regression: workers with a reserved GPU did not read back (`testmesh workers` failed).
     let ws: Vec<WorkerStatus> = node.get_ok("/api/v1/workers").await;
     assert_eq!(ws[0].worker.capacity.gpus[1].model, "Sim A100");
-    assert_eq!(ws[0].worker.allocated.gpus.len(), 2, "both GPUs reserved: {ws:?}");
+    assert_eq!(
+        ws[0].worker.allocated.gpus.len(),
+        2,
+        "both GPUs reserved: {ws:?}"
+    );
     let o = node.cli(&["workers"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut seen = Vec::new();
