@@ -244,11 +244,15 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         .run(s)
     });
 
-    // Tests and scripts that bind port 0 read the real addresses from these files.
+    // Tests and scripts that bind port 0 read the real addresses from these files, and the
+    // autoscaler tells new workers to join them: wait until every listener has reported and a
+    // wildcard one has listed every interface (the list stops changing).
     let mut mesh_addrs = Vec::new();
-    for _ in 0..50 {
-        mesh_addrs = mesh.listen_addrs().await;
-        if !mesh_addrs.is_empty() {
+    for _ in 0..100 {
+        let now = mesh.listen_addrs().await;
+        let settled = !now.is_empty() && now == mesh_addrs;
+        mesh_addrs = now;
+        if settled {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -175,6 +175,8 @@ impl MeshClient {
         rx.await.unwrap_or_default()
     }
 
+    /// The addresses this node listens on; empty until every listener has reported at least
+    /// one (a wildcard listener then keeps adding the other interfaces for a moment).
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Cmd::ListenAddrs(reply)).await.is_err() {
@@ -264,10 +266,12 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, Ev
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(60)),
     );
+    let mut unannounced = HashSet::new();
     for a in &cfg.listen {
-        swarm
+        let id = swarm
             .listen_on(a.clone())
             .map_err(|e| Error::Config(format!("cannot listen on {a}: {e}")))?;
+        unannounced.insert(id);
     }
     let (tx, cmds) = mpsc::channel(1024);
     let (inbound_tx, inbound) = mpsc::channel(1024);
@@ -280,6 +284,7 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, Ev
         replies: FuturesUnordered::new(),
         connected: HashSet::new(),
         listen: Vec::new(),
+        unannounced,
         topic,
         stats: cfg.stats,
     };
@@ -298,6 +303,9 @@ pub struct EventLoop {
     replies: FuturesUnordered<PendingReply>,
     connected: HashSet<PeerId>,
     listen: Vec<Multiaddr>,
+    /// Listeners that have not reported an address yet: until they all have, the addresses
+    /// are incomplete (a worker told to join only the first one, loopback, never arrives).
+    unannounced: HashSet<libp2p::core::transport::ListenerId>,
     topic: gossipsub::IdentTopic,
     stats: GossipSink,
 }
@@ -358,7 +366,12 @@ impl EventLoop {
                 let _ = reply.send(self.connected.iter().copied().collect());
             }
             Cmd::ListenAddrs(reply) => {
-                let _ = reply.send(self.listen.clone());
+                let complete = self.unannounced.is_empty();
+                let _ = reply.send(if complete {
+                    self.listen.clone()
+                } else {
+                    Vec::new()
+                });
             }
             Cmd::Publish(bytes) => {
                 // Alone, or before peers have subscribed, there is nobody to send to: fine.
@@ -376,12 +389,19 @@ impl EventLoop {
 
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
                 tracing::info!(
                     "mesh listening on {address}/p2p/{}",
                     self.swarm.local_peer_id()
                 );
                 self.listen.push(address);
+                self.unannounced.remove(&listener_id);
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.unannounced.remove(&listener_id);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
