@@ -96,16 +96,46 @@ fn state(node: &TestNode, task: TaskId) -> TaskState {
     node.core.ledger.read().task(task).unwrap().state
 }
 
-#[tokio::test]
-async fn an_assigned_task_is_started_with_its_environment_and_its_exit_reported() {
+/// A node whose agent (on the fake) has started one assigned task: the pieces a test drives.
+struct Started {
+    node: TestNode,
+    fake: FakeProcesses,
+    agent: Agent<FakeProcesses>,
+    _exits: mpsc::Receiver<Exit>,
+    task: TaskId,
+    pid: u32,
+}
+
+async fn started(timeout: Option<&str>) -> Started {
     let node = TestNode::start().await;
     node.register(NodeId(1), 4, 0).await;
     let fake = FakeProcesses::default();
     let mut agent = Agent::new(node.core.clone(), fake.clone());
-    let _exits = agent.processes.exits();
-    let task = assigned(&node, None).await;
+    let exits = agent.processes.exits();
+    let task = assigned(&node, timeout).await;
     agent.sync().await;
-    let (pid, argv, env) = fake.0.lock().unwrap().spawned[0].clone();
+    let pid = fake.0.lock().unwrap().spawned[0].0;
+    Started {
+        node,
+        fake,
+        agent,
+        _exits: exits,
+        task,
+        pid,
+    }
+}
+
+#[tokio::test]
+async fn an_assigned_task_is_started_with_its_environment_and_its_exit_reported() {
+    let Started {
+        node,
+        fake,
+        mut agent,
+        task,
+        pid,
+        ..
+    } = started(None).await;
+    let (_, argv, env) = fake.0.lock().unwrap().spawned[0].clone();
     assert_eq!(argv, ["train", "--fast"]);
     let var = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     assert_eq!(var("SEED").as_deref(), Some("7"));
@@ -136,14 +166,14 @@ async fn an_assigned_task_is_started_with_its_environment_and_its_exit_reported(
 
 #[tokio::test]
 async fn a_timeout_sends_term_then_kill_after_the_grace_period() {
-    let node = TestNode::start().await;
-    node.register(NodeId(1), 4, 0).await;
-    let fake = FakeProcesses::default();
-    let mut agent = Agent::new(node.core.clone(), fake.clone());
-    let _exits = agent.processes.exits();
-    let task = assigned(&node, Some("2s")).await;
-    agent.sync().await;
-    let pid = fake.0.lock().unwrap().spawned[0].0;
+    let Started {
+        node,
+        fake,
+        mut agent,
+        task,
+        pid,
+        ..
+    } = started(Some("2s")).await;
 
     node.clock.advance(Duration::from_millis(1_999));
     agent.on_deadlines();
@@ -173,14 +203,14 @@ async fn a_timeout_sends_term_then_kill_after_the_grace_period() {
 
 #[tokio::test]
 async fn a_cancelled_task_is_stopped_and_reported_cancelled() {
-    let node = TestNode::start().await;
-    node.register(NodeId(1), 4, 0).await;
-    let fake = FakeProcesses::default();
-    let mut agent = Agent::new(node.core.clone(), fake.clone());
-    let _exits = agent.processes.exits();
-    let task = assigned(&node, None).await;
-    agent.sync().await;
-    let pid = fake.0.lock().unwrap().spawned[0].0;
+    let Started {
+        node,
+        fake,
+        mut agent,
+        task,
+        pid,
+        ..
+    } = started(None).await;
     node.write(Command::Cancel {
         task,
         at: node.core.now(),
