@@ -105,6 +105,12 @@ pub enum Command {
     },
     /// Several independent commands in one log entry (group commit); each is applied on its own.
     Batch(Vec<Command>),
+    /// Retention: these finished tasks (and the runs they complete) leave the live state for
+    /// each replica's archive. Tasks that are not finished, or whose run is not done, stay.
+    Archive {
+        tasks: Vec<TaskId>,
+        at: UnixMillis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +146,10 @@ pub enum Applied {
     },
     Scaling(crate::scaling::ScalingApplied),
     Batch(Vec<Result<Applied, Rejected>>),
+    Archived {
+        tasks: usize,
+        runs: usize,
+    },
 }
 
 /// Why the ledger refused a command. Refusals are deterministic results, not failures: every

@@ -20,6 +20,11 @@ pub enum Error {
         what: &'static str,
         error: crate::codec::CodecError,
     },
+    #[error("cannot encode {what}: {error}")]
+    Encode {
+        what: &'static str,
+        error: crate::codec::CodecError,
+    },
     #[error("stored snapshot has format {found}, this build reads format {expected}")]
     SnapshotFormat { found: u32, expected: u32 },
     #[error(

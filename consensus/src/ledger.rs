@@ -58,7 +58,32 @@ pub struct Ledger {
     runs: BTreeMap<u64, Run>,
     /// Run ids by the request that created them (run submits are idempotent).
     run_requests: BTreeMap<String, u64>,
+    /// What the last applies archived, for the store to write to disk (not replicated: every
+    /// replica fills it by applying the same commands).
+    #[serde(skip)]
+    retired: Retired,
 }
+
+/// Tasks and runs that left the live state, waiting to be written to the archive.
+#[derive(Debug, Clone, Default)]
+pub struct Retired {
+    pub tasks: Vec<Task>,
+    pub runs: Vec<Run>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.runs.is_empty()
+    }
+}
+
+// The outbox is transient: two ledgers are equal when their replicated state is.
+impl PartialEq for Retired {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Retired {}
 
 /// The history record of a task's last attempt, if it ran to an end of its own.
 fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
@@ -136,7 +161,7 @@ pub fn validate_spec(spec: &TaskSpec) -> Result<(), Rejected> {
     if spec.timeout_ms == Some(0) {
         return bad("the timeout must be positive");
     }
-    Ok(())
+    crate::limits::check_spec(spec).map_err(Rejected::InvalidSpec)
 }
 
 impl Ledger {
@@ -155,6 +180,11 @@ impl Ledger {
     /// All tasks, oldest first.
     pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &Task> {
         self.tasks.values()
+    }
+
+    /// Id of the newest task ever submitted (live or not).
+    pub fn last_task_id(&self) -> u64 {
+        self.next_task
     }
 
     pub fn task_count(&self) -> usize {
@@ -222,6 +252,7 @@ impl Ledger {
                     .collect(),
             )),
             Command::RegisterWorker { worker, at } => self.register(index, worker, *at),
+            Command::Archive { tasks, .. } => Ok(self.archive(tasks)),
             Command::Scaling { cmd, at } => self.scaling.apply(cmd, *at).map(Applied::Scaling),
             Command::Submit {
                 request_id,
@@ -297,7 +328,10 @@ impl Ledger {
                     r.cpu_used_ms += outcome.cpu_time_ms;
                     r.cpu_reserved_ms += reserved_milli.saturating_mul(ran) / 1000;
                 }
-                let state = self.end_attempt(index, *task, outcome.clone(), *at);
+                // Whatever a worker sends, the ledger keeps no more than the caps allow.
+                let mut outcome = outcome.clone();
+                outcome.clamp();
+                let state = self.end_attempt(index, *task, outcome, *at);
                 Ok(Applied::Finished { state })
             }
             Command::SetWorkerState { worker, state, .. } => {
@@ -494,6 +528,12 @@ impl Ledger {
         if specs.is_empty() {
             return Err(Rejected::InvalidSpec("no task to submit".into()));
         }
+        if request_id.len() > crate::limits::MAX_REQUEST_ID {
+            return Err(Rejected::InvalidSpec(format!(
+                "the request id is longer than {} bytes",
+                crate::limits::MAX_REQUEST_ID
+            )));
+        }
         if specs.len() > MAX_SUBMIT_BATCH {
             return Err(Rejected::BatchTooLarge(specs.len()));
         }
@@ -582,6 +622,77 @@ impl Ledger {
             tasks,
             duplicate: false,
         })
+    }
+
+    /// Moves finished tasks (and the runs they complete) out of the live state into
+    /// [`Ledger::take_retired`]'s outbox. Skips what must stay (see `Command::Archive`).
+    fn archive(&mut self, ids: &[TaskId]) -> Applied {
+        use std::collections::HashMap;
+        let mut run_done: HashMap<u64, bool> = HashMap::new();
+        let mut touched_requests = BTreeSet::new();
+        let mut touched_runs = BTreeSet::new();
+        let mut count = 0;
+        for id in ids {
+            let Some(t) = self.tasks.get(id) else {
+                continue;
+            };
+            if !t.state.is_final() {
+                continue;
+            }
+            if let Some(r) = t.run {
+                let done = *run_done.entry(r).or_insert_with(|| {
+                    // The newest run stays: the next run's id is counted from it.
+                    self.newest_run() != Some(r)
+                        && self.runs.get(&r).is_none_or(|run| {
+                            run.tasks
+                                .iter()
+                                .all(|t| self.tasks.get(t).is_none_or(|t| t.state.is_final()))
+                        })
+                });
+                if !done {
+                    continue;
+                }
+                touched_runs.insert(r);
+            }
+            let t = self.tasks.remove(id).expect("checked above");
+            self.by_rev.remove(&(t.rev, t.id));
+            if !t.request_id.is_empty() {
+                touched_requests.insert(t.request_id.clone());
+            }
+            self.retired.tasks.push(t);
+            count += 1;
+        }
+        // A request id is forgotten with the last of its tasks: the window in which a resent
+        // submit is recognised is the retention of what it created.
+        for r in touched_requests {
+            if let Some(ids) = self.requests.get(&r)
+                && ids.iter().all(|t| !self.tasks.contains_key(t))
+            {
+                self.requests.remove(&r);
+            }
+        }
+        let mut runs = 0;
+        for r in touched_runs {
+            if let Some(run) = self.runs.get(&r)
+                && run.tasks.iter().all(|t| !self.tasks.contains_key(t))
+            {
+                let run = self.runs.remove(&r).expect("checked above");
+                self.run_requests.remove(&run.request_id);
+                self.retired.runs.push(run);
+                runs += 1;
+            }
+        }
+        Applied::Archived { tasks: count, runs }
+    }
+
+    /// Id of the newest run (it is never archived: the next id follows it).
+    pub fn newest_run(&self) -> Option<u64> {
+        self.runs.last_key_value().map(|(k, _)| *k)
+    }
+
+    /// What applies archived since the last call, to be written to the archive.
+    pub fn take_retired(&mut self) -> Retired {
+        std::mem::take(&mut self.retired)
     }
 
     pub fn run(&self, id: u64) -> Option<&Run> {

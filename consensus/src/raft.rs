@@ -29,8 +29,21 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
+/// Log entries kept after a snapshot for followers that lag a little (beyond them a follower
+/// gets the snapshot).
+pub const KEEP_LOGS_AFTER_SNAPSHOT: u64 = 1000;
+
 /// Raft timing and compaction for testmesh, validated.
 pub fn config(cluster_name: &str, snapshot_every: u64) -> Result<Config, String> {
+    config_keeping(cluster_name, snapshot_every, KEEP_LOGS_AFTER_SNAPSHOT)
+}
+
+/// [`config`] keeping `keep_logs` entries after each snapshot.
+pub fn config_keeping(
+    cluster_name: &str,
+    snapshot_every: u64,
+    keep_logs: u64,
+) -> Result<Config, String> {
     Config {
         cluster_name: cluster_name.to_string(),
         heartbeat_interval: 100,
@@ -38,8 +51,10 @@ pub fn config(cluster_name: &str, snapshot_every: u64) -> Result<Config, String>
         election_timeout_max: 500,
         install_snapshot_timeout: Duration::from_secs(10).as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: keep_logs,
         purge_batch_size: 1000,
+        // With entries of at most MAX_ENTRY_BYTES, one append fits a mesh frame.
+        max_payload_entries: crate::limits::MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()

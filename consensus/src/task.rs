@@ -149,6 +149,8 @@ impl BenchMetric {
     /// malformed (so the task's author can be told).
     pub fn parse_line(line: &str) -> Option<Result<BenchMetric, String>> {
         let rest = line.trim_end().strip_prefix(METRIC_PREFIX)?;
+        // Quote at most the start of a bad line: a task may print megabytes on one line.
+        let line = crate::limits::cut(line.trim_end(), 120);
         let (pair, unit) = match rest.trim().split_once(char::is_whitespace) {
             Some((p, u)) => (p, u.trim()),
             None => (rest.trim(), ""),

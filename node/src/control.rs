@@ -28,6 +28,8 @@ pub struct Control {
     pub stats_fresh: Duration,
     /// Predictions of pending tasks, per model generation: each task is predicted once.
     pub predicted: std::sync::Mutex<(u64, HashMap<TaskId, Option<f64>>)>,
+    /// Which finished tasks leave the live ledger for the archive.
+    pub retention: testmesh_consensus::retention::Policy,
 }
 
 /// Finished attempts the quarantine check looks at (the most recent).
@@ -73,6 +75,9 @@ impl Control {
                     now
                 }
             };
+            if ticked {
+                self.retire().await;
+            }
             if ticked && self.core.clock.instant().duration_since(since) >= self.dead_after {
                 self.find_dead().await;
                 self.replace_silent_voters().await;
@@ -87,6 +92,32 @@ impl Control {
                 self.quarantine().await;
             }
             self.round().await;
+        }
+    }
+
+    /// Moves finished tasks past the retention policy to the archive, a bounded batch a tick
+    /// (more next tick if the batch was full).
+    async fn retire(&self) {
+        let now = self.core.now();
+        let tasks = {
+            let l = self.core.ledger.read();
+            testmesh_consensus::retention::select(&l, &self.retention, now)
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let n = tasks.len();
+        match self
+            .core
+            .writer
+            .write(Command::Archive { tasks, at: now })
+            .await
+        {
+            Ok(Ok(Applied::Archived { tasks, runs })) => {
+                tracing::debug!("archived {tasks} of {n} finished task(s) and {runs} run(s)")
+            }
+            Ok(other) => tracing::warn!("archiving was refused: {other:?}"),
+            Err(e) => tracing::debug!("could not archive: {e}"),
         }
     }
 
@@ -192,29 +223,28 @@ impl Control {
         }
     }
 
-    /// Fills in predicted run times (each task predicted once per predictor generation).
-    fn with_predictions<'a>(
+    /// Fills in a task's predicted run time (each task predicted once per model generation).
+    fn with_prediction<'a>(
         &self,
         ledger: &'a testmesh_consensus::Ledger,
-        mut queue: Vec<planner::PendingView<'a>>,
-    ) -> Vec<planner::PendingView<'a>> {
-        let Some(models) = self.core.models.current() else {
-            return queue;
+        models: Option<&crate::core::models::ModelSet>,
+        cache: &mut (u64, HashMap<TaskId, Option<f64>>),
+        mut p: planner::PendingView<'a>,
+    ) -> planner::PendingView<'a> {
+        let Some(models) = models else {
+            return p;
         };
         let (generation, predictor) = (models.generation, &models.duration);
-        let mut cache = self.predicted.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != generation || cache.1.len() > 4 * MAX_PENDING_PER_ROUND {
             *cache = (generation, HashMap::new());
         }
-        for p in &mut queue {
-            p.predicted_secs = *cache.1.entry(p.id).or_insert_with(|| {
-                let spec = &ledger.task(p.id)?.spec;
-                let pr = predictor.predict(&planner::predictor::history::spec_features(spec));
-                // Only what history says; "requested" means nothing is known.
-                (pr.path != planner::predictor::PredictionPath::Requested).then_some(pr.value)
-            });
-        }
-        queue
+        p.predicted_secs = *cache.1.entry(p.id).or_insert_with(|| {
+            let spec = &ledger.task(p.id)?.spec;
+            let pr = predictor.predict(&planner::predictor::history::spec_features(spec));
+            // Only what history says; "requested" means nothing is known.
+            (pr.path != planner::predictor::PredictionPath::Requested).then_some(pr.value)
+        });
+        p
     }
 
     /// GPUs that fresh statistics show busy with processes testmesh did not start.
@@ -265,10 +295,18 @@ impl Control {
             }
             let mut workers = planner::workers_of(&ledger);
             planner::occupy_busy_gpus(&mut workers, &busy);
-            let queue: Vec<_> = planner::pending_of(&ledger)
+            // Every task holds some cpu: with no worker that has any free, nothing can be
+            // placed, and looking at the queue would cost O(queue) per applied entry.
+            if !workers.iter().any(|w| w.allocated.cpu < w.capacity.cpu) {
+                return;
+            }
+            // Lazily: the planner stops pulling the queue once every worker is full, so a
+            // round costs what it places, not what waits.
+            let models = self.core.models.current();
+            let mut cache = self.predicted.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = planner::pending_of(&ledger)
                 .take(MAX_PENDING_PER_ROUND)
-                .collect();
-            let queue = self.with_predictions(&ledger, queue);
+                .map(|p| self.with_prediction(&ledger, models.as_deref(), &mut cache, p));
             planner::place(&mut workers, queue, &self.options)
         };
         if plan.assignments.is_empty() {
@@ -317,6 +355,7 @@ mod tests {
             dead_after: Duration::from_secs(10),
             stats_fresh: Duration::from_secs(3),
             predicted: Default::default(),
+            retention: Default::default(),
         }
     }
 
@@ -376,6 +415,17 @@ mod tests {
         node.stop().await;
     }
 
+    fn predicted<'a>(
+        c: &Control,
+        l: &'a testmesh_consensus::Ledger,
+    ) -> Vec<planner::PendingView<'a>> {
+        let models = c.core.models.current();
+        let mut cache = c.predicted.lock().unwrap();
+        planner::pending_of(l)
+            .map(|p| c.with_prediction(l, models.as_deref(), &mut cache, p))
+            .collect()
+    }
+
     #[tokio::test]
     async fn predictions_are_made_once_per_model_generation() {
         let node = TestNode::start().await;
@@ -385,16 +435,14 @@ mod tests {
         // Without models nothing is predicted and nothing is cached.
         {
             let l = node.core.ledger.read();
-            let q: Vec<_> = planner::pending_of(&l).collect();
-            let q = c.with_predictions(&l, q);
+            let q = predicted(&c, &l);
             assert!(q.iter().all(|p| p.predicted_secs.is_none()));
         }
         assert!(c.predicted.lock().unwrap().1.is_empty());
         node.core.models.refresh().await.unwrap();
         {
             let l = node.core.ledger.read();
-            let q: Vec<_> = planner::pending_of(&l).collect();
-            c.with_predictions(&l, q);
+            predicted(&c, &l);
         }
         let (generation, cached) = {
             let g = c.predicted.lock().unwrap();

@@ -146,7 +146,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     })?;
     let (log_store, state_machine, ledger) =
         testmesh_consensus::store::open(&dir.join("ledger.redb"))?;
-    let raft_config = raft::config("testmesh", cfg.snapshot_every).map_err(Error::Raft)?;
+    ledger.archive().set_keep(cfg.retention.archive);
+    let raft_config = raft::config_keeping("testmesh", cfg.snapshot_every, cfg.snapshot_keep_logs)
+        .map_err(Error::Raft)?;
     let liveness = Liveness::new(clock.clone());
     let network = MeshNetwork {
         mesh: mesh.clone(),
@@ -172,6 +174,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         scaler: scaler::shared(cfg.providers.clone()),
         catalogue: cfg.catalogue.clone(),
     });
+    core.disk.set_min_free(cfg.min_free_disk.0);
     let mut monitor = monitor_of(&cfg, node);
     let registration = registration_of(&cfg, &monitor, node);
     let gpu_peaks = monitor.gpu_memory_peaks();
@@ -223,7 +226,17 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("agent", |s| {
         Agent::new(core.clone(), SystemProcesses::default())
             .with_gpu_memory(gpu_peaks)
+            .with_max_log_size(cfg.max_log_size.0)
             .run(s)
+    });
+    c.start("disk", |s| {
+        crate::core::disk::watch_disk(
+            core.disk.clone(),
+            dir.clone(),
+            core.ledger.clone(),
+            Duration::from_secs(5),
+            s,
+        )
     });
     c.start("models", |s| {
         crate::core::keep_models_fresh(core.clone(), s)
@@ -240,6 +253,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             dead_after: cfg.dead_after,
             stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),
             predicted: Default::default(),
+            retention: cfg.retention.policy,
         }
         .run(s)
     });

@@ -80,6 +80,31 @@ impl TestNode {
         n
     }
 
+    /// A node not started yet (its data dir can be prepared first); start it with `spawn`.
+    pub fn unstarted(extra: &[&str]) -> TestNode {
+        TestNode {
+            wait_ready: true,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+            url: String::new(),
+            token: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::new(),
+            env: Vec::new(),
+        }
+    }
+
+    /// Resident memory of the node process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

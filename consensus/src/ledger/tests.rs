@@ -408,7 +408,8 @@ fn arb_command() -> impl Strategy<Value = Command> {
             at: UnixMillis(0),
         }),
         2 => (task.clone(), 0u32..4, worker).prop_map(|(task, attempt, w)| Command::TaskStarted { task, attempt, worker: NodeId(w), pid: 1, at: UnixMillis(0) }),
-        1 => task.prop_map(|task| Command::Cancel { task, at: UnixMillis(0) }),
+        1 => task.clone().prop_map(|task| Command::Cancel { task, at: UnixMillis(0) }),
+        1 => proptest::collection::vec(task, 0..6).prop_map(|tasks| Command::Archive { tasks, at: UnixMillis(0) }),
         1 => (1u64..4).prop_map(|w| Command::WorkerLost { worker: NodeId(w), at: UnixMillis(0) }),
         1 => (1u64..4).prop_map(|w| Command::WorkerLeft { worker: NodeId(w), at: UnixMillis(0) }),
         1 => (1u64..4, any::<bool>()).prop_map(|(w, d)| Command::SetWorkerState {

@@ -8,6 +8,7 @@
 // openraft's trait methods return its (large) `StorageError`; our helpers return the same type.
 #![allow(clippy::result_large_err)]
 
+mod archive;
 mod log;
 mod sm;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
+pub use archive::{Archive, DEFAULT_KEEP as DEFAULT_ARCHIVE_KEEP, Lookup};
 pub use log::LogStore;
 pub use sm::{LedgerReader, StateMachine};
 

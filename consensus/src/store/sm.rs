@@ -1,4 +1,5 @@
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
@@ -10,6 +11,7 @@ use redb::{Database, Durability, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::archive::Archive;
 use super::{SNAPSHOT, SNAPSHOT_FORMAT};
 use crate::command::Applied;
 use crate::error::Error;
@@ -27,18 +29,36 @@ struct AppliedState {
 }
 
 /// Snapshot payload: a format marker, then the ledger.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Envelope {
     format: u32,
     ledger: Ledger,
 }
 
+/// The same, encoded from a borrowed ledger (building a snapshot clones nothing).
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    format: u32,
+    ledger: &'a Ledger,
+}
+
 /// A snapshot as persisted: its meta and its bytes.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Stored {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
 }
+
+/// The same, encoded from borrowed parts (a slice encodes as a Vec does).
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    meta: &'a SnapshotMeta<NodeId, BasicNode>,
+    data: &'a [u8],
+}
+
+/// Room kept for a snapshot's meta within the codec's limit, so that a snapshot that encodes
+/// can also be stored and sent.
+const META_ROOM: usize = 1 << 20;
 
 /// Read access to the applied ledger for the API, the planner and the agent, plus a watch of the
 /// last applied log index to wake up on changes. Never hold the guard across an `.await`.
@@ -46,6 +66,8 @@ struct Stored {
 pub struct LedgerReader {
     state: Arc<RwLock<AppliedState>>,
     applied: watch::Receiver<u64>,
+    archive: Archive,
+    snapshot_bytes: Arc<AtomicU64>,
 }
 
 impl LedgerReader {
@@ -61,6 +83,16 @@ impl LedgerReader {
     /// A receiver that changes whenever new entries are applied.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// Finished work that retention moved out of the live ledger.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Size of the last snapshot built or installed here, in bytes.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes.load(Ordering::Relaxed)
     }
 }
 
@@ -78,6 +110,10 @@ pub struct StateMachine {
     state: Arc<RwLock<AppliedState>>,
     notify: watch::Sender<u64>,
     snapshot_seq: u64,
+    archive: Archive,
+    snapshot_bytes: Arc<AtomicU64>,
+    /// Largest snapshot payload built or accepted (the codec's limit less room for the meta).
+    snapshot_limit: usize,
 }
 
 fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
@@ -90,8 +126,8 @@ fn sm_err(verb: ErrorVerb, e: impl ToString) -> StorageError {
     }
 }
 
-fn decode_snapshot(data: &[u8]) -> Result<Ledger, Error> {
-    let env: Envelope = codec::decode(data).map_err(|error| Error::Decode {
+fn decode_snapshot(data: &[u8], limit: usize) -> Result<Ledger, Error> {
+    let env: Envelope = codec::decode_within(data, limit).map_err(|error| Error::Decode {
         what: "snapshot",
         error,
     })?;
@@ -108,6 +144,7 @@ impl StateMachine {
     /// Loads the last persisted snapshot, if any.
     pub(crate) fn load(db: Arc<Database>) -> Result<(Self, LedgerReader), Error> {
         let mut state = AppliedState::default();
+        let mut snapshot_bytes = 0;
         {
             let tx = db.begin_read()?;
             let table = tx.open_table(SNAPSHOT)?;
@@ -116,7 +153,8 @@ impl StateMachine {
                     what: "snapshot record",
                     error,
                 })?;
-                state.ledger = decode_snapshot(&stored.data)?;
+                snapshot_bytes = stored.data.len() as u64;
+                state.ledger = decode_snapshot(&stored.data, codec::LIMIT - META_ROOM)?;
                 state.last_applied = stored.meta.last_log_id;
                 state.membership = stored.meta.last_membership;
             }
@@ -124,9 +162,13 @@ impl StateMachine {
         let index = state.last_applied.map_or(0, |l| l.index);
         let (notify, applied) = watch::channel(index);
         let state = Arc::new(RwLock::new(state));
+        let archive = Archive::open(db.clone())?;
+        let snapshot_bytes = Arc::new(AtomicU64::new(snapshot_bytes));
         let reader = LedgerReader {
             state: state.clone(),
             applied,
+            archive: archive.clone(),
+            snapshot_bytes: snapshot_bytes.clone(),
         };
         Ok((
             StateMachine {
@@ -134,30 +176,55 @@ impl StateMachine {
                 state,
                 notify,
                 snapshot_seq: 0,
+                archive,
+                snapshot_bytes,
+                snapshot_limit: codec::LIMIT - META_ROOM,
             },
             reader,
         ))
     }
 
-    fn persist(&self, stored: &Stored) -> Result<(), StorageError> {
+    /// Lowers the largest snapshot this node builds or accepts (tests use a small one).
+    pub fn set_snapshot_limit(&mut self, limit: usize) {
+        self.snapshot_limit = limit.min(codec::LIMIT - META_ROOM);
+    }
+
+    fn persist(&self, stored: StoredRef<'_>) -> Result<(), StorageError> {
         // A snapshot built in the background may finish after a newer one was installed from
         // the leader; never replace the newer one (the log before it may be purged already).
         if self
-            .current()?
-            .is_some_and(|c| c.meta.last_log_id > stored.meta.last_log_id)
+            .current_meta()?
+            .is_some_and(|m| m.last_log_id > stored.meta.last_log_id)
         {
             return Ok(());
         }
         let w = |e: &dyn ToString| sm_err(ErrorVerb::Write, e.to_string());
-        let bytes = codec::encode(stored).map_err(|e| w(&e))?;
+        let bytes = codec::encode(&stored).map_err(|e| w(&e))?;
         let mut tx = self.db.begin_write().map_err(|e| w(&e))?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| w(&e))?;
         {
             let mut t = tx.open_table(SNAPSHOT).map_err(|e| w(&e))?;
             t.insert("current", bytes.as_slice()).map_err(|e| w(&e))?;
+            let meta = codec::encode(stored.meta).map_err(|e| w(&e))?;
+            t.insert("current_meta", meta.as_slice())
+                .map_err(|e| w(&e))?;
         }
         tx.commit().map_err(|e| w(&e))
+    }
+
+    /// The stored snapshot's meta, without reading its data.
+    fn current_meta(&self) -> Result<Option<SnapshotMeta<NodeId, BasicNode>>, StorageError> {
+        let r = |e: &dyn ToString| sm_err(ErrorVerb::Read, e.to_string());
+        {
+            let tx = self.db.begin_read().map_err(|e| r(&e))?;
+            let t = tx.open_table(SNAPSHOT).map_err(|e| r(&e))?;
+            if let Some(v) = t.get("current_meta").map_err(|e| r(&e))? {
+                return Ok(Some(codec::decode(v.value()).map_err(|e| r(&e))?));
+            }
+        }
+        // Written before metas were kept apart.
+        Ok(self.current()?.map(|s| s.meta))
     }
 
     fn current(&self) -> Result<Option<Stored>, StorageError> {
@@ -187,18 +254,29 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     self.snapshot_seq
                 ),
             };
-            let data = codec::encode(&Envelope {
+            // Encoded straight from the guard: no copy of the ledger. Retention keeps it small,
+            // so the read lock is held briefly.
+            let env = EnvelopeRef {
                 format: SNAPSHOT_FORMAT,
-                ledger: st.ledger.clone(),
-            })
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                ledger: &st.ledger,
+            };
+            let data = codec::encode_within(&env, self.snapshot_limit).map_err(|e| {
+                tracing::error!(
+                    "cannot build a snapshot: {e}; tighten --retention so the live ledger shrinks"
+                );
+                sm_err(ErrorVerb::Write, e)
+            })?;
             (meta, data)
         };
-        let stored = Stored { meta, data };
-        self.persist(&stored)?;
+        self.persist(StoredRef {
+            meta: &meta,
+            data: &data,
+        })?;
+        self.snapshot_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         })
     }
 }
@@ -233,6 +311,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 out.push(r);
             }
+            // Written before the apply returns and under the lock, so a reader finds an
+            // archived task either live or in the archive, never in neither.
+            let retired = st.ledger.take_retired();
+            if !retired.is_empty() {
+                self.archive
+                    .write(&retired)
+                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            }
             st.last_applied.map_or(0, |l| l.index)
         };
         self.notify.send_replace(last);
@@ -245,6 +331,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             state: self.state.clone(),
             notify: self.notify.clone(),
             snapshot_seq: self.snapshot_seq + 1000,
+            archive: self.archive.clone(),
+            snapshot_bytes: self.snapshot_bytes.clone(),
+            snapshot_limit: self.snapshot_limit,
         }
     }
 
@@ -258,12 +347,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let ledger = decode_snapshot(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let stored = Stored {
-            meta: meta.clone(),
-            data,
-        };
-        self.persist(&stored)?;
+        let ledger =
+            decode_snapshot(&data, self.snapshot_limit).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        self.persist(StoredRef { meta, data: &data })?;
+        self.snapshot_bytes
+            .store(data.len() as u64, Ordering::Relaxed);
+        drop(data);
         let index = {
             let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
             st.ledger = ledger;

@@ -148,6 +148,8 @@ pub struct Agent<P: Processes> {
     /// Attempts reported finished whose report may not be applied yet.
     reported: HashMap<TaskId, u32>,
     gpu_memory: GpuMemoryPeaks,
+    /// Most bytes kept of each output stream of an attempt.
+    max_log_size: u64,
 }
 
 impl<P: Processes> Agent<P> {
@@ -160,7 +162,14 @@ impl<P: Processes> Agent<P> {
             by_pid: HashMap::new(),
             reported: HashMap::new(),
             gpu_memory: GpuMemoryPeaks::default(),
+            max_log_size: 64 << 20,
         }
+    }
+
+    /// Caps each output stream of an attempt (the tail is kept).
+    pub fn with_max_log_size(mut self, bytes: u64) -> Self {
+        self.max_log_size = bytes;
+        self
     }
 
     /// Where the monitor keeps each attempt's peak GPU memory.
@@ -177,6 +186,10 @@ impl<P: Processes> Agent<P> {
         }
         let mut exits = self.processes.exits();
         let mut applied = self.core.ledger.watch();
+        // Output is written by the tasks straight to their files; their size is checked this
+        // often, so a file may briefly exceed --max-log-size.
+        let mut trim = tokio::time::interval(Duration::from_secs(1));
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.sync().await;
         loop {
             let next = self
@@ -202,6 +215,7 @@ impl<P: Processes> Agent<P> {
                 }
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
                 _ = sleep => self.on_deadlines(),
+                _ = trim.tick(), if !self.running.is_empty() => self.trim_logs(),
             }
         }
         let pids: Vec<u32> = self.running.values().map(|r| r.pid).collect();
@@ -336,10 +350,28 @@ impl<P: Processes> Agent<P> {
         }
     }
 
+    /// Cuts every running attempt's output files that outgrew the cap down to their tail.
+    fn trim_logs(&self) {
+        for (task, r) in &self.running {
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                let path = self.core.logs.path(*task, r.attempt, stream);
+                if let Err(e) = crate::core::logs::keep_tail(&path, self.max_log_size) {
+                    tracing::debug!("cannot trim {}: {e}", path.display());
+                }
+            }
+        }
+    }
+
     fn spawn(&mut self, s: &Start) -> Result<u32, SpawnError> {
         let open = |stream| {
             let path = self.core.logs.path(s.task, s.attempt, stream);
-            File::create(&path).map_err(|source| SpawnError::LogFile { path, source })
+            // Appending, so that the file can be cut to its tail while the task writes on.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .and_then(|f| f.set_len(0).map(|_| f))
+                .map_err(|source| SpawnError::LogFile { path, source })
         };
         let stdout = open(Stream::Stdout)?;
         let stderr = open(Stream::Stderr)?;
@@ -426,22 +458,42 @@ impl<P: Processes> Agent<P> {
 
     /// Reports how an attempt ended, with the tails of its output for the ledger.
     async fn report_end(&self, task: TaskId, attempt: u32, mut outcome: Outcome) {
-        let tail = |stream| {
-            let path = self.core.logs.path(task, attempt, stream);
-            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        // One stat per stream decides the rest: most tasks print little or nothing, and an
+        // attempt that printed nothing costs no further file operations (and leaves no file).
+        let path = |stream| self.core.logs.path(task, attempt, stream);
+        let len = |stream| std::fs::metadata(path(stream)).map_or(0, |m| m.len());
+        let (out_len, err_len) = (len(Stream::Stdout), len(Stream::Stderr));
+        // Metrics are read before the trim below can cut the start of the output.
+        let (metrics, bad) = if out_len > 0 {
+            let stdout = path(Stream::Stdout);
+            tokio::task::spawn_blocking(move || read_metrics(&stdout))
+                .await
+                .unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        let tail = |stream, len: u64| {
+            if len == 0 {
+                let _ = std::fs::remove_file(path(stream));
+                return String::new();
+            }
+            // A fast writer may have outrun the periodic trim: cut what it left to the cap.
+            let len = if len > self.max_log_size {
+                let _ = crate::core::logs::keep_tail(&path(stream), self.max_log_size);
+                std::fs::metadata(path(stream)).map_or(0, |m| m.len())
+            } else {
+                len
+            };
             let want = (TAIL_BYTES + 256) as u64;
-            read_log(&path, len.saturating_sub(want), want)
+            read_log(&path(stream), len.saturating_sub(want), want)
                 .map(|(bytes, _)| tail_of(&bytes))
                 .unwrap_or_default()
         };
-        outcome.stdout_tail = tail(Stream::Stdout);
-        outcome.stderr_tail = tail(Stream::Stderr);
-        let stdout = self.core.logs.path(task, attempt, Stream::Stdout);
-        let (metrics, bad) = tokio::task::spawn_blocking(move || read_metrics(&stdout))
-            .await
-            .unwrap_or_default();
+        outcome.stdout_tail = tail(Stream::Stdout, out_len);
+        outcome.stderr_tail = tail(Stream::Stderr, err_len);
         outcome.metrics = metrics;
         if let Some(first) = bad.first() {
+            let first = testmesh_consensus::limits::cut(first, 300);
             tracing::warn!(
                 "task {task}: {} malformed metric line(s): {first}",
                 bad.len()
@@ -455,6 +507,7 @@ impl<P: Processes> Agent<P> {
                 None => note,
             });
         }
+        outcome.clamp();
         self.core
             .writer
             .send(Command::TaskFinished {
@@ -468,24 +521,50 @@ impl<P: Processes> Agent<P> {
     }
 }
 
+/// Longest output line read for a metric; the rest of a longer line is skipped unread.
+const MAX_METRIC_LINE: usize = 4096;
+
+/// Reads one line of at most [`MAX_METRIC_LINE`] bytes into `line`, skipping the rest of a
+/// longer one; false at the end of the input.
+fn read_bounded_line(r: &mut impl std::io::BufRead, line: &mut Vec<u8>) -> bool {
+    line.clear();
+    let mut over = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok([]) | Err(_) => return !line.is_empty() || over,
+            Ok(b) => b,
+        };
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let room = MAX_METRIC_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        over |= chunk.len() > room;
+        let n = chunk.len();
+        r.consume(n);
+        if done {
+            return true;
+        }
+    }
+}
+
 /// Output read for metric lines at most (a task printing more keeps its first metrics only).
 const METRIC_SCAN_BYTES: u64 = 256 << 20;
 
 /// The `TESTMESH_METRIC name=value unit` lines of a task's standard output (at most
 /// [`MAX_METRICS`]), and what was wrong with the malformed ones.
 fn read_metrics(path: &std::path::Path) -> (Vec<BenchMetric>, Vec<String>) {
-    use std::io::{BufRead, Read};
+    use std::io::Read;
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     let Ok(f) = std::fs::File::open(path) else {
         return (ok, bad);
     };
     let mut r = std::io::BufReader::new(f.take(METRIC_SCAN_BYTES));
     let mut line = Vec::new();
-    while ok.len() < MAX_METRICS {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+    while ok.len() < MAX_METRICS && bad.len() < MAX_METRICS {
+        if !read_bounded_line(&mut r, &mut line) {
+            break;
         }
         if !line.starts_with(METRIC_PREFIX.as_bytes()) {
             continue;

@@ -27,6 +27,8 @@ pub enum ApiError {
     Unprocessable(String),
     TooLarge(String),
     Unavailable(String),
+    /// This node's data dir is short of room.
+    InsufficientStorage(String),
 }
 
 #[derive(Serialize)]
@@ -51,6 +53,9 @@ impl IntoResponse for ApiError {
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "unschedulable", m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::InsufficientStorage(m) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
         };
         (
             status,
@@ -75,6 +80,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::TooLarge(m) => ApiError::TooLarge(m),
             SubmitError::Unschedulable(m) => ApiError::Unprocessable(m),
             e @ SubmitError::Models(_) => ApiError::Unavailable(e.to_string()),
+            e @ SubmitError::DiskFull(_) => ApiError::InsufficientStorage(e.to_string()),
         }
     }
 }

@@ -136,6 +136,53 @@ pub fn render(
         membership.learner_ids().count() as f64,
     );
 
+    // The data dir and retention.
+    let d = st.core.disk.view();
+    for (name, help, v) in [
+        (
+            "testmesh_data_dir_bytes",
+            "Bytes under this node's data dir",
+            d.data_dir_bytes,
+        ),
+        (
+            "testmesh_ledger_file_bytes",
+            "Size of the ledger file (log, snapshot, archive)",
+            d.ledger_bytes,
+        ),
+        (
+            "testmesh_task_log_bytes",
+            "Bytes of task output kept by this node",
+            d.logs_bytes,
+        ),
+        (
+            "testmesh_disk_free_bytes",
+            "Free space of the data dir's file system",
+            d.free_bytes,
+        ),
+        (
+            "testmesh_disk_min_free_bytes",
+            "Below this free space new tasks are refused",
+            d.min_free_bytes,
+        ),
+        (
+            "testmesh_snapshot_bytes",
+            "Size of the last Raft snapshot built or installed here",
+            d.snapshot_bytes,
+        ),
+        (
+            "testmesh_archived_tasks",
+            "Finished tasks in this node's archive",
+            d.archived_tasks,
+        ),
+        (
+            "testmesh_live_tasks",
+            "Tasks in the live replicated ledger",
+            st.core.ledger.read().task_count() as u64,
+        ),
+    ] {
+        gauge(&mut r, name, help, v as f64);
+    }
+
     // Host statistics from gossip (every node's latest sample).
     let cpu: Family<NodeL, F64> = family(
         &mut r,

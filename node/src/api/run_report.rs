@@ -158,12 +158,28 @@ async fn build(st: &AppState, id: &str) -> Result<Document, ApiError> {
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a run id (a number)")))?;
     let models = st.core.models.fresh().await.ok();
+    let archived = if st.core.ledger.read().run(id).is_none() {
+        Some(crate::core::archive::run(&st.core.ledger, id).map_err(|g| {
+            ApiError::NotFound(if g.is_never() {
+                format!("run {id} does not exist; see GET /api/v1/runs")
+            } else {
+                g.to_string()
+            })
+        })?)
+    } else {
+        None
+    };
     let (r, predicted) = {
         let l = st.core.ledger.read();
-        let run = l.run(id).ok_or_else(|| {
-            ApiError::NotFound(format!("run {id} does not exist; see GET /api/v1/runs"))
-        })?;
-        let tasks: Vec<&Task> = run.tasks.iter().filter_map(|t| l.task(*t)).collect();
+        let (run, tasks): (&testmesh_consensus::runs::Run, Vec<&Task>) = match &archived {
+            Some((run, tasks)) => (run, tasks.iter().collect()),
+            None => {
+                let run = l.run(id).ok_or_else(|| {
+                    ApiError::NotFound(format!("run {id} was archived just now; ask again"))
+                })?;
+                (run, run.tasks.iter().filter_map(|t| l.task(*t)).collect())
+            }
+        };
         let mut predicted = BTreeMap::new();
         if let Some(m) = &models {
             for t in &tasks {

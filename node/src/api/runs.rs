@@ -75,8 +75,8 @@ fn parse_run(id: &str) -> Result<u64, ApiError> {
 
 /// Newest first.
 pub async fn list(State(st): State<AppState>) -> Json<Vec<RunView>> {
-    let l = st.core.ledger.read();
-    Json(
+    let mut out: Vec<RunView> = {
+        let l = st.core.ledger.read();
         l.runs()
             .rev()
             .take(1000)
@@ -84,8 +84,18 @@ pub async fn list(State(st): State<AppState>) -> Json<Vec<RunView>> {
                 let tasks: Vec<&Task> = r.tasks.iter().filter_map(|t| l.task(*t)).collect();
                 view(r, &tasks)
             })
-            .collect(),
-    )
+            .collect()
+    };
+    let room = 1000usize
+        .saturating_sub(out.len())
+        .min(ARCHIVED_RUNS_LISTED);
+    let archive = st.core.ledger.archive();
+    for r in archive.runs(room).unwrap_or_default() {
+        let tasks = archive.tasks_of(&r).unwrap_or_default();
+        let tasks: Vec<&Task> = tasks.iter().collect();
+        out.push(view(&r, &tasks));
+    }
+    Json(out)
 }
 
 fn with_run<T>(
@@ -94,13 +104,31 @@ fn with_run<T>(
     f: impl FnOnce(&Run, &[&Task]) -> T,
 ) -> Result<T, ApiError> {
     let id = parse_run(id)?;
-    let l = st.core.ledger.read();
-    let run = l.run(id).ok_or_else(|| {
-        ApiError::NotFound(format!("run {id} does not exist; see GET /api/v1/runs"))
-    })?;
-    let tasks: Vec<&Task> = run.tasks.iter().filter_map(|t| l.task(*t)).collect();
-    Ok(f(run, &tasks))
+    {
+        let l = st.core.ledger.read();
+        if let Some(run) = l.run(id) {
+            let tasks: Vec<&Task> = run.tasks.iter().filter_map(|t| l.task(*t)).collect();
+            return Ok(f(run, &tasks));
+        }
+    }
+    let (run, tasks) = archived_run(st, id)?;
+    let tasks: Vec<&Task> = tasks.iter().collect();
+    Ok(f(&run, &tasks))
 }
+
+/// A run retention moved to the archive, or a clear 404.
+fn archived_run(st: &AppState, id: u64) -> Result<(Run, Vec<Task>), ApiError> {
+    crate::core::archive::run(&st.core.ledger, id).map_err(|g| {
+        ApiError::NotFound(if g.is_never() {
+            format!("run {id} does not exist; see GET /api/v1/runs")
+        } else {
+            g.to_string()
+        })
+    })
+}
+
+/// Archived runs listed after the live ones, at most (each costs a read of its tasks).
+const ARCHIVED_RUNS_LISTED: usize = 200;
 
 pub async fn get_one(
     State(st): State<AppState>,

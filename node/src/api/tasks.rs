@@ -109,6 +109,7 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
         tasks,
         uptime_secs: st.core.clock.instant().duration_since(st.started).as_secs(),
         host: st.host.borrow().clone(),
+        disk: st.core.disk.view(),
     })
 }
 
@@ -258,9 +259,16 @@ pub async fn get_one(
     .await;
     match found {
         Some(Some(v)) => Ok(Json(v)),
-        Some(None) => Err(ApiError::NotFound(format!(
-            "task {id} does not exist; list tasks with GET /api/v1/tasks"
-        ))),
+        Some(None) => match crate::core::archive::task(&st.core.ledger, id) {
+            Ok(t) => {
+                let l = st.core.ledger.read();
+                Ok(Json(view(&l, &t, true)))
+            }
+            Err(g) if g.is_never() => Err(ApiError::NotFound(format!(
+                "task {id} does not exist; list tasks with GET /api/v1/tasks"
+            ))),
+            Err(g) => Err(ApiError::NotFound(g.to_string())),
+        },
         // Waited without a change: answer with the task as it is.
         None => {
             let l = st.core.ledger.read();

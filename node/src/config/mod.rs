@@ -86,6 +86,78 @@ pub struct NodeArgs {
     /// handed back to the queue; 0s hands them back at once [default: 30s]
     #[arg(long, value_parser = units::parse_duration_or_zero)]
     pub drain_timeout: Option<std::time::Duration>,
+    /// When finished tasks leave the live ledger for the on-disk archive, and how many the
+    /// archive keeps: e.g. "age=24h,count=10000,archive=200000", or "forever"
+    /// [default: age=24h,count=10000,archive=200000]
+    #[arg(long, value_parser = parse_retention)]
+    pub retention: Option<Retention>,
+    /// Most bytes kept of each output stream of an attempt; beyond it the start is dropped
+    /// and the tail kept [default: 64MiB]
+    #[arg(long, value_parser = units::parse_size)]
+    pub max_log_size: Option<Bytes>,
+    /// Below this much free space in the data dir the node refuses new tasks [default: 256MiB]
+    #[arg(long, value_parser = units::parse_size)]
+    pub min_free_disk: Option<Bytes>,
+}
+
+/// `--retention`: the live ledger's policy and the size of each replica's archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub policy: testmesh_consensus::retention::Policy,
+    /// Archived tasks kept per replica.
+    pub archive: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            policy: Default::default(),
+            archive: testmesh_consensus::store::DEFAULT_ARCHIVE_KEEP,
+        }
+    }
+}
+
+/// Parses `age=24h,count=10000,archive=200000` (any of them; the others keep their default;
+/// `age=forever` or `count=forever` turns that rule off), or `forever` for no retention.
+pub fn parse_retention(s: &str) -> Result<Retention, String> {
+    use testmesh_consensus::retention::Policy;
+    let s = s.trim();
+    let mut r = Retention::default();
+    if s == "forever" {
+        r.policy = Policy::FOREVER;
+        return Ok(r);
+    }
+    let usage = "use e.g. age=24h,count=10000,archive=200000 (any of them), or forever";
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("retention {part:?}: {usage}"));
+        };
+        let forever = v.trim() == "forever";
+        match k.trim() {
+            "age" if forever => r.policy.max_age_ms = None,
+            "age" => {
+                let d = units::parse_duration(v).map_err(|e| format!("retention age: {e}"))?;
+                r.policy.max_age_ms = Some(d.as_millis() as u64);
+            }
+            "count" if forever => r.policy.keep = None,
+            "count" => {
+                r.policy.keep = Some(v.trim().parse().map_err(|_| {
+                    format!("retention count {v:?}: a number of finished tasks, e.g. 10000")
+                })?);
+            }
+            "archive" => {
+                let n: u64 = v.trim().parse().map_err(|_| {
+                    format!("retention archive {v:?}: a number of tasks, e.g. 200000")
+                })?;
+                if n == 0 {
+                    return Err("retention archive must be at least 1".into());
+                }
+                r.archive = n;
+            }
+            other => return Err(format!("retention has no {other:?}; {usage}")),
+        }
+    }
+    Ok(r)
 }
 
 /// The parsed `--simulate-gpus` value (a newtype so that clap takes it as one value).
@@ -126,6 +198,8 @@ struct FileConfig {
     memory: Option<String>,
     /// Raft log entries between snapshots.
     snapshot_every: Option<u64>,
+    /// Raft log entries kept after a snapshot for followers that lag a little.
+    snapshot_keep_logs: Option<u64>,
     swarm_key: Option<PathBuf>,
     #[serde(default)]
     listen: Vec<String>,
@@ -137,6 +211,9 @@ struct FileConfig {
     dead_after: Option<String>,
     drain_timeout: Option<String>,
     public_dashboard: Option<bool>,
+    retention: Option<String>,
+    max_log_size: Option<String>,
+    min_free_disk: Option<String>,
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
@@ -214,6 +291,7 @@ pub struct NodeConfig {
     pub simulated_gpus: Option<Vec<GpuInfo>>,
     pub simulated_busy_gpus: Vec<u32>,
     pub snapshot_every: u64,
+    pub snapshot_keep_logs: u64,
     pub drain_timeout: std::time::Duration,
     pub swarm_key: Option<PathBuf>,
     pub listen: Vec<libp2p::Multiaddr>,
@@ -228,6 +306,9 @@ pub struct NodeConfig {
     pub providers: Vec<crate::config::providers::FileProvider>,
     pub public_dashboard: bool,
     pub dashboard_interval: std::time::Duration,
+    pub retention: Retention,
+    pub max_log_size: Bytes,
+    pub min_free_disk: Bytes,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -380,7 +461,37 @@ impl NodeConfig {
                 "--dashboard-interval must be at least 100ms".into(),
             ));
         }
+        let retention = match (args.retention, &file.retention) {
+            (Some(r), _) => r,
+            (None, Some(s)) => parse_retention(s).map_err(|e| in_file("retention", e))?,
+            _ => Retention::default(),
+        };
+        let size = |flag: Option<Bytes>, file: &Option<String>, key: &str, default: u64| match (
+            flag, file,
+        ) {
+            (Some(b), _) => Ok(b),
+            (None, Some(s)) => units::parse_size(s).map_err(|e| in_file(key, e)),
+            _ => Ok(Bytes(default)),
+        };
+        let max_log_size = size(
+            args.max_log_size,
+            &file.max_log_size,
+            "max_log_size",
+            64 << 20,
+        )?;
+        if max_log_size.0 < 4096 {
+            return Err(Error::Config("--max-log-size must be at least 4KiB".into()));
+        }
+        let min_free_disk = size(
+            args.min_free_disk,
+            &file.min_free_disk,
+            "min_free_disk",
+            256 << 20,
+        )?;
         Ok(NodeConfig {
+            retention,
+            max_log_size,
+            min_free_disk,
             dashboard_interval,
             public_dashboard: args.public_dashboard || file.public_dashboard.unwrap_or(false),
             providers: file.providers,
@@ -406,6 +517,9 @@ impl NodeConfig {
             simulated_gpus: args.simulate_gpus.clone().map(|g| g.0),
             simulated_busy_gpus: args.simulate_gpu_busy.clone(),
             snapshot_every,
+            snapshot_keep_logs: file
+                .snapshot_keep_logs
+                .unwrap_or(testmesh_consensus::raft::KEEP_LOGS_AFTER_SNAPSHOT),
             drain_timeout,
         })
     }

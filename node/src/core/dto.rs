@@ -62,6 +62,9 @@ pub struct StatusView {
     pub tasks: BTreeMap<String, usize>,
     pub uptime_secs: u64,
     pub host: crate::monitor::HostSample,
+    /// The data dir: its size, what is in it and the room left.
+    #[serde(default)]
+    pub disk: crate::core::disk::DiskView,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

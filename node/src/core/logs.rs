@@ -52,6 +52,38 @@ pub fn log_path(data_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> 
         .join(format!("{}.{attempt}.{stream}", task.0))
 }
 
+/// Cuts a log file that outgrew `max` bytes down to its last `max / 2` bytes behind a marker
+/// line, so that a task printing without end costs bounded disk. The task writes with
+/// O_APPEND, so its next writes land after the kept tail. Returns the bytes dropped.
+pub fn keep_tail(path: &Path, max: u64) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len <= max {
+        return Ok(0);
+    }
+    let keep = max / 2;
+    f.seek(SeekFrom::Start(len - keep))?;
+    let mut tail = Vec::with_capacity(keep as usize);
+    (&mut f).take(keep).read_to_end(&mut tail)?;
+    // Whatever the task wrote between the read and the cut is lost with the head.
+    f.set_len(0)?;
+    let dropped = len - tail.len() as u64;
+    let mut out = std::fs::OpenOptions::new().append(true).open(path)?;
+    let marker = format!("[testmesh: {dropped} earlier bytes dropped (--max-log-size {max})]\n");
+    out.write_all(marker.as_bytes())?;
+    out.write_all(&tail)?;
+    Ok(dropped)
+}
+
 /// Reads up to `limit` bytes from `offset`; returns the bytes and the file's length (0 and
 /// nothing when the file does not exist).
 pub fn read_log(path: &Path, offset: u64, limit: u64) -> std::io::Result<(Vec<u8>, u64)> {
@@ -164,9 +196,11 @@ impl Logs {
     /// or — once it has ended and the file cannot be had — from the tail kept in the ledger.
     pub async fn read(&self, q: LogRead) -> Result<LogChunk, LogError> {
         let id = q.task;
+        let t = super::archive::task(&self.ledger, id).map_err(|g| match g {
+            g if g.is_never() => LogError::NoTask(id),
+            g => LogError::Unavailable(g.to_string()),
+        })?;
         let (attempt, tail, worker) = {
-            let l = self.ledger.read();
-            let t = l.task(id).ok_or(LogError::NoTask(id))?;
             let n = q.attempt.unwrap_or(t.attempt);
             if n == 0 {
                 // Never ran yet: nothing to show, more may come.
@@ -274,5 +308,34 @@ impl Logs {
             Ok(_) => Err(format!("worker {worker} gave an unexpected answer")),
             Err(e) => Err(format!("cannot fetch the log from worker {worker}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overgrown_log_keeps_its_tail_behind_a_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.1.stdout");
+        let body: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        std::fs::write(&path, &body).unwrap();
+        assert_eq!(
+            keep_tail(&path, 1 << 20).unwrap(),
+            0,
+            "under the cap: untouched"
+        );
+        let dropped = keep_tail(&path, 8192).unwrap();
+        let now = std::fs::read(&path).unwrap();
+        assert_eq!(dropped as usize, body.len() - 4096);
+        assert!(now.len() < 8192);
+        let text = String::from_utf8(now).unwrap();
+        assert!(text.starts_with("[testmesh: "), "{}", &text[..80]);
+        assert!(text.ends_with("99999\n"));
+        // A missing file is nothing to trim.
+        assert_eq!(keep_tail(&dir.path().join("none"), 10).unwrap(), 0);
     }
 }

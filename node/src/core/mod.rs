@@ -13,7 +13,9 @@
 //! - the scaler handle ([`scaler`]);
 //! - the [`Clock`](clock::Clock) every loop reads time from.
 
+pub mod archive;
 pub mod clock;
+pub mod disk;
 pub mod dto;
 pub mod insights;
 pub mod leadership;
@@ -62,6 +64,8 @@ pub struct Core {
     pub data_dir: PathBuf,
     /// Instance types the recommendations and the autoscaler choose from.
     pub catalogue: Arc<[InstanceType]>,
+    /// The data dir's footprint and free space.
+    pub disk: disk::Disk,
 }
 
 /// What the composition root brings to build a [`Core`].
@@ -102,6 +106,7 @@ impl Core {
             scaler: p.scaler,
             data_dir: p.data_dir,
             catalogue: p.catalogue.into(),
+            disk: Default::default(),
         };
         (core, batcher)
     }
@@ -132,6 +137,7 @@ impl Core {
         tasks: &[submit::TaskRequest],
         allow_unschedulable: bool,
     ) -> Result<Vec<TaskSpec>, submit::SubmitError> {
+        self.disk.check(&self.data_dir)?;
         submit::prepare(&self.ledger, &self.models, tasks, allow_unschedulable).await
     }
 }

@@ -179,7 +179,7 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
             r.retries
         ));
     }
-    Ok(TaskSpec {
+    let spec = TaskSpec {
         name,
         argv: r.command.clone(),
         env: r.env.clone(),
@@ -197,7 +197,10 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
         timeout_ms,
         retries: r.retries,
         priority: r.priority,
-    })
+    };
+    // Sizes: argv, env, labels, constraints (see `limits`).
+    testmesh_consensus::limits::check_spec(&spec)?;
+    Ok(spec)
 }
 
 /// `POST /api/v1/runs`: tasks submitted together under one run.
@@ -232,6 +235,8 @@ pub enum SubmitError {
     Unschedulable(String),
     #[error("mem: auto: {0}")]
     Models(#[from] super::models::ModelError),
+    #[error("{0}")]
+    DiskFull(#[from] super::disk::DiskFull),
 }
 
 /// Headroom over the predicted peak when `mem: "auto"` reserves it.
@@ -303,6 +308,15 @@ pub async fn prepare(
             }
         }
         specs.push(spec);
+    }
+    // One request is one log entry: keep it within the entry cap.
+    use testmesh_consensus::limits::{MAX_ENTRY_BYTES, spec_bytes};
+    let bytes: usize = specs.iter().map(spec_bytes).sum();
+    if bytes > MAX_ENTRY_BYTES {
+        return Err(SubmitError::TooLarge(format!(
+            "the request's tasks take about {bytes} bytes; one request carries at most \
+             {MAX_ENTRY_BYTES}: split it into smaller requests (the CLI does this for you)"
+        )));
     }
     if !allow_unschedulable {
         let ledger = ledger.read();

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use libp2p::PeerId;
+use testmesh_consensus::limits::{MAX_ENTRY_BYTES, command_bytes};
 use testmesh_consensus::raft::Raft;
 use testmesh_consensus::store::LedgerReader;
 use testmesh_consensus::{Applied, Command, NodeId, Rejected};
@@ -405,17 +406,21 @@ impl Batcher {
             return;
         }
         let mut weight: usize = items.iter().map(|i| weight_of(&i.cmd)).sum();
+        let mut bytes: usize = items.iter().map(|i| command_bytes(&i.cmd)).sum();
         if carry.is_none() {
             while items.len() < MAX_BATCH {
                 let Ok(item) = self.rx.try_recv() else { break };
+                let b = command_bytes(&item.cmd);
                 if item.route != route
                     || alone(&item)
                     || weight + weight_of(&item.cmd) > MAX_GROUP_WEIGHT
+                    || bytes + b > MAX_ENTRY_BYTES
                 {
                     *carry = Some(item);
                     break;
                 }
                 weight += weight_of(&item.cmd);
+                bytes += b;
                 items.push(item);
             }
         }

@@ -116,11 +116,8 @@ impl testmesh_dashboard::Source for DashboardSource {
     }
 
     fn task(&self, id: u64) -> Option<testmesh_consensus::task::Task> {
-        self.0
-            .ledger
-            .read()
-            .task(testmesh_consensus::TaskId(id))
-            .cloned()
+        // Live or archived (retention moves finished tasks out of the live ledger).
+        crate::core::archive::task(&self.0.ledger, testmesh_consensus::TaskId(id)).ok()
     }
 
     fn analysis(
