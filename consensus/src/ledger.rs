@@ -108,7 +108,12 @@ fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
         attempt: a.number,
         name: t.spec.name.clone(),
         program: program_of(&t.spec.argv),
-        labels: t.spec.labels.clone(),
+        labels: t
+            .spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         requirements: t.spec.requirements.clone(),
         worker: a.worker,
         cpu_model: worker

@@ -2,7 +2,6 @@
 //! attempts), 5,000 queued tasks packed onto every type of the default catalogue, and 1,000
 //! workers.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -47,7 +46,7 @@ fn bench(c: &mut Criterion) {
                 attempt: 1,
                 name: format!("suite-{}", rng.random_range(0..200)),
                 program: "pytest".into(),
-                labels: BTreeMap::new(),
+                labels: Vec::new(),
                 requirements: requirements(&mut rng),
                 worker: NodeId(rng.random_range(1..=1000)),
                 cpu_model: String::new(),

@@ -142,6 +142,9 @@ impl Core {
     }
 }
 
+/// After a training that took T, the leader's loop trains again no sooner than this many T.
+const TRAINING_IDLE_FACTOR: u32 = 19;
+
 /// How often the leader checks whether its models are due for retraining.
 const MODELS_EVERY: Duration = Duration::from_secs(1);
 
@@ -150,20 +153,29 @@ const MODELS_EVERY: Duration = Duration::from_secs(1);
 pub async fn keep_models_fresh(core: Core, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(MODELS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut not_before = core.clock.instant();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
-        if !core.leadership.is_leader() {
+        if !core.leadership.is_leader() || core.clock.instant() < not_before {
             continue;
         }
         // Nothing to learn from yet: no need to train an empty model every second.
         if core.models.current().is_none() && core.ledger.read().history_total() == 0 {
             continue;
         }
+        let generation = core.models.current().map(|m| m.generation);
+        let started = core.clock.instant();
         if let Err(e) = core.models.refresh().await {
             tracing::warn!("{e}");
+        }
+        if core.models.current().map(|m| m.generation) != generation {
+            // Training reads the whole history: keep it to a twentieth of one core however
+            // long the history and however fast tasks finish.
+            let took = core.clock.instant().duration_since(started);
+            not_before = core.clock.instant() + took * TRAINING_IDLE_FACTOR;
         }
     }
 }

@@ -13,15 +13,19 @@ use testmesh_planner::predictor::history::{self, Target};
 use thiserror::Error;
 use tokio::sync::watch;
 
-/// Retrain once this many attempts have finished since the last training (fewer while the
-/// history is small: every new attempt counts then, and training is cheap).
-const RETRAIN_AFTER: u64 = 50;
+/// Most attempts that may finish between two trainings. Training reads the whole (bounded)
+/// history, so retraining every few dozen attempts made its cost per task grow with the
+/// history; retraining after a tenth more data, and at least every this many, keeps the
+/// models current at a cost per task that does not grow.
+const RETRAIN_AFTER_AT_MOST: u64 = 2_000;
 
-/// Whether models trained on `seen` finished attempts are due for retraining at `total`.
+/// Whether models trained on `seen` finished attempts are due for retraining at `total`:
+/// after a tenth more attempts (every new one while the history is small), at most
+/// [`RETRAIN_AFTER_AT_MOST`].
 pub fn due(seen: Option<u64>, total: u64) -> bool {
     match seen {
         None => true,
-        Some(s) => total.saturating_sub(s) >= RETRAIN_AFTER.min(1 + s / 10),
+        Some(s) => total.saturating_sub(s) >= (1 + s / 10).min(RETRAIN_AFTER_AT_MOST),
     }
 }
 
@@ -167,13 +171,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_retrain_rule_counts_every_attempt_while_history_is_small() {
+    fn the_retrain_rule_grows_with_the_history_up_to_a_cap() {
         assert!(due(None, 0));
         assert!(!due(Some(0), 0));
         assert!(due(Some(0), 1));
         assert!(!due(Some(100), 110));
         assert!(due(Some(100), 111));
-        assert!(!due(Some(10_000), 10_049));
-        assert!(due(Some(10_000), 10_050));
+        assert!(!due(Some(10_000), 11_000));
+        assert!(due(Some(10_000), 11_001));
+        // However long the history, at most 2,000 attempts between trainings.
+        assert!(!due(Some(1_000_000), 1_001_999));
+        assert!(due(Some(1_000_000), 1_002_000));
     }
 }

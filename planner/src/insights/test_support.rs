@@ -1,6 +1,5 @@
 //! Builders for the insights tests.
 
-use std::collections::BTreeMap;
 
 use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::model::WorkerState;
@@ -50,7 +49,7 @@ pub fn record(name: &str, duration_ms: u64) -> HistoryRecord {
         attempt: 1,
         name: name.into(),
         program: "sh".into(),
-        labels: BTreeMap::new(),
+        labels: Vec::new(),
         requirements: Requirements {
             cpu: MilliCpu(1000),
             memory: Bytes(1 << 30),
