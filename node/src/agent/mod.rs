@@ -366,11 +366,18 @@ impl<P: Processes> Agent<P> {
         let open = |stream| {
             let path = self.core.logs.path(s.task, s.attempt, stream);
             // Appending, so that the file can be cut to its tail while the task writes on.
+            // Attempt numbers are never reused, so the file is new; truncating only when it is
+            // not saves a syscall per stream on the hot path.
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .and_then(|f| f.set_len(0).map(|_| f))
+                .and_then(|f| {
+                    if f.metadata()?.len() > 0 {
+                        f.set_len(0)?;
+                    }
+                    Ok(f)
+                })
                 .map_err(|source| SpawnError::LogFile { path, source })
         };
         let stdout = open(Stream::Stdout)?;

@@ -57,15 +57,18 @@ pub fn log_path(data_dir: &Path, task: TaskId, attempt: u32, stream: Stream) -> 
 /// O_APPEND, so its next writes land after the kept tail. Returns the bytes dropped.
 pub fn keep_tail(path: &Path, max: u64) -> std::io::Result<u64> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-    {
-        Ok(f) => f,
+    // One stat in the common case (under the cap), without opening the file: this runs every
+    // second for every running attempt.
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() <= max => return Ok(0),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
-    };
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     let len = f.metadata()?.len();
     if len <= max {
         return Ok(0);

@@ -1,6 +1,5 @@
 //! Builders for the insights tests.
 
-
 use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::model::WorkerState;
 use testmesh_consensus::resources::{Allocated, GpuRequest, Requirements};
