@@ -611,4 +611,26 @@ mod tests {
         assert_eq!(c.catalogue[0].key(), "aws/g5.xlarge");
         assert_eq!(c.catalogue[0].labels["pool"], "gpu");
     }
+
+    #[test]
+    fn retention_reads_each_part_and_says_what_to_write() {
+        use testmesh_consensus::retention::Policy;
+        let r = parse_retention("count=500").unwrap();
+        assert_eq!(r.policy.keep, Some(500));
+        assert_eq!(r.policy.max_age_ms, Policy::default().max_age_ms);
+        let r = parse_retention("age=1h, count=forever, archive=7").unwrap();
+        assert_eq!(r.policy.max_age_ms, Some(3_600_000));
+        assert_eq!(r.policy.keep, None);
+        assert_eq!(r.archive, 7);
+        assert_eq!(parse_retention("forever").unwrap().policy, Policy::FOREVER);
+        for bad in ["ttl=1h", "count=many", "archive=0", "age"] {
+            let e = parse_retention(bad).unwrap_err();
+            assert!(e.contains("retention"), "{bad}: {e}");
+        }
+        let c =
+            with_file("version = 1\nretention = \"count=3\"\nmax_log_size = \"1MiB\"\n").unwrap();
+        assert_eq!(c.retention.policy.keep, Some(3));
+        assert_eq!(c.max_log_size.0, 1 << 20);
+        assert!(with_file("version = 1\nretention = \"nonsense\"\n").is_err());
+    }
 }
