@@ -178,6 +178,15 @@ async fn finished_work_moves_to_the_archive_and_stays_readable() {
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["summary"]["total"], 2, "{body}");
+    // Listed with the live runs, its summary kept with it.
+    let (code, list) = node.get("/api/v1/runs").await;
+    assert_eq!(code, 200, "{list}");
+    let listed = list
+        .as_array()
+        .and_then(|runs| runs.iter().find(|r| r["run"] == run1.run))
+        .unwrap_or_else(|| panic!("run {} is not listed: {list}", run1.run));
+    assert_eq!(listed["summary"]["total"], 2, "{listed}");
+    assert_eq!(listed["summary"]["passed"], true, "{listed}");
     let (code, xml) = node
         .get_text(&format!("/api/v1/runs/{}/junit.xml", run1.run))
         .await;

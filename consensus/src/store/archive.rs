@@ -15,7 +15,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::codec;
 use crate::error::Error;
 use crate::ledger::Retired;
-use crate::runs::Run;
+use crate::runs::{Run, RunSummary, summarise};
 use crate::task::Task;
 
 pub(crate) const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("archive_tasks");
@@ -92,7 +92,22 @@ impl Archive {
             }
             let mut runs = tx.open_table(RUNS)?;
             for r in &retired.runs {
-                runs.insert(r.id, encode("archived run", codec::encode(r))?.as_slice())?;
+                // The summary is kept with the run, so listing archived runs reads no tasks.
+                // Its tasks went in above (or with an earlier archive).
+                let mut of_run = Vec::with_capacity(r.tasks.len());
+                for id in &r.tasks {
+                    if let Some(v) = tasks.get(id.0)? {
+                        of_run.push(codec::decode::<Task>(v.value()).map_err(|error| {
+                            Error::Decode {
+                                what: "archived task",
+                                error,
+                            }
+                        })?);
+                    }
+                }
+                let summary = summarise(of_run.iter());
+                let bytes = encode("archived run", codec::encode(&(r, &summary)))?;
+                runs.insert(r.id, bytes.as_slice())?;
             }
             let keep = self.keep.load(Ordering::Relaxed);
             let mut len = tasks.len()?;
@@ -109,9 +124,9 @@ impl Archive {
                 let mut stale = Vec::new();
                 for entry in runs.iter()? {
                     let (k, v) = entry?;
-                    let first = codec::decode::<Run>(v.value())
+                    let first = codec::decode::<(Run, RunSummary)>(v.value())
                         .ok()
-                        .and_then(|r| r.tasks.first().map(|t| t.0));
+                        .and_then(|(r, _)| r.tasks.first().map(|t| t.0));
                     if first.is_some_and(|f| f > upto) {
                         break;
                     }
@@ -149,8 +164,8 @@ impl Archive {
         let Some(v) = tx.open_table(RUNS)?.get(id)? else {
             return Ok(None);
         };
-        codec::decode(v.value())
-            .map(Some)
+        codec::decode::<(Run, RunSummary)>(v.value())
+            .map(|(r, _)| Some(r))
             .map_err(|error| Error::Decode {
                 what: "archived run",
                 error,
@@ -173,8 +188,8 @@ impl Archive {
         Ok(out)
     }
 
-    /// Archived runs, newest first, at most `limit`.
-    pub fn runs(&self, limit: usize) -> Result<Vec<Run>, Error> {
+    /// Archived runs with their summaries, newest first, at most `limit`.
+    pub fn runs(&self, limit: usize) -> Result<Vec<(Run, RunSummary)>, Error> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(RUNS)?;
         let mut out = Vec::new();
