@@ -26,6 +26,20 @@ const DROPPED_UPTO: &str = "dropped_upto";
 /// Archived tasks kept per replica by default.
 pub const DEFAULT_KEEP: u64 = 200_000;
 
+fn decoded_task(bytes: &[u8]) -> Result<Task, Error> {
+    codec::decode(bytes).map_err(|error| Error::Decode {
+        what: "archived task",
+        error,
+    })
+}
+
+fn decoded_run(bytes: &[u8]) -> Result<(Run, RunSummary), Error> {
+    codec::decode(bytes).map_err(|error| Error::Decode {
+        what: "archived run",
+        error,
+    })
+}
+
 /// Where an id stands in this replica's archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<T> {
@@ -97,12 +111,7 @@ impl Archive {
                 let mut of_run = Vec::with_capacity(r.tasks.len());
                 for id in &r.tasks {
                     if let Some(v) = tasks.get(id.0)? {
-                        of_run.push(codec::decode::<Task>(v.value()).map_err(|error| {
-                            Error::Decode {
-                                what: "archived task",
-                                error,
-                            }
-                        })?);
+                        of_run.push(decoded_task(v.value())?);
                     }
                 }
                 let summary = summarise(of_run.iter());
@@ -148,12 +157,7 @@ impl Archive {
     pub fn task(&self, id: u64) -> Result<Lookup<Task>, Error> {
         let tx = self.db.begin_read()?;
         match tx.open_table(TASKS)?.get(id)? {
-            Some(v) => Ok(Lookup::Found(codec::decode(v.value()).map_err(
-                |error| Error::Decode {
-                    what: "archived task",
-                    error,
-                },
-            )?)),
+            Some(v) => Ok(Lookup::Found(decoded_task(v.value())?)),
             None if id <= self.dropped_upto() => Ok(Lookup::Dropped),
             None => Ok(Lookup::NotHere),
         }
@@ -164,12 +168,7 @@ impl Archive {
         let Some(v) = tx.open_table(RUNS)?.get(id)? else {
             return Ok(None);
         };
-        codec::decode::<(Run, RunSummary)>(v.value())
-            .map(|(r, _)| Some(r))
-            .map_err(|error| Error::Decode {
-                what: "archived run",
-                error,
-            })
+        decoded_run(v.value()).map(|(r, _)| Some(r))
     }
 
     /// The tasks of an archived run that this replica still has, in the run's order.
@@ -179,10 +178,7 @@ impl Archive {
         let mut out = Vec::with_capacity(run.tasks.len());
         for id in &run.tasks {
             if let Some(v) = table.get(id.0)? {
-                out.push(codec::decode(v.value()).map_err(|error| Error::Decode {
-                    what: "archived task",
-                    error,
-                })?);
+                out.push(decoded_task(v.value())?);
             }
         }
         Ok(out)
@@ -195,25 +191,7 @@ impl Archive {
         let mut out = Vec::new();
         for entry in table.iter()?.rev().take(limit) {
             let (_, v) = entry?;
-            out.push(codec::decode(v.value()).map_err(|error| Error::Decode {
-                what: "archived run",
-                error,
-            })?);
-        }
-        Ok(out)
-    }
-
-    /// Archived tasks, newest first, at most `limit`, with ids below `before` when given.
-    pub fn tasks(&self, before: Option<u64>, limit: usize) -> Result<Vec<Task>, Error> {
-        let tx = self.db.begin_read()?;
-        let table = tx.open_table(TASKS)?;
-        let mut out = Vec::new();
-        for entry in table.range(..before.unwrap_or(u64::MAX))?.rev().take(limit) {
-            let (_, v) = entry?;
-            out.push(codec::decode(v.value()).map_err(|error| Error::Decode {
-                what: "archived task",
-                error,
-            })?);
+            out.push(decoded_run(v.value())?);
         }
         Ok(out)
     }
