@@ -1,7 +1,8 @@
 //! Runs the tasks the ledger assigns to this node as real processes.
 //!
 //! Each attempt runs in its own process group with `CUDA_VISIBLE_DEVICES` set to its reserved
-//! GPU indices, stdout and stderr in `<data-dir>/logs/<task>.<attempt>.{stdout,stderr}`. A
+//! GPU indices, stdout and stderr copied from pipes into
+//! `<data-dir>/logs/<task>.<attempt>.{stdout,stderr}` (see [`output`]). A
 //! timeout or a cancel sends SIGTERM to the whole group, then SIGKILL after a grace period; when
 //! the main process exits, whatever it left in its group is killed too. Exits, peak RSS and CPU
 //! time come from `wait4` (see [`sys`]). Reports go through the core's group-commit writer.
@@ -9,21 +10,20 @@
 //! Processes are reached through the [`Processes`] trait: [`SystemProcesses`] in a node, a
 //! scripted fake in the unit tests (the real-process behaviour is tested end to end).
 
+mod output;
 mod sys;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use testmesh_consensus::task::{
-    BenchMetric, MAX_METRICS, METRIC_PREFIX, Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of,
-};
+use testmesh_consensus::task::{Outcome, TAIL_BYTES, TaskSpec, TaskState, tail_of};
 use testmesh_consensus::{Bytes, Command, TaskId};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 pub use sys::{Exit, kill_orphans, task_of};
 
@@ -45,18 +45,16 @@ pub struct Launch<'a> {
     /// The task's environment and testmesh's own variables.
     pub env: Vec<(String, String)>,
     pub workdir: Option<&'a str>,
-    pub stdout: File,
-    pub stderr: File,
+    /// Write ends of the output pipes.
+    pub stdout: Stdio,
+    pub stderr: Stdio,
 }
 
 /// Why an attempt could not be started (its outcome's message says so).
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot create log file {path}: {source}")]
-    LogFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot create an output pipe: {0}")]
+    Pipe(std::io::Error),
     #[error("cannot start {program:?}: {source}")]
     Start {
         program: String,
@@ -129,6 +127,8 @@ struct Running {
     deadline: Option<Instant>,
     kill_at: Option<Instant>,
     ending: Option<Ending>,
+    /// The copies of stdout and stderr into their files.
+    output: [JoinHandle<u64>; 2],
 }
 
 /// What the agent needs to start one attempt, copied out of the ledger.
@@ -186,10 +186,6 @@ impl<P: Processes> Agent<P> {
         }
         let mut exits = self.processes.exits();
         let mut applied = self.core.ledger.watch();
-        // Output is written by the tasks straight to their files; their size is checked this
-        // often, so a file may briefly exceed --max-log-size.
-        let mut trim = tokio::time::interval(Duration::from_secs(1));
-        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.sync().await;
         loop {
             let next = self
@@ -215,7 +211,6 @@ impl<P: Processes> Agent<P> {
                 }
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
                 _ = sleep => self.on_deadlines(),
-                _ = trim.tick(), if !self.running.is_empty() => self.trim_logs(),
             }
         }
         let pids: Vec<u32> = self.running.values().map(|r| r.pid).collect();
@@ -290,15 +285,11 @@ impl<P: Processes> Agent<P> {
         }
         for (task, attempt) in unstarted_cancels {
             self.reported.insert(task, attempt);
-            self.report_end(
-                task,
-                attempt,
-                Outcome {
-                    message: Some("cancelled before it started".into()),
-                    ..Outcome::bare(TaskState::Cancelled)
-                },
-            )
-            .await;
+            let outcome = Outcome {
+                message: Some("cancelled before it started".into()),
+                ..Outcome::bare(TaskState::Cancelled)
+            };
+            self.reporter().end(task, attempt, outcome, None).await;
         }
         for s in starts {
             self.start(s).await;
@@ -307,7 +298,7 @@ impl<P: Processes> Agent<P> {
 
     async fn start(&mut self, s: Start) {
         match self.spawn(&s) {
-            Ok(pid) => {
+            Ok((pid, output)) => {
                 let now = self.core.clock.instant();
                 self.running.insert(
                     s.task,
@@ -317,6 +308,7 @@ impl<P: Processes> Agent<P> {
                         deadline: s.spec.timeout_ms.map(|ms| now + Duration::from_millis(ms)),
                         kill_at: None,
                         ending: None,
+                        output,
                     },
                 );
                 self.by_pid.insert(pid, s.task);
@@ -337,51 +329,32 @@ impl<P: Processes> Agent<P> {
                 let err_log = self.core.logs.path(s.task, s.attempt, Stream::Stderr);
                 let _ = std::fs::write(err_log, format!("testmesh: {message}\n"));
                 self.reported.insert(s.task, s.attempt);
-                self.report_end(
-                    s.task,
-                    s.attempt,
-                    Outcome {
-                        message: Some(message),
-                        ..Outcome::bare(TaskState::Failed)
-                    },
-                )
-                .await;
+                let outcome = Outcome {
+                    message: Some(message),
+                    ..Outcome::bare(TaskState::Failed)
+                };
+                self.reporter().end(s.task, s.attempt, outcome, None).await;
             }
         }
     }
 
-    /// Cuts every running attempt's output files that outgrew the cap down to their tail.
-    fn trim_logs(&self) {
-        for (task, r) in &self.running {
-            for stream in [Stream::Stdout, Stream::Stderr] {
-                let path = self.core.logs.path(*task, r.attempt, stream);
-                if let Err(e) = crate::core::logs::keep_tail(&path, self.max_log_size) {
-                    tracing::debug!("cannot trim {}: {e}", path.display());
-                }
-            }
+    fn reporter(&self) -> Reporter {
+        Reporter {
+            core: self.core.clone(),
         }
     }
 
-    fn spawn(&mut self, s: &Start) -> Result<u32, SpawnError> {
-        let open = |stream| {
-            let path = self.core.logs.path(s.task, s.attempt, stream);
-            // Appending, so that the file can be cut to its tail while the task writes on.
-            // Attempt numbers are never reused, so the file is new; truncating only when it is
-            // not saves a syscall per stream on the hot path.
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|f| {
-                    if f.metadata()?.len() > 0 {
-                        f.set_len(0)?;
-                    }
-                    Ok(f)
-                })
-                .map_err(|source| SpawnError::LogFile { path, source })
-        };
-        let stdout = open(Stream::Stdout)?;
-        let stderr = open(Stream::Stderr)?;
+    /// Starts one attempt with its output pipes; its pid and the copies of its output.
+    fn spawn(&mut self, s: &Start) -> Result<(u32, [JoinHandle<u64>; 2]), SpawnError> {
+        let (out_r, out_w) = std::io::pipe().map_err(SpawnError::Pipe)?;
+        let (err_r, err_w) = std::io::pipe().map_err(SpawnError::Pipe)?;
+        let path = |stream| self.core.logs.path(s.task, s.attempt, stream);
+        let stdout = output::capture(out_r, path(Stream::Stdout), self.max_log_size)
+            .map_err(SpawnError::Pipe)?;
+        // (Should the second capture or the spawn fail, the write ends are dropped with the
+        // launch and the copies end by themselves.)
+        let stderr = output::capture(err_r, path(Stream::Stderr), self.max_log_size)
+            .map_err(SpawnError::Pipe)?;
         let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
         let mut env: Vec<(String, String)> = s
             .spec
@@ -396,13 +369,14 @@ impl<P: Processes> Agent<P> {
             // Without reserved GPUs the task must see none, not all of them.
             ("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(",")),
         ]);
-        self.processes.spawn(Launch {
+        let pid = self.processes.spawn(Launch {
             argv: &s.spec.argv,
             env,
             workdir: s.spec.workdir.as_deref(),
-            stdout,
-            stderr,
-        })
+            stdout: out_w.into(),
+            stderr: err_w.into(),
+        })?;
+        Ok((pid, [stdout, stderr]))
     }
 
     async fn on_exit(&mut self, exit: Exit) {
@@ -424,10 +398,7 @@ impl<P: Processes> Agent<P> {
             ),
         };
         self.reported.insert(task, run.attempt);
-        self.report_end(
-            task,
-            run.attempt,
-            Outcome {
+        let outcome = Outcome {
                 state,
                 exit_code: exit.code,
                 signal: exit.signal,
@@ -437,10 +408,21 @@ impl<P: Processes> Agent<P> {
                 message,
                 stdout_tail: String::new(),
                 stderr_tail: String::new(),
-                metrics: Vec::new(),
-            },
-        )
-        .await;
+            metrics: Vec::new(),
+        };
+        // The report waits for the output pipes to drain: off the agent's loop, so a process
+        // that left the group holding a pipe delays only this report.
+        let reporter = self.reporter();
+        let [stdout, stderr] = run.output;
+        let attempt = run.attempt;
+        tokio::spawn(async move {
+            let paths = reporter.paths(task, attempt);
+            let lens = [
+                output::finished(stdout, &paths[0]).await,
+                output::finished(stderr, &paths[1]).await,
+            ];
+            reporter.end(task, attempt, outcome, Some(lens)).await;
+        });
     }
 
     fn on_deadlines(&mut self) {
@@ -462,42 +444,48 @@ impl<P: Processes> Agent<P> {
             self.processes.signal(pid, signal);
         }
     }
+}
 
-    /// Reports how an attempt ended, with the tails of its output for the ledger.
-    async fn report_end(&self, task: TaskId, attempt: u32, mut outcome: Outcome) {
-        // One stat per stream decides the rest: most tasks print little or nothing, and an
-        // attempt that printed nothing costs no further file operations (and leaves no file).
-        let path = |stream| self.core.logs.path(task, attempt, stream);
-        let len = |stream| std::fs::metadata(path(stream)).map_or(0, |m| m.len());
-        let (out_len, err_len) = (len(Stream::Stdout), len(Stream::Stderr));
-        // Metrics are read before the trim below can cut the start of the output.
-        let (metrics, bad) = if out_len > 0 {
-            let stdout = path(Stream::Stdout);
-            tokio::task::spawn_blocking(move || read_metrics(&stdout))
+/// Reports how attempts ended; cheap to clone into a task of its own.
+struct Reporter {
+    core: Core,
+}
+
+impl Reporter {
+    fn paths(&self, task: TaskId, attempt: u32) -> [std::path::PathBuf; 2] {
+        [Stream::Stdout, Stream::Stderr].map(|s| self.core.logs.path(task, attempt, s))
+    }
+
+    /// Reports how an attempt ended, with the tails of its output for the ledger. `lens`: the
+    /// bytes in each output file when known (0: no file), else they are looked up.
+    async fn end(&self, task: TaskId, attempt: u32, mut outcome: Outcome, lens: Option<[u64; 2]>) {
+        let paths = self.paths(task, attempt);
+        let lens = lens.unwrap_or_else(|| {
+            paths
+                .clone()
+                .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        });
+        // Most tasks print little or nothing: an attempt that printed nothing has no files and
+        // costs no further file operations.
+        let (metrics, bad) = if lens[0] > 0 {
+            let stdout = paths[0].clone();
+            tokio::task::spawn_blocking(move || output::read_metrics(&stdout))
                 .await
                 .unwrap_or_default()
         } else {
             Default::default()
         };
-        let tail = |stream, len: u64| {
-            if len == 0 {
-                let _ = std::fs::remove_file(path(stream));
+        let tail = |i: usize| {
+            if lens[i] == 0 {
                 return String::new();
             }
-            // A fast writer may have outrun the periodic trim: cut what it left to the cap.
-            let len = if len > self.max_log_size {
-                let _ = crate::core::logs::keep_tail(&path(stream), self.max_log_size);
-                std::fs::metadata(path(stream)).map_or(0, |m| m.len())
-            } else {
-                len
-            };
             let want = (TAIL_BYTES + 256) as u64;
-            read_log(&path(stream), len.saturating_sub(want), want)
+            read_log(&paths[i], lens[i].saturating_sub(want), want)
                 .map(|(bytes, _)| tail_of(&bytes))
                 .unwrap_or_default()
         };
-        outcome.stdout_tail = tail(Stream::Stdout, out_len);
-        outcome.stderr_tail = tail(Stream::Stderr, err_len);
+        outcome.stdout_tail = tail(0);
+        outcome.stderr_tail = tail(1);
         outcome.metrics = metrics;
         if let Some(first) = bad.first() {
             let first = testmesh_consensus::limits::cut(first, 300);
@@ -526,61 +514,4 @@ impl<P: Processes> Agent<P> {
             })
             .await;
     }
-}
-
-/// Longest output line read for a metric; the rest of a longer line is skipped unread.
-const MAX_METRIC_LINE: usize = 4096;
-
-/// Reads one line of at most [`MAX_METRIC_LINE`] bytes into `line`, skipping the rest of a
-/// longer one; false at the end of the input.
-fn read_bounded_line(r: &mut impl std::io::BufRead, line: &mut Vec<u8>) -> bool {
-    line.clear();
-    let mut over = false;
-    loop {
-        let buf = match r.fill_buf() {
-            Ok([]) | Err(_) => return !line.is_empty() || over,
-            Ok(b) => b,
-        };
-        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..=i], true),
-            None => (buf, false),
-        };
-        let room = MAX_METRIC_LINE.saturating_sub(line.len());
-        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        over |= chunk.len() > room;
-        let n = chunk.len();
-        r.consume(n);
-        if done {
-            return true;
-        }
-    }
-}
-
-/// Output read for metric lines at most (a task printing more keeps its first metrics only).
-const METRIC_SCAN_BYTES: u64 = 256 << 20;
-
-/// The `TESTMESH_METRIC name=value unit` lines of a task's standard output (at most
-/// [`MAX_METRICS`]), and what was wrong with the malformed ones.
-fn read_metrics(path: &std::path::Path) -> (Vec<BenchMetric>, Vec<String>) {
-    use std::io::Read;
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    let Ok(f) = std::fs::File::open(path) else {
-        return (ok, bad);
-    };
-    let mut r = std::io::BufReader::new(f.take(METRIC_SCAN_BYTES));
-    let mut line = Vec::new();
-    while ok.len() < MAX_METRICS && bad.len() < MAX_METRICS {
-        if !read_bounded_line(&mut r, &mut line) {
-            break;
-        }
-        if !line.starts_with(METRIC_PREFIX.as_bytes()) {
-            continue;
-        }
-        match BenchMetric::parse_line(&String::from_utf8_lossy(&line)) {
-            Some(Ok(m)) => ok.push(m),
-            Some(Err(e)) => bad.push(e),
-            None => {}
-        }
-    }
-    (ok, bad)
 }
