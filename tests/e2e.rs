@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{TaskViewExt, TestNode, alive, show, wait_for};
 use testmesh::core::dto::{StatusView, SubmitResponse, WorkerStatus};
 use testmesh::core::logs::Stream;
@@ -533,4 +533,54 @@ fn bench_raft_commits_on_three_durable_voters() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("use 1, 3 or 5"));
+}
+
+/// Regression: one entry changed more tasks than a page holds, and following `since` returned
+/// the same page and the same `rev` forever. The watch must see every change exactly once.
+#[tokio::test]
+async fn watching_sees_every_change_once_whatever_the_batch_size() {
+    let node = TestNode::start(&[]).await;
+    let start = node.tasks("?limit=0").await.next;
+    // 150 tasks in one request (one log entry), none placeable: they stay as submitted.
+    let tasks: Vec<Value> = (0..150)
+        .map(|_| json!({"command": ["true"], "constraints": {"rack": "none"}}))
+        .collect();
+    let submitted = node
+        .submit_body(json!({"tasks": tasks, "allow_unschedulable": true}))
+        .await
+        .tasks;
+    assert_eq!(submitted.len(), 150);
+    let mut seen = std::collections::BTreeMap::<u64, u32>::new();
+    let mut since = start;
+    for _ in 0..10 {
+        let l = node
+            .tasks(&format!("?since={since}&limit=40&wait=1s"))
+            .await;
+        if l.tasks.is_empty() {
+            assert_eq!(l.next, since, "an empty page keeps the cursor");
+            break;
+        }
+        for t in &l.tasks {
+            *seen.entry(t.task.id.0).or_default() += 1;
+        }
+        assert_ne!(l.next, since, "the watch moves on");
+        since = l.next;
+    }
+    let ids: Vec<u64> = submitted.iter().map(|t| t.0).collect();
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), ids);
+    assert!(seen.values().all(|n| *n == 1), "each change once: {seen:?}");
+    // A later change to one of them is seen, once, from the cursor the watch ended with.
+    let (code, _) = node
+        .post(&format!("/api/v1/tasks/{}/cancel", ids[7]), json!({}))
+        .await;
+    assert_eq!(code, 200);
+    let l = node.tasks(&format!("?since={since}&wait=5s")).await;
+    assert_eq!(
+        l.tasks.iter().map(|t| t.task.id.0).collect::<Vec<_>>(),
+        [ids[7]]
+    );
+    // A cursor that is not one is refused with what a cursor looks like.
+    let (code, body) = node.get_text("/api/v1/tasks?since=12.x").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("REV.TASK"), "{body}");
 }

@@ -203,8 +203,14 @@ impl Ledger {
 
     /// Tasks changed after revision `rev`, oldest change first.
     pub fn changed_since(&self, rev: u64) -> impl Iterator<Item = &Task> {
+        self.changed_after(rev.saturating_add(1), TaskId(0))
+    }
+
+    /// Tasks whose last change comes at or after (`rev`, `id`) in the order of changes
+    /// (revision, then task id): where a watch cut short inside one revision goes on.
+    pub fn changed_after(&self, rev: u64, id: TaskId) -> impl Iterator<Item = &Task> {
         self.by_rev
-            .range((rev.saturating_add(1), TaskId(0))..)
+            .range((rev, id)..)
             .filter_map(|(_, id)| self.tasks.get(id))
     }
 

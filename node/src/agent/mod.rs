@@ -399,15 +399,15 @@ impl<P: Processes> Agent<P> {
         };
         self.reported.insert(task, run.attempt);
         let outcome = Outcome {
-                state,
-                exit_code: exit.code,
-                signal: exit.signal,
-                peak_rss: Bytes(exit.max_rss_bytes),
-                cpu_time_ms: exit.cpu_time.as_millis() as u64,
-                peak_gpu_memory: self.gpu_memory.take(task, run.attempt),
-                message,
-                stdout_tail: String::new(),
-                stderr_tail: String::new(),
+            state,
+            exit_code: exit.code,
+            signal: exit.signal,
+            peak_rss: Bytes(exit.max_rss_bytes),
+            cpu_time_ms: exit.cpu_time.as_millis() as u64,
+            peak_gpu_memory: self.gpu_memory.take(task, run.attempt),
+            message,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
             metrics: Vec::new(),
         };
         // The report waits for the output pipes to drain: off the agent's loop, so a process

@@ -142,8 +142,9 @@ pub struct ListQuery {
     label: Option<String>,
     /// Comma-separated task ids.
     ids: Option<String>,
-    /// Only tasks changed after this revision (ascending); with `wait`, blocks until there are some.
-    since: Option<u64>,
+    /// Only tasks changed after this cursor (a list's `next`: `REV` or `REV.TASK`), oldest
+    /// change first; with `wait`, blocks until there are some.
+    since: Option<Cursor>,
     wait: Option<String>,
     limit: Option<usize>,
     /// Linearizable: reflect every write committed before this request, on any node.
@@ -187,7 +188,7 @@ pub async fn list(
             && label
                 .as_ref()
                 .is_none_or(|(k, v)| t.spec.labels.get(k) == Some(v))
-            && q.since.is_none_or(|s| t.rev > s)
+            && q.since.is_none_or(|c| c.before(t))
     };
     let collect = |ledger: &Ledger, rev: u64| {
         let found: Vec<&Task> = match &ids {
@@ -197,11 +198,14 @@ pub async fn list(
                 .filter(|t| matches(t))
                 .take(limit)
                 .collect(),
-            None if q.since.is_some() => ledger
-                .changed_since(q.since.unwrap_or(0))
-                .filter(|t| matches(t))
-                .take(limit)
-                .collect(),
+            None if q.since.is_some() => {
+                let (rev, id) = q.since.map_or((0, TaskId(0)), |c| c.from);
+                ledger
+                    .changed_after(rev, id)
+                    .filter(|t| matches(t))
+                    .take(limit)
+                    .collect()
+            }
             None => ledger
                 .tasks()
                 .rev()
@@ -209,24 +213,79 @@ pub async fn list(
                 .take(limit)
                 .collect(),
         };
-        // A list cut short by `limit` must not skip what it left out: point the cursor just
-        // before the last change returned (one entry may change many tasks; repeats are fine).
-        let rev = match (q.since, found.last()) {
-            (Some(_), Some(last)) if found.len() == limit => last.rev.saturating_sub(1),
-            _ => rev,
+        // A watch cut short by `limit` goes on right after the last change returned: one entry
+        // may change more tasks than a page holds, so the cursor names the task too.
+        let (rev, next) = match (q.since, found.last()) {
+            (Some(_), Some(last)) if found.len() == limit => (
+                last.rev.saturating_sub(1),
+                format!("{}.{}", last.rev, last.id.0),
+            ),
+            _ => (rev, rev.to_string()),
         };
         let reasons = found.len() <= MAX_REASONS;
         let tasks: Vec<TaskView> = found
             .into_iter()
             .map(|t| view(ledger, t, reasons))
             .collect();
-        (wait.is_none() || !tasks.is_empty()).then_some(TaskList { rev, tasks })
+        (wait.is_none() || !tasks.is_empty()).then_some(TaskList { rev, next, tasks })
     };
     let result = poll(&st, wait, &collect).await;
-    Ok(Json(result.unwrap_or_else(|| TaskList {
-        rev: st.core.ledger.applied_index(),
-        tasks: Vec::new(),
+    Ok(Json(result.unwrap_or_else(|| {
+        // Nothing changed: the watch goes on from where it was (a cursor inside a revision
+        // stays valid), never from a point that would skip what it has not seen.
+        let rev = st.core.ledger.applied_index();
+        TaskList {
+            rev,
+            next: q.since.map_or_else(|| rev.to_string(), |c| c.to_string()),
+            tasks: Vec::new(),
+        }
     })))
+}
+
+/// A watch position: every change before `from` (revision, task id) has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    from: (u64, TaskId),
+}
+
+impl Cursor {
+    fn before(&self, t: &Task) -> bool {
+        (t.rev, t.id) >= self.from
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("since: {s:?} is not a revision (REV) or a list's `next` (REV.TASK)");
+        let num = |p: &str| p.parse::<u64>().map_err(|_| bad());
+        Ok(match s.split_once('.') {
+            None => Cursor {
+                from: (num(s)?.saturating_add(1), TaskId(0)),
+            },
+            Some((rev, task)) => Cursor {
+                from: (num(rev)?, TaskId(num(task)?.saturating_add(1))),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.from {
+            (rev, TaskId(0)) => write!(f, "{}", rev.saturating_sub(1)),
+            (rev, TaskId(t)) => write!(f, "{rev}.{}", t - 1),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Deserialize)]

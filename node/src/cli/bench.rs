@@ -152,7 +152,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     // Watch for finished tasks of this run.
-    let mut since = start_rev;
+    let mut since = start_rev.to_string();
     let mut last_print = SystemClock.instant();
     let mut done = 0;
     while done < a.tasks {
@@ -161,7 +161,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         );
         let l: TaskList = client.get(&q).await?;
         let now = SystemClock.instant();
-        since = l.rev;
+        since = l.next;
         {
             let mut f = finished.lock().await;
             for v in l.tasks {

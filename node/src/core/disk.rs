@@ -146,9 +146,16 @@ pub async fn watch_disk(
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut archived = 0;
     loop {
         let (d, p, l) = (disk.clone(), dir.clone(), ledger.clone());
         let _ = tokio::task::spawn_blocking(move || d.refresh(&p, &l)).await;
+        // Archiving frees the memory of many tasks at once: give it back.
+        let now = disk.view().archived_tasks;
+        if now != archived && std::env::var_os("TM_NO_TRIM").is_none() {
+            archived = now;
+            let _ = tokio::task::spawn_blocking(super::memory::release_free_pages).await;
+        }
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(every) => {}

@@ -25,8 +25,11 @@ pub struct TaskView {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskList {
-    /// The ledger revision this list reflects; pass it as `since` to wait for changes.
+    /// The ledger revision this list reflects.
     pub rev: u64,
+    /// Where a watch goes on from: pass it as the next `since`. `REV` when the list holds every
+    /// change up to REV; `REV.TASK` when `limit` cut it inside the changes of one revision.
+    pub next: String,
     pub tasks: Vec<TaskView>,
 }
 

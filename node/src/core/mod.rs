@@ -21,6 +21,7 @@ pub mod insights;
 pub mod leadership;
 pub mod logs;
 pub mod membership;
+pub mod memory;
 pub mod models;
 pub mod scaler;
 pub mod stats;
