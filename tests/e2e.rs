@@ -584,3 +584,42 @@ async fn watching_sees_every_change_once_whatever_the_batch_size() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("REV.TASK"), "{body}");
 }
+
+/// Regression: a fresh node answered /healthz at once but refused writes for seconds ("not the
+/// leader") though it was about to lead, so `testmesh node & testmesh submit …` failed. The
+/// CLI waits for the node to listen and the node waits for a leader, within bounds.
+#[tokio::test]
+async fn a_script_can_submit_right_after_starting_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let mut node = std::process::Command::new(support::BIN)
+        .args(["node", "--data-dir"])
+        .arg(&data)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // No wait of any kind: the CLI runs while the node is still starting.
+    let out = std::process::Command::new(support::BIN)
+        .args(["submit", "--server", &server, "--data-dir"])
+        .arg(&data)
+        .args(["--cpu", "10m", "--wait", "--", "true"])
+        .output()
+        .unwrap();
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

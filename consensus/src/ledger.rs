@@ -21,6 +21,9 @@ use crate::runs::Run;
 use crate::scaling::Scaling;
 use crate::task::{Attempt, Outcome, Provenance, Task, TaskSpec, TaskState};
 
+/// Re-queues of a running attempt lost with its worker that do not use up a retry.
+pub const FREE_LOSSES: u32 = 3;
+
 /// Resources held by one attempt of one task on one worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
@@ -801,7 +804,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Ends every attempt held by `worker` as lost (re-queued where retries allow).
+    /// Ends every attempt held by `worker` as lost and re-queues them. Losing a worker is not
+    /// the task's failure: an attempt that never started is re-queued without using a retry,
+    /// and so is one that was running, [`FREE_LOSSES`] times (a task whose attempts keep
+    /// taking their workers down then falls back on its own retries).
     fn lose_attempts_on(
         &mut self,
         index: u64,
@@ -811,7 +817,17 @@ impl Ledger {
     ) -> Vec<TaskId> {
         let lost: Vec<TaskId> = self.active_on(worker).map(|t| t.id).collect();
         for id in &lost {
-            self.end_attempt(index, *id, Outcome::lost(why), at);
+            let t = self.tasks.get_mut(id).expect("active task exists");
+            let started = t.current_attempt().is_some_and(|a| a.started_at.is_some());
+            if !started || t.handed_back < FREE_LOSSES {
+                t.handed_back += 1;
+            }
+            let why = if started {
+                why.to_string()
+            } else {
+                format!("{why} before it started the task")
+            };
+            self.end_attempt(index, *id, Outcome::lost(&why), at);
         }
         lost
     }

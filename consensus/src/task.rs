@@ -266,7 +266,8 @@ pub struct Task {
     pub submitted_at: UnixMillis,
     pub finished_at: Option<UnixMillis>,
     pub cancel_requested: bool,
-    /// Attempts handed back by a worker that left the cluster; they do not count as retries.
+    /// Attempts ended by infrastructure (a worker that left, or was lost before starting the
+    /// task or within `ledger::FREE_LOSSES`); they do not count as retries.
     pub handed_back: u32,
     /// Raft log index of the last change, for watching (`?since=`).
     pub rev: u64,

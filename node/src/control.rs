@@ -294,6 +294,18 @@ impl Control {
                 return;
             }
             let mut workers = planner::workers_of(&ledger);
+            // A worker this leader has not heard from lately gets nothing new: right after an
+            // election the ledger still lists a dead node as active until --dead-after, and
+            // work placed there would only wait to be lost.
+            let now = self.core.clock.instant();
+            let quiet = (self.dead_after / 3).max(Duration::from_secs(1));
+            workers.retain(|w| {
+                w.id == self.core.node
+                    || self
+                        .liveness
+                        .last_seen(w.id)
+                        .is_some_and(|t| now.duration_since(t) < quiet)
+            });
             planner::occupy_busy_gpus(&mut workers, &busy);
             // Every task holds some cpu: with no worker that has any free, nothing can be
             // placed, and looking at the queue would cost O(queue) per applied entry.
@@ -384,7 +396,13 @@ mod tests {
         let node = TestNode::start().await;
         node.register(NodeId(2), 4, 0).await;
         let tasks = submit(&node, 6, 1.0).await;
-        control(&node).round().await;
+        let c = control(&node);
+        // Not heard from by this leader yet (a node that died just before an election looks
+        // the same): nothing is placed there.
+        c.round().await;
+        assert_eq!(node.core.ledger.read().active_on(NodeId(2)).count(), 0);
+        c.liveness.seen(NodeId(2));
+        c.round().await;
         let l = node.core.ledger.read();
         let states: Vec<TaskState> = tasks.iter().map(|t| l.task(*t).unwrap().state).collect();
         let assigned = states.iter().filter(|s| **s == TaskState::Assigned).count();

@@ -190,6 +190,20 @@ fn stale_attempt_reports_are_ignored_and_retries_requeue() {
     l.check_invariants().unwrap();
 }
 
+fn started(l: &mut Ledger, task: TaskId, attempt: u32, worker: u64) {
+    l.apply(
+        3,
+        &Command::TaskStarted {
+            task,
+            attempt,
+            worker: NodeId(worker),
+            pid: 1,
+            at: UnixMillis(3),
+        },
+    )
+    .unwrap();
+}
+
 /// Worker 1 (2 cpus) running two 1-cpu tasks: the first with one retry, the second with none.
 fn two_running_tasks() -> (Ledger, Vec<TaskId>) {
     let mut l = Ledger::default();
@@ -204,6 +218,8 @@ fn two_running_tasks() -> (Ledger, Vec<TaskId>) {
     );
     assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
     assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    started(&mut l, ids[0], 1, 1);
+    started(&mut l, ids[1], 1, 1);
     (l, ids)
 }
 
@@ -212,8 +228,9 @@ fn a_restarted_worker_loses_its_attempts_and_releases_everything() {
     let (mut l, ids) = two_running_tasks();
     let r = l.apply(5, &reg(1, 2, 2000, 0)).unwrap();
     assert_eq!(r, Applied::WorkerRegistered { lost: ids.clone() });
+    // Losing the worker is not the tasks' failure: both go back to the queue, retries or not.
     assert_eq!(l.task(ids[0]).unwrap().state, TaskState::Pending);
-    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Lost);
+    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Pending);
     assert!(l.worker(NodeId(1)).unwrap().allocated.is_empty());
     l.check_invariants().unwrap();
 }
@@ -285,7 +302,7 @@ fn a_lost_worker_releases_everything_and_comes_back_when_it_registers() {
         .unwrap();
     assert_eq!(r, Applied::WorkerState { lost: ids.clone() });
     assert_eq!(l.task(ids[0]).unwrap().state, TaskState::Pending);
-    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Lost);
+    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Pending);
     assert_eq!(l.worker(NodeId(1)).unwrap().state, WorkerState::Lost);
     // A late report from the lost attempt is ignored.
     assert!(finish(&mut l, ids[0], 1, 1, TaskState::Succeeded).is_err());
@@ -345,19 +362,6 @@ fn a_leaving_worker_hands_back_its_attempts_without_using_a_retry() {
 #[test]
 fn attempts_that_ran_to_an_end_go_into_the_history() {
     let (mut l, ids) = two_running_tasks();
-    for id in &ids {
-        l.apply(
-            3,
-            &Command::TaskStarted {
-                task: *id,
-                attempt: 1,
-                worker: NodeId(1),
-                pid: 7,
-                at: UnixMillis(1),
-            },
-        )
-        .unwrap();
-    }
     finish(&mut l, ids[0], 1, 1, TaskState::Succeeded).unwrap();
     // Lost attempts say nothing about the task's run time: no record.
     l.apply(
@@ -370,7 +374,7 @@ fn attempts_that_ran_to_an_end_go_into_the_history() {
     .unwrap();
     let h: Vec<_> = l.history().collect();
     assert_eq!(h.len(), 1);
-    assert_eq!((h[0].task, h[0].duration_ms), (ids[0], 3));
+    assert_eq!((h[0].task, h[0].duration_ms), (ids[0], 1));
     assert_eq!(h[0].state, TaskState::Succeeded);
     assert_eq!(l.history_total(), 1);
 }
@@ -471,4 +475,57 @@ proptest! {
         }
         prop_assert_eq!(a, b);
     }
+}
+
+/// Regression: a task placed on a worker that had just died ended `lost` with the default of
+/// no retries, although it never ran. Losing a worker does not use up a retry: always when the
+/// attempt had not started, and FREE_LOSSES times when it was running.
+#[test]
+fn attempts_lost_with_their_worker_do_not_use_up_retries() {
+    let mut l = Ledger::default();
+    l.apply(1, &reg(1, 1, 2000, 0)).unwrap();
+    let id = submit(&mut l, "r", vec![spec(1000, GpuRequest::None, 0)])[0];
+    let lose = |l: &mut Ledger, index| {
+        l.apply(
+            index,
+            &Command::WorkerLost {
+                worker: NodeId(1),
+                at: UnixMillis(9),
+            },
+        )
+        .unwrap();
+        l.apply(index + 1, &reg(1, 1, 2000, 0)).unwrap();
+    };
+    // Never started, many times: always back to the queue, and the message says so.
+    for attempt in 1..=5 {
+        assign(&mut l, id, attempt, 1, vec![]).unwrap();
+        lose(&mut l, 10 + u64::from(attempt) * 2);
+        let t = l.task(id).unwrap();
+        assert_eq!(t.state, TaskState::Pending, "attempt {attempt}");
+        let why = t.attempts.last().unwrap().outcome.as_ref().unwrap();
+        assert!(
+            why.message
+                .as_deref()
+                .unwrap()
+                .contains("before it started"),
+            "{why:?}"
+        );
+    }
+    // Running when lost: FREE_LOSSES times free, then the task's own retries (none) decide.
+    let mut l2 = Ledger::default();
+    l2.apply(1, &reg(1, 1, 2000, 0)).unwrap();
+    let id = submit(&mut l2, "r", vec![spec(1000, GpuRequest::None, 0)])[0];
+    for attempt in 1..=FREE_LOSSES + 1 {
+        assign(&mut l2, id, attempt, 1, vec![]).unwrap();
+        started(&mut l2, id, attempt, 1);
+        lose(&mut l2, 10 + u64::from(attempt) * 2);
+        let want = if attempt <= FREE_LOSSES {
+            TaskState::Pending
+        } else {
+            TaskState::Lost
+        };
+        assert_eq!(l2.task(id).unwrap().state, want, "attempt {attempt}");
+    }
+    l.check_invariants().unwrap();
+    l2.check_invariants().unwrap();
 }

@@ -1,10 +1,17 @@
 //! The HTTP client the CLI uses to talk to any node.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::core::clock::{Clock, SystemClock};
+
+/// How long a request waits for a node that is not listening yet (a script that starts
+/// `testmesh node &` and submits right after). Nothing was sent, so trying again is safe.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// Where the server is and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +42,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    token_file: PathBuf,
     token_hint: String,
 }
 
@@ -60,6 +68,7 @@ impl Client {
             base,
             token,
             token_hint: token_file.display().to_string(),
+            token_file,
         })
     }
 
@@ -88,7 +97,19 @@ impl Client {
     }
 
     async fn send_raw(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
-        let resp = req.send().await.map_err(|e| {
+        let started = SystemClock.instant();
+        let resp = loop {
+            let Some(attempt) = req.try_clone() else {
+                break req.send().await;
+            };
+            match attempt.send().await {
+                Err(e) if e.is_connect() && started.elapsed() < CONNECT_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                r => break r,
+            }
+        };
+        let resp = resp.map_err(|e| {
             if e.is_connect() {
                 anyhow!("cannot reach testmesh at {}: is `testmesh node` running there? (set --server or TESTMESH_SERVER)", self.base)
             } else {
@@ -138,12 +159,22 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let token = self.token.as_deref().ok_or_else(|| {
-            anyhow!(
-                "no API token: pass --token, set TESTMESH_TOKEN, or run where {} exists",
-                self.token_hint
-            )
-        })?;
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            // A local node that is starting writes its token before it serves: once it
+            // answers, the file is there.
+            None => {
+                let _ = self.get_bytes("/healthz").await;
+                std::fs::read_to_string(&self.token_file)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| {
+                        anyhow!(
+                            "no API token: pass --token, set TESTMESH_TOKEN, or run where {} exists",
+                            self.token_hint
+                        )
+                    })?
+            }
+        };
         self.send(
             self.http
                 .request(method, format!("{}{path}", self.base))

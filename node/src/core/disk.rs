@@ -152,7 +152,7 @@ pub async fn watch_disk(
         let _ = tokio::task::spawn_blocking(move || d.refresh(&p, &l)).await;
         // Archiving frees the memory of many tasks at once: give it back.
         let now = disk.view().archived_tasks;
-        if now != archived && std::env::var_os("TM_NO_TRIM").is_none() {
+        if now != archived {
             archived = now;
             let _ = tokio::task::spawn_blocking(super::memory::release_free_pages).await;
         }

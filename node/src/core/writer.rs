@@ -17,6 +17,7 @@ use testmesh_consensus::{Applied, Command, NodeId, Rejected};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::clock::Clock;
 use super::leadership::Leadership;
 use crate::mesh::MeshClient;
 use crate::mesh::rpc::{Request, Response, WriteFailure};
@@ -30,10 +31,15 @@ const QUEUE: usize = 8192;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a write waits to be committed.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a write waits for a leader while the cluster forms or elects one.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Error)]
 pub enum WriteError {
-    #[error("this node is not the leader{}; retry against the leader", .0.map(|l| format!(" (leader is {l})")).unwrap_or_default())]
+    #[error("{}", match .0 {
+        Some(l) => format!("this node is not the leader (leader is {l}); retry against the leader"),
+        None => "cluster forming: no leader is elected yet; retry in a few seconds".to_string(),
+    })]
     NotLeader(Option<NodeId>),
     #[error("the ledger is unavailable: {0}")]
     Unavailable(String),
@@ -156,15 +162,23 @@ impl Writer {
     }
 
     /// Commits `cmd` (forwarding it to the leader if this node is not) and returns the
-    /// ledger's verdict on it. When leadership moves under it (the entry was not appended),
-    /// it tries again with the new leader, a few times.
+    /// ledger's verdict on it. When there is no leader yet (a cluster forming, an election)
+    /// or leadership moves under it (the entry was not appended, so trying again is safe), it
+    /// waits for a leader and tries again, for at most [`LEADER_WAIT`].
     pub async fn write(&self, cmd: Command) -> Verdict {
-        let mut tries = 0;
+        let clock = super::clock::SystemClock;
+        let deadline = clock.instant() + LEADER_WAIT;
+        let mut leadership = self.leadership.clone();
+        let mut tries = 0u64;
         loop {
             match self.enqueue(cmd.clone(), Route::Anywhere).await {
-                Err(WriteError::NotLeader(_)) if tries < 3 => {
+                Err(WriteError::NotLeader(_)) if clock.instant() < deadline => {
                     tries += 1;
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    // Woken by the next change of leadership, or after a short back-off
+                    // (the change may have come before this wait began).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let backoff = Duration::from_millis((50 * tries).min(500));
+                    let _ = tokio::time::timeout(backoff, leadership.changed()).await;
                 }
                 r => return r.map(|(v, _)| v),
             }
