@@ -146,12 +146,13 @@ pub async fn watch_disk(
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut archived = 0;
+    let mut archived = (0, 0);
     loop {
         let (d, p, l) = (disk.clone(), dir.clone(), ledger.clone());
         let _ = tokio::task::spawn_blocking(move || d.refresh(&p, &l)).await;
-        // Archiving frees the memory of many tasks at once: give it back.
-        let now = disk.view().archived_tasks;
+        // Archiving frees the memory of many tasks at once: give it back. (Once the archive is
+        // full its size stays put while the oldest are dropped: the drop mark moves instead.)
+        let now = (disk.view().archived_tasks, ledger.archive().dropped_upto());
         if now != archived {
             archived = now;
             let _ = tokio::task::spawn_blocking(super::memory::release_free_pages).await;
