@@ -301,3 +301,65 @@ async fn five_nodes_form_one_cluster_with_five_voters() {
         .await;
     nodes[0].wait_state(id, TaskState::Succeeded).await;
 }
+
+/// Regression: a node whose only `--join` seed was down initialised a one-node cluster of its
+/// own after 2 s and never merged back. It must wait for the seed and then join it.
+#[tokio::test]
+async fn a_node_whose_seed_is_down_waits_and_joins_when_it_is_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let mut seed = TestNode::start(&["--listen", &listen]).await;
+    let peer = seed.mesh_addr();
+    let peer = peer.rsplit_once("/p2p/").expect("a /p2p/ address").1;
+    let seed_addr = format!("{listen}/p2p/{peer}");
+    let key = seed.data_dir().join("swarm.key");
+    seed.kill9();
+    let late = TestNode::start_with(
+        &["--swarm-key", key.to_str().unwrap(), "--join", &seed_addr],
+        false,
+    )
+    .await;
+    // Well past the 2 s after which it used to start a cluster of its own.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = status(&late).await.expect("it answers");
+    assert!(s.leader.is_none(), "no cluster of its own: {}", show(&s));
+    let log = late.log();
+    assert!(!log.contains("initialising a cluster"), "{log}");
+    assert!(
+        log.contains("waiting to join a cluster"),
+        "it says why: {log}"
+    );
+    // The seed comes back (same data dir and address): one cluster of two.
+    seed.spawn().await;
+    support::wait_workers(&seed, 2).await;
+    late.ready().await;
+    assert_eq!(leader_of(&seed).await, leader_of(&late).await);
+}
+
+/// Regression: nodes started at once, each with `--join` to the first, split into several
+/// clusters (every node with a lower id than the seed's, seeing only the seed, started its own).
+#[tokio::test]
+async fn a_fleet_started_at_once_forms_one_cluster() {
+    // The seed is not ready yet when the others start: formation is still open.
+    let seed = TestNode::start_with(&[], false).await;
+    let key = seed.data_dir().join("swarm.key");
+    let join = seed.mesh_addr();
+    let args = ["--swarm-key", key.to_str().unwrap(), "--join", &join];
+    let mut fleet: Vec<TestNode> = (0..7).map(|_| TestNode::unstarted(&args)).collect();
+    futures::future::join_all(fleet.iter_mut().map(|n| n.spawn())).await;
+    seed.ready().await;
+    support::wait_workers(&seed, 8).await;
+    let leader = leader_of(&seed).await;
+    for n in &fleet {
+        assert_eq!(leader_of(n).await, leader, "one cluster");
+        assert!(
+            !n.log().contains("initialising a cluster"),
+            "only the seed starts the cluster: {}",
+            n.log()
+        );
+    }
+}

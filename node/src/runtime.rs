@@ -199,12 +199,16 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("mesh", |s| mesh_loop.run(s));
     c.start("stats store", |s| stats_task.run(s));
     c.start("batcher", |s| batcher.run(s));
+    // A node given --join seeds joins a cluster and never starts its own (unless it was told
+    // to bootstrap with N others).
+    let may_initialise = cfg.join.is_empty() || cfg.bootstrap_expect.is_some();
     c.start("cluster rpc", |s| {
-        cluster::serve(inbound, core.clone(), mesh.clone(), s)
+        cluster::serve(inbound, core.clone(), mesh.clone(), may_initialise, s)
     });
     let formation = FormationOptions {
         window: Duration::from_secs(2),
         bootstrap_expect: cfg.bootstrap_expect,
+        may_initialise,
     };
     c.start("cluster formation", |s| {
         cluster::form(core.clone(), mesh.clone(), formation, s)

@@ -112,6 +112,7 @@ async fn start_member(dir: &std::path::Path, psk_file: &std::path::Path) -> anyh
         inbound,
         core.clone(),
         mesh.clone(),
+        true,
         stopped,
     ));
     let mut addr = String::new();

@@ -35,6 +35,7 @@ pub async fn serve(
     mut inbound: mpsc::Receiver<Inbound>,
     core: Core,
     mesh: MeshClient,
+    candidate: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut handlers = tokio::task::JoinSet::new();
@@ -52,13 +53,19 @@ pub async fn serve(
         };
         let (core, mesh) = (core.clone(), mesh.clone());
         handlers.spawn(async move {
-            let resp = handle(inb.request, inb.peer, &mesh, &core).await;
+            let resp = handle(inb.request, inb.peer, &mesh, &core, candidate).await;
             let _ = inb.reply.send(resp);
         });
     }
 }
 
-async fn handle(req: Request, from: PeerId, mesh: &MeshClient, core: &Core) -> Response {
+async fn handle(
+    req: Request,
+    from: PeerId,
+    mesh: &MeshClient,
+    core: &Core,
+    candidate: bool,
+) -> Response {
     let (raft, writer, leadership) = (core.writer.raft(), &core.writer, &core.leadership);
     match req {
         Request::Hello => {
@@ -73,6 +80,7 @@ async fn handle(req: Request, from: PeerId, mesh: &MeshClient, core: &Core) -> R
                     .next()
                     .is_some(),
                 leader: m.current_leader,
+                candidate,
             })
         }
         Request::AppendEntries(rpc) => {
@@ -178,10 +186,16 @@ pub async fn remove_member(writer: &Writer, node: NodeId) -> Result<(), WriteFai
 }
 
 pub struct FormationOptions {
-    /// How long to look for peers before the lowest id initialises a cluster.
+    /// How long the set of peers must stay the same before the lowest id initialises a cluster.
     pub window: Duration,
     pub bootstrap_expect: Option<usize>,
+    /// False for a node given `--join` seeds (and no `--bootstrap-expect`): it joins a cluster
+    /// and never starts one of its own.
+    pub may_initialise: bool,
 }
+
+/// How often a node waiting to join says why.
+const WAITING_NOTE_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs until this node is a member of a cluster.
 pub async fn form(
@@ -194,6 +208,11 @@ pub async fn form(
     let raft = core.writer.raft();
     let started = core.clock.instant();
     let mut announced = false;
+    // The peers seen last time round and since when that set has not changed: the lowest id
+    // decides only once discovery has settled, not a fixed time after start.
+    let mut seen: BTreeSet<NodeId> = BTreeSet::new();
+    let mut settled_since = started;
+    let mut noted = None;
     loop {
         if core.leadership.is_member(me) {
             tracing::info!("member of the cluster");
@@ -219,6 +238,13 @@ pub async fn form(
                 _ => None,
             })
             .collect();
+        // A connected peer that did not answer is not absent: it may be the lowest id.
+        let all_answered = hellos.len() == peers.len();
+        let now_seen: BTreeSet<NodeId> = hellos.iter().map(|(_, h)| h.node).collect();
+        if now_seen != seen || !all_answered {
+            seen = now_seen;
+            settled_since = core.clock.instant();
+        }
         if let Some((peer, _)) = hellos.iter().find(|(_, h)| h.initialized) {
             let req = Request::Join {
                 node: me,
@@ -233,15 +259,29 @@ pub async fn form(
                 }
                 other => tracing::debug!("join through {peer}: {other:?}"),
             }
+        } else if !opts.may_initialise {
+            let now = core.clock.instant();
+            if noted.is_none_or(|t| now.duration_since(t) >= WAITING_NOTE_EVERY) {
+                noted = Some(now);
+                tracing::warn!(
+                    "waiting to join a cluster: no peer that belongs to one has answered yet \
+                     ({} peer(s) connected). A node given --join never starts a cluster of its \
+                     own; check that a --join seed is up and reachable",
+                    peers.len()
+                );
+            }
         } else {
+            // Without --bootstrap-expect only candidates are counted: a peer that was given
+            // --join will never start a cluster, so waiting for it would wait for ever.
             let mut fresh: BTreeMap<NodeId, String> = hellos
                 .iter()
+                .filter(|(_, h)| h.candidate || opts.bootstrap_expect.is_some())
                 .map(|(_, h)| (h.node, h.addr.clone()))
                 .collect();
             fresh.insert(me, mesh.member_addr().await);
             let ready = match opts.bootstrap_expect {
                 Some(n) => fresh.len() >= n,
-                None => core.clock.instant().duration_since(started) >= opts.window,
+                None => core.clock.instant().duration_since(settled_since) >= opts.window,
             };
             if ready && fresh.keys().next() == Some(&me) {
                 let members: BTreeMap<NodeId, BasicNode> = match opts.bootstrap_expect {

@@ -1,4 +1,5 @@
-//! What nodes ask each other over `/testmesh/rpc/2` (2: the log stream became an enum): Raft RPCs, forwarded writes, joins, and
+//! What nodes ask each other over `/testmesh/rpc/3` (2: the log stream became an enum; 3: `Hello`
+//! says whether the node may start a cluster): Raft RPCs, forwarded writes, joins, and
 //! cluster status for formation. Encoded with bincode through a size-limited codec.
 
 use std::io;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use testmesh_consensus::raft::TypeConfig;
 use testmesh_consensus::{Applied, Command, NodeId, Rejected, codec};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/2");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/3");
 /// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
 const MAX_FRAME: u64 = 64 << 20;
 
@@ -33,6 +34,9 @@ pub struct Hello {
     pub addr: String,
     pub initialized: bool,
     pub leader: Option<NodeId>,
+    /// Whether it may start a cluster (no `--join`, or `--bootstrap-expect`): only candidates
+    /// count when the lowest id is chosen, so a node waiting for its seed is never waited for.
+    pub candidate: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
