@@ -366,7 +366,11 @@ async fn a_gpu_busy_with_someone_elses_process_is_not_free() {
     })
     .await
     .unwrap();
-    assert_eq!(out.trim(), "[1]", "the free GPU, not the busy one");
+    assert_eq!(
+        out.trim(),
+        "[GPU-simulated-1]",
+        "the free GPU, not the busy one"
+    );
     // The ledger has GPU 0 unreserved, but the live view says it is taken: b waits.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(node.task(b).await.task.state, TaskState::Pending);
@@ -406,7 +410,7 @@ async fn gpu_reservations_set_cuda_visible_devices() {
     let node = TestNode::start(&["--simulate-gpus", "2xSim A100:40GiB"]).await;
     let gate = node.dir.path().join("gate");
     let hold = |extra: serde_json::Value| {
-        let mut t = json!({"command": ["sh", "-c", format!("echo \"[$CUDA_VISIBLE_DEVICES]\"; while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": "10m"});
+        let mut t = json!({"command": ["sh", "-c", format!("echo \"[$CUDA_VISIBLE_DEVICES] $TESTMESH_GPU_INDICES $CUDA_DEVICE_ORDER\"; while [ ! -e {} ]; do sleep 0.05; done", gate.display())], "cpu": "10m"});
         t.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
@@ -453,9 +457,13 @@ async fn gpu_reservations_set_cuda_visible_devices() {
         seen.push(out.trim().to_string());
     }
     seen.sort();
+    // By UUID (CUDA's own numbering can differ from NVML's on mixed hosts), in bus order.
     assert_eq!(
         seen,
-        vec!["[0]", "[1]"],
+        vec![
+            "[GPU-simulated-0] 0 PCI_BUS_ID",
+            "[GPU-simulated-1] 1 PCI_BUS_ID"
+        ],
         "each task sees exactly its own GPU"
     );
     // A share does not fit on an exclusive GPU either; a model nobody has is refused at submit.

@@ -302,6 +302,20 @@ impl Scaling {
                         ));
                     }
                 }
+                // A launch decided from a ledger that did not yet show instances launched since
+                // (its commit stalled, and the next decision was made without it) would breach
+                // the caps and the budget it was checked against: refuse it.
+                let live = self
+                    .instances
+                    .values()
+                    .filter(|i| !i.state.is_ended())
+                    .count();
+                if !record.launches.is_empty() && live > record.managed_workers as usize {
+                    return Err(Rejected::InvalidScaling(format!(
+                        "stale scale-up: decided with {} live instance(s), there are {live} now",
+                        record.managed_workers
+                    )));
+                }
                 for l in &record.launches {
                     for _ in 0..l.count {
                         self.next_intent += 1;
@@ -418,6 +432,7 @@ mod tests {
     use super::*;
 
     fn decide(s: &mut Scaling, count: u32) -> Vec<u64> {
+        let live = s.instances().filter(|i| !i.state.is_ended()).count() as u32;
         let record = DecisionRecord {
             at: UnixMillis(1),
             kind: DecisionKind::Up,
@@ -431,7 +446,7 @@ mod tests {
             reason: "backlog".into(),
             pending_tasks: 3,
             unschedulable_tasks: 3,
-            managed_workers: 0,
+            managed_workers: live,
             in_flight: 0,
             hourly_cost_micros: 0,
         };
@@ -566,5 +581,26 @@ mod tests {
             s.instance(ids[0]).is_none(),
             "the oldest ended ones go first"
         );
+    }
+
+    /// Regression: scale-ups decided while an earlier one's commit stalled all launched when
+    /// the stall ended, past `max_workers` and the budget.
+    #[test]
+    fn a_scale_up_decided_from_a_stale_view_is_refused() {
+        let mut s = Scaling::default();
+        let stale = |s: &Scaling| {
+            let mut r = s.decisions.back().cloned().expect("a decision");
+            r.managed_workers = 0;
+            r
+        };
+        decide(&mut s, 2);
+        let r = s.apply(&ScalingCommand::Decide { record: stale(&s) }, UnixMillis(2));
+        assert!(
+            matches!(&r, Err(Rejected::InvalidScaling(m)) if m.contains("stale")),
+            "{r:?}"
+        );
+        assert_eq!(s.instances().count(), 2, "nothing more was requested");
+        // Decided from what the ledger shows: taken.
+        assert_eq!(decide(&mut s, 1).len(), 1);
     }
 }

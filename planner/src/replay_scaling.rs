@@ -304,6 +304,14 @@ fn record(
     launches: Vec<LaunchRequest>,
     reason: String,
 ) -> Vec<u64> {
+    // Decided from this very ledger: the live instances it shows (the ledger refuses a launch
+    // decided from a view that has fewer than there are).
+    let live = sim
+        .ledger
+        .scaling()
+        .instances()
+        .filter(|i| !i.state.is_ended())
+        .count() as u32;
     let rec = DecisionRecord {
         at: UnixMillis(t),
         kind,
@@ -312,7 +320,7 @@ fn record(
         reason,
         pending_tasks: 0,
         unschedulable_tasks: 0,
-        managed_workers: 0,
+        managed_workers: live,
         in_flight: 0,
         hourly_cost_micros: 0,
     };

@@ -1,7 +1,7 @@
 //! Runs the tasks the ledger assigns to this node as real processes.
 //!
-//! Each attempt runs in its own process group with `CUDA_VISIBLE_DEVICES` set to its reserved
-//! GPU indices, stdout and stderr copied from pipes into
+//! Each attempt runs in its own process group with `CUDA_VISIBLE_DEVICES` set to the UUIDs of
+//! its reserved GPUs, stdout and stderr copied from pipes into
 //! `<data-dir>/logs/<task>.<attempt>.{stdout,stderr}` (see [`output`]). A
 //! timeout or a cancel sends SIGTERM to the whole group, then SIGKILL after a grace period; when
 //! the main process exits, whatever it left in its group is killed too. Exits, peak RSS and CPU
@@ -136,7 +136,9 @@ struct Start {
     task: TaskId,
     attempt: u32,
     spec: TaskSpec,
+    /// NVML indices of the granted GPUs, and what CUDA is to see of them.
     gpus: Vec<u32>,
+    visible: Vec<String>,
 }
 
 pub struct Agent<P: Processes> {
@@ -231,6 +233,10 @@ impl<P: Processes> Agent<P> {
         let mut active: HashMap<TaskId, u32> = HashMap::new();
         {
             let ledger = self.core.ledger.read();
+            let inventory = ledger
+                .worker(self.core.node)
+                .map(|w| w.capacity.gpus.as_slice())
+                .unwrap_or_default();
             for t in ledger.active_on(self.core.node) {
                 active.insert(t.id, t.attempt);
                 if self.reported.get(&t.id) == Some(&t.attempt) {
@@ -246,15 +252,19 @@ impl<P: Processes> Agent<P> {
                     None if t.state == TaskState::Assigned && t.cancel_requested => {
                         unstarted_cancels.push((t.id, t.attempt));
                     }
-                    None if t.state == TaskState::Assigned => starts.push(Start {
-                        task: t.id,
-                        attempt: t.attempt,
-                        spec: t.spec.clone(),
-                        gpus: t
+                    None if t.state == TaskState::Assigned => {
+                        let gpus: Vec<u32> = t
                             .current_attempt()
                             .map(|a| a.gpus.iter().map(|g| g.index).collect())
-                            .unwrap_or_default(),
-                    }),
+                            .unwrap_or_default();
+                        starts.push(Start {
+                            task: t.id,
+                            attempt: t.attempt,
+                            spec: t.spec.clone(),
+                            visible: visible_devices(inventory, &gpus),
+                            gpus,
+                        })
+                    }
                     // Running in the ledger but not here: a previous boot ran it. The worker
                     // re-registration marks it lost; nothing to do.
                     None => {}
@@ -355,7 +365,7 @@ impl<P: Processes> Agent<P> {
         // launch and the copies end by themselves.)
         let stderr = output::capture(err_r, path(Stream::Stderr), self.max_log_size)
             .map_err(SpawnError::Pipe)?;
-        let gpus: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
+        let indices: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
         let mut env: Vec<(String, String)> = s
             .spec
             .env
@@ -366,8 +376,13 @@ impl<P: Processes> Agent<P> {
             ("TESTMESH_TASK_ID".to_string(), s.task.to_string()),
             ("TESTMESH_ATTEMPT".to_string(), s.attempt.to_string()),
             ("TESTMESH_NODE_ID".to_string(), self.core.node.to_string()),
-            // Without reserved GPUs the task must see none, not all of them.
-            ("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(",")),
+            // Without reserved GPUs the task must see none, not all of them. UUIDs, not
+            // indices: CUDA numbers devices fastest-first unless told otherwise, NVML by PCI
+            // bus, so on a host with mixed models an index could open a GPU not granted.
+            ("CUDA_VISIBLE_DEVICES".to_string(), s.visible.join(",")),
+            // Ordinals inside the task (cuda:0, cuda:1) follow the bus order, as NVML's do.
+            ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
+            ("TESTMESH_GPU_INDICES".to_string(), indices.join(",")),
         ]);
         let pid = self.processes.spawn(Launch {
             argv: &s.spec.argv,
@@ -444,6 +459,19 @@ impl<P: Processes> Agent<P> {
             self.processes.signal(pid, signal);
         }
     }
+}
+
+/// What `CUDA_VISIBLE_DEVICES` lists for the granted GPUs: each one's UUID from the worker's
+/// inventory (the index when the inventory has no UUID for it).
+fn visible_devices(inventory: &[testmesh_consensus::model::GpuInfo], gpus: &[u32]) -> Vec<String> {
+    gpus.iter()
+        .map(|i| {
+            inventory
+                .iter()
+                .find(|g| g.index == *i && !g.uuid.is_empty())
+                .map_or_else(|| i.to_string(), |g| g.uuid.clone())
+        })
+        .collect()
 }
 
 /// Reports how attempts ended; cheap to clone into a task of its own.

@@ -59,8 +59,8 @@ impl GpuProbe for NoGpus {
 /// `CUDA_VISIBLE_DEVICES` on hosts without NVIDIA hardware, and for demos. Never used unless
 /// `--simulate-gpus` is given; `--simulate-gpu-busy` marks GPUs as running someone else's
 /// process. A process whose environment holds `TESTMESH_SIMULATED_GPU_MIB=N` shows up as a
-/// compute process holding N MiB on each GPU of its `CUDA_VISIBLE_DEVICES`, as NVML would
-/// list a real one.
+/// compute process holding N MiB on each GPU it was granted (`TESTMESH_GPU_INDICES`), as NVML
+/// would list a real one.
 pub struct SimulatedGpus {
     pub gpus: Vec<GpuInfo>,
     pub busy: Vec<u32>,
@@ -199,7 +199,7 @@ fn simulated_processes() -> Vec<(u32, Vec<u32>, Bytes)> {
                 };
                 if let Some(n) = v.strip_prefix("TESTMESH_SIMULATED_GPU_MIB=") {
                     mib = n.parse::<u64>().ok();
-                } else if let Some(l) = v.strip_prefix("CUDA_VISIBLE_DEVICES=") {
+                } else if let Some(l) = v.strip_prefix("TESTMESH_GPU_INDICES=") {
                     visible = l.split(',').filter_map(|i| i.parse().ok()).collect();
                 }
             }
