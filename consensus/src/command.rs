@@ -111,6 +111,13 @@ pub enum Command {
         tasks: Vec<TaskId>,
         at: UnixMillis,
     },
+    /// These attempts were assigned but their workers did not start them in time (a wedged
+    /// agent): each goes back to the queue without using up a retry. An attempt started or
+    /// ended meanwhile is left alone. (Added last: variants are encoded by position.)
+    GiveBack {
+        attempts: Vec<(TaskId, u32)>,
+        at: UnixMillis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

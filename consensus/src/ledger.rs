@@ -267,6 +267,7 @@ impl Ledger {
             )),
             Command::RegisterWorker { worker, at } => self.register(index, worker, *at),
             Command::Archive { tasks, .. } => Ok(self.archive(tasks)),
+            Command::GiveBack { attempts, at } => Ok(self.give_back(index, attempts, *at)),
             Command::Scaling { cmd, at } => self.scaling.apply(cmd, *at).map(Applied::Scaling),
             Command::Submit {
                 request_id,
@@ -830,6 +831,30 @@ impl Ledger {
             self.end_attempt(index, *id, Outcome::lost(&why), at);
         }
         lost
+    }
+
+    /// Re-queues assigned attempts that were never started (see `Command::GiveBack`); returns
+    /// the tasks given back.
+    fn give_back(&mut self, index: u64, attempts: &[(TaskId, u32)], at: UnixMillis) -> Applied {
+        let mut given = Vec::new();
+        for (id, attempt) in attempts {
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            let unstarted = t.current_attempt().is_some_and(|a| a.started_at.is_none());
+            if t.state != TaskState::Assigned || t.attempt != *attempt || !unstarted {
+                continue;
+            }
+            t.handed_back += 1;
+            self.end_attempt(
+                index,
+                *id,
+                Outcome::lost("given back: its worker did not start it in time"),
+                at,
+            );
+            given.push(*id);
+        }
+        Applied::WorkerState { lost: given }
     }
 
     /// Ends the current attempt of an active task: releases its reservation, records the outcome

@@ -39,6 +39,7 @@ pub fn command_bytes(cmd: &crate::command::Command) -> usize {
         Command::TaskFinished { outcome, .. } => 64 + outcome_bytes(outcome),
         Command::Assign { assignments, .. } => 32 + assignments.len() * 48,
         Command::Archive { tasks, .. } => 32 + tasks.len() * 10,
+        Command::GiveBack { attempts, .. } => 32 + attempts.len() * 14,
         Command::Batch(cmds) => cmds.iter().map(command_bytes).sum(),
         Command::RegisterWorker { .. } | Command::Scaling { .. } => 4096,
         _ => 128,

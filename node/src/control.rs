@@ -32,6 +32,9 @@ pub struct Control {
     pub retention: testmesh_consensus::retention::Policy,
 }
 
+/// Most attempts given back in one command.
+const MAX_GIVE_BACK: usize = 5_000;
+
 /// Finished attempts the quarantine check looks at (the most recent).
 const QUARANTINE_LOOK_BACK: usize = 5_000;
 /// Least time between two quarantine checks.
@@ -82,6 +85,11 @@ impl Control {
                 self.find_dead().await;
                 self.replace_silent_voters().await;
             }
+            // Assignment times come from the clocks of whichever leaders made them: judge them
+            // only after leading for the whole bound on this node's own clock.
+            if ticked && self.core.clock.instant().duration_since(since) >= self.start_bound() {
+                self.give_back_unstarted().await;
+            }
             // Only new results can change a verdict; judge soon after them, at most 5 times a
             // second (a host failing fast must not burn many retries first).
             let total = self.core.ledger.read().history_total();
@@ -92,6 +100,42 @@ impl Control {
                 self.quarantine().await;
             }
             self.round().await;
+        }
+    }
+
+    /// How long an assigned attempt may stay unstarted: well past --dead-after, so that a dead
+    /// worker is handled as lost first and a slow one has time to catch up.
+    fn start_bound(&self) -> Duration {
+        (self.dead_after * 2).max(Duration::from_secs(10))
+    }
+
+    /// Gives back attempts whose workers answer Raft but did not start them within the bound
+    /// (a wedged agent); they run elsewhere without using up a retry.
+    async fn give_back_unstarted(&self) {
+        let attempts = {
+            let l = self.core.ledger.read();
+            unstarted_for(&l, self.core.now(), self.start_bound())
+        };
+        if attempts.is_empty() {
+            return;
+        }
+        match self
+            .core
+            .writer
+            .write(Command::GiveBack {
+                attempts,
+                at: self.core.now(),
+            })
+            .await
+        {
+            Ok(Ok(Applied::WorkerState { lost })) if !lost.is_empty() => tracing::warn!(
+                "{} assigned task(s) were not started by their workers within {:?}; given back: {:?}",
+                lost.len(),
+                self.start_bound(),
+                &lost[..lost.len().min(10)]
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("could not give back unstarted attempts: {e}"),
         }
     }
 
@@ -351,6 +395,26 @@ impl Control {
     }
 }
 
+/// Attempts assigned at least `bound` before `now` and still not started (at most
+/// [`MAX_GIVE_BACK`]). A pure function of the ledger.
+pub fn unstarted_for(
+    l: &testmesh_consensus::ledger::Ledger,
+    now: testmesh_consensus::UnixMillis,
+    bound: Duration,
+) -> Vec<(TaskId, u32)> {
+    let bound = bound.as_millis() as u64;
+    l.reservations()
+        .filter(|r| now.0.saturating_sub(r.since.0) >= bound)
+        .filter(|r| {
+            l.task(r.task).is_some_and(|t| {
+                t.state == testmesh_consensus::task::TaskState::Assigned && t.attempt == r.attempt
+            })
+        })
+        .map(|r| (r.task, r.attempt))
+        .take(MAX_GIVE_BACK)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use testmesh_consensus::task::TaskState;
@@ -430,6 +494,39 @@ mod tests {
             node.core.ledger.read().worker(NodeId(2)).unwrap().state,
             WorkerState::Lost
         );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_assignment_not_started_in_time_is_given_back() {
+        let node = TestNode::start().await;
+        node.register(NodeId(2), 4, 0).await;
+        let task = submit(&node, 1, 1.0).await[0];
+        let c = control(&node);
+        c.liveness.seen(NodeId(2));
+        c.round().await;
+        let state = || node.core.ledger.read().task(task).unwrap().state;
+        assert_eq!(state(), TaskState::Assigned);
+        // Worker 2 never starts it (its agent is wedged; it still answers Raft).
+        node.clock.advance(Duration::from_secs(19));
+        c.give_back_unstarted().await;
+        assert_eq!(
+            state(),
+            TaskState::Assigned,
+            "not before the bound (2 x dead_after)"
+        );
+        node.clock.advance(Duration::from_secs(2));
+        c.give_back_unstarted().await;
+        assert_eq!(
+            state(),
+            TaskState::Pending,
+            "given back, though it has no retries"
+        );
+        let l = node.core.ledger.read();
+        let t = l.task(task).unwrap();
+        let why = t.attempts[0].outcome.as_ref().unwrap().message.as_deref();
+        assert!(why.unwrap().contains("did not start it in time"), "{why:?}");
+        drop(l);
         node.stop().await;
     }
 

@@ -413,7 +413,8 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         2 => (task.clone(), 0u32..4, worker).prop_map(|(task, attempt, w)| Command::TaskStarted { task, attempt, worker: NodeId(w), pid: 1, at: UnixMillis(0) }),
         1 => task.clone().prop_map(|task| Command::Cancel { task, at: UnixMillis(0) }),
-        1 => proptest::collection::vec(task, 0..6).prop_map(|tasks| Command::Archive { tasks, at: UnixMillis(0) }),
+        1 => proptest::collection::vec(task.clone(), 0..6).prop_map(|tasks| Command::Archive { tasks, at: UnixMillis(0) }),
+        1 => proptest::collection::vec((task, 0u32..4), 0..4).prop_map(|attempts| Command::GiveBack { attempts, at: UnixMillis(0) }),
         1 => (1u64..4).prop_map(|w| Command::WorkerLost { worker: NodeId(w), at: UnixMillis(0) }),
         1 => (1u64..4).prop_map(|w| Command::WorkerLeft { worker: NodeId(w), at: UnixMillis(0) }),
         1 => (1u64..4, any::<bool>()).prop_map(|(w, d)| Command::SetWorkerState {
@@ -528,4 +529,58 @@ fn attempts_lost_with_their_worker_do_not_use_up_retries() {
     }
     l.check_invariants().unwrap();
     l2.check_invariants().unwrap();
+}
+
+/// Regression: a worker that answers Raft but whose agent is wedged kept its reservations for
+/// ever. An attempt not started in time is given back without using up a retry; one that
+/// started (or a stale attempt number) is left alone.
+#[test]
+fn unstarted_attempts_are_given_back_and_started_ones_are_not() {
+    let mut l = Ledger::default();
+    l.apply(1, &reg(1, 1, 2000, 0)).unwrap();
+    let ids = submit(
+        &mut l,
+        "r",
+        vec![
+            spec(1000, GpuRequest::None, 0),
+            spec(1000, GpuRequest::None, 0),
+        ],
+    );
+    assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
+    assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    started(&mut l, ids[1], 1, 1);
+    let r = l
+        .apply(
+            9,
+            &Command::GiveBack {
+                attempts: vec![(ids[0], 1), (ids[1], 1), (ids[0], 7)],
+                at: UnixMillis(9),
+            },
+        )
+        .unwrap();
+    assert_eq!(r, Applied::WorkerState { lost: vec![ids[0]] });
+    let t = l.task(ids[0]).unwrap();
+    assert_eq!(t.state, TaskState::Pending, "no retries, yet queued again");
+    assert_eq!(t.handed_back, 1);
+    assert_eq!(l.task(ids[1]).unwrap().state, TaskState::Running);
+    assert_eq!(
+        l.worker(NodeId(1)).unwrap().allocated.cpu,
+        MilliCpu(1000),
+        "only the started one still holds its cpu"
+    );
+    // The late start of the given-back attempt is refused as stale.
+    assert!(
+        l.apply(
+            10,
+            &Command::TaskStarted {
+                task: ids[0],
+                attempt: 1,
+                worker: NodeId(1),
+                pid: 9,
+                at: UnixMillis(10),
+            },
+        )
+        .is_err()
+    );
+    l.check_invariants().unwrap();
 }
