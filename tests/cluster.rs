@@ -363,3 +363,48 @@ async fn a_fleet_started_at_once_forms_one_cluster() {
         );
     }
 }
+
+/// Regression: a worker cut off from the leader and the rest of the cluster kept running its
+/// attempt while the others could run it again. It must fence itself: with no confirmation
+/// from a leader for half of --dead-after, it stops its attempts.
+#[tokio::test]
+async fn a_worker_cut_off_from_the_quorum_stops_its_attempts_before_dead_after() {
+    let nodes = cluster_with(3, &["--dead-after", "4s"]).await;
+    let leader = leader_of(&nodes[0]).await;
+    let leader_node = nodes.iter().find(|n| n.node_id() == leader).unwrap();
+    let o = leader_node.cli(&["drain", &leader]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gate = nodes[0].dir.path().join("gate");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    let id = leader_node
+        .submit(json!({"command": ["sh", "-c", script], "cpu": 1}))
+        .await;
+    let t = leader_node.wait_state(id, TaskState::Running).await;
+    let w = t.attempt(0).worker;
+    let pid = u64::from(t.attempt(0).pid.expect("a running attempt has a pid"));
+    let others: Vec<&TestNode> = nodes.iter().filter(|n| n.id() != w).collect();
+    // The worker alone: no leader, no quorum.
+    for n in &others {
+        signal(n, "-STOP");
+    }
+    let stopped = wait_for(Duration::from_secs(8), async || {
+        (!support::alive(pid)).then_some(())
+    })
+    .await;
+    for n in &others {
+        signal(n, "-CONT");
+    }
+    assert!(
+        stopped.is_some(),
+        "the cut-off worker stops its attempt by itself, before --dead-after"
+    );
+    // Once the cluster is whole again the task runs again, without having used up a retry.
+    let t = leader_node
+        .wait_task(id, 30, |t| {
+            t.task.attempt == 2 && t.task.state == TaskState::Running
+        })
+        .await;
+    assert_eq!(t.outcome(0).state, TaskState::Lost, "{}", show(&t));
+    std::fs::write(&gate, "").unwrap();
+    leader_node.wait_state(id, TaskState::Succeeded).await;
+}

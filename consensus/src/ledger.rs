@@ -343,6 +343,15 @@ impl Ledger {
                     r.cpu_used_ms += outcome.cpu_time_ms;
                     r.cpu_reserved_ms += reserved_milli.saturating_mul(ran) / 1000;
                 }
+                // A worker reports `lost` only when it stopped the attempt for its own sake (it
+                // fenced itself, cut off from the leader): not the task's failure, like a lost
+                // worker (FREE_LOSSES times).
+                if outcome.state == TaskState::Lost {
+                    let t = self.tasks.get_mut(task).expect("checked by current()");
+                    if t.handed_back < FREE_LOSSES {
+                        t.handed_back += 1;
+                    }
+                }
                 // Whatever a worker sends, the ledger keeps no more than the caps allow.
                 let mut outcome = outcome.clone();
                 outcome.clamp();

@@ -216,7 +216,15 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("voter promotion", |s| {
         cluster::grow(core.clone(), cfg.voters, s)
     });
+    let boot_id = registration.boot_id;
     c.start("registration", |s| register(core.clone(), registration, s));
+    // Fencing: a worker with no confirmation from the leader for half of --dead-after stops
+    // its attempts, well before the leader may run them elsewhere.
+    let fence_after = cfg.dead_after / 2;
+    let (standing_tx, standing_rx) = watch::channel(false);
+    c.start("lease", |s| {
+        crate::agent::keep_lease(core.clone(), fence_after, standing_tx, s)
+    });
     c.start("sampler", |s| {
         sample(
             core.clone(),
@@ -229,6 +237,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     });
     c.start("agent", |s| {
         Agent::new(core.clone(), SystemProcesses::default())
+            .with_fencing(standing_rx, fence_after)
+            .with_boot_id(boot_id)
             .with_gpu_memory(gpu_peaks)
             .with_max_log_size(cfg.max_log_size.0)
             .run(s)

@@ -10,6 +10,7 @@
 //! Processes are reached through the [`Processes`] trait: [`SystemProcesses`] in a node, a
 //! scripted fake in the unit tests (the real-process behaviour is tested end to end).
 
+mod lease;
 mod output;
 mod sys;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use testmesh_consensus::{Bytes, Command, TaskId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use lease::keep_lease;
 pub use sys::{Exit, kill_orphans, task_of};
 
 use crate::core::Core;
@@ -119,6 +121,8 @@ impl Processes for SystemProcesses {
 enum Ending {
     TimedOut,
     Cancelled,
+    /// Killed because this worker lost its standing with the leader (see [`lease`]).
+    Fenced,
 }
 
 struct Running {
@@ -152,6 +156,10 @@ pub struct Agent<P: Processes> {
     gpu_memory: GpuMemoryPeaks,
     /// Most bytes kept of each output stream of an attempt.
     max_log_size: u64,
+    /// Whether this node is in good standing with the leader (fencing), and the bound.
+    standing: Option<(watch::Receiver<bool>, Duration)>,
+    /// This boot's registration: nothing starts before the ledger shows it.
+    boot_id: Option<u64>,
 }
 
 impl<P: Processes> Agent<P> {
@@ -165,6 +173,40 @@ impl<P: Processes> Agent<P> {
             reported: HashMap::new(),
             gpu_memory: GpuMemoryPeaks::default(),
             max_log_size: 64 << 20,
+            standing: None,
+            boot_id: None,
+        }
+    }
+
+    /// Stops every attempt when `good` turns false and starts nothing until it is true again.
+    pub fn with_fencing(mut self, good: watch::Receiver<bool>, fence_after: Duration) -> Self {
+        self.standing = Some((good, fence_after));
+        self
+    }
+
+    /// Starts nothing until the ledger shows this boot's registration (after a restart, the
+    /// local copy may still assign attempts that were moved away meanwhile).
+    pub fn with_boot_id(mut self, boot_id: u64) -> Self {
+        self.boot_id = Some(boot_id);
+        self
+    }
+
+    fn in_good_standing(&self) -> bool {
+        self.standing.as_ref().is_none_or(|(rx, _)| *rx.borrow())
+    }
+
+    /// Kills every running attempt at once: this node can no longer be sure they are its own.
+    fn fence(&mut self) {
+        let mut pids = Vec::new();
+        for r in self.running.values_mut() {
+            if r.ending != Some(Ending::Fenced) {
+                r.ending = Some(Ending::Fenced);
+                r.kill_at = None;
+                pids.push(r.pid);
+            }
+        }
+        for pid in pids {
+            self.processes.signal(pid, Signal::Kill);
         }
     }
 
@@ -188,6 +230,7 @@ impl<P: Processes> Agent<P> {
         }
         let mut exits = self.processes.exits();
         let mut applied = self.core.ledger.watch();
+        let mut standing = self.standing.as_ref().map(|(rx, _)| rx.clone());
         self.sync().await;
         loop {
             let next = self
@@ -212,6 +255,18 @@ impl<P: Processes> Agent<P> {
                     self.sync().await;
                 }
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
+                r = async {
+                    match standing.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_err() { break; }
+                    if !self.in_good_standing() {
+                        self.fence();
+                    }
+                    self.sync().await;
+                }
                 _ = sleep => self.on_deadlines(),
             }
         }
@@ -233,6 +288,12 @@ impl<P: Processes> Agent<P> {
         let mut active: HashMap<TaskId, u32> = HashMap::new();
         {
             let ledger = self.core.ledger.read();
+            let registered = self.boot_id.is_none_or(|boot| {
+                ledger.worker(self.core.node).is_some_and(|w| {
+                    w.boot_id == boot && w.state != testmesh_consensus::model::WorkerState::Lost
+                })
+            });
+            let may_start = registered && self.in_good_standing();
             let inventory = ledger
                 .worker(self.core.node)
                 .map(|w| w.capacity.gpus.as_slice())
@@ -252,7 +313,7 @@ impl<P: Processes> Agent<P> {
                     None if t.state == TaskState::Assigned && t.cancel_requested => {
                         unstarted_cancels.push((t.id, t.attempt));
                     }
-                    None if t.state == TaskState::Assigned => {
+                    None if t.state == TaskState::Assigned && may_start => {
                         let gpus: Vec<u32> = t
                             .current_attempt()
                             .map(|a| a.gpus.iter().map(|g| g.index).collect())
@@ -405,6 +466,13 @@ impl<P: Processes> Agent<P> {
         let (state, message) = match (run.ending, exit.code) {
             (Some(Ending::TimedOut), _) => (TaskState::TimedOut, Some("timed out".to_string())),
             (Some(Ending::Cancelled), _) => (TaskState::Cancelled, Some("cancelled".to_string())),
+            (Some(Ending::Fenced), _) => (
+                TaskState::Lost,
+                Some(format!(
+                    "fenced: this worker had no confirmation from the leader for {:?}; stopped so that the task cannot run twice",
+                    self.standing.as_ref().map_or(Duration::ZERO, |(_, d)| *d)
+                )),
+            ),
             (None, Some(0)) => (TaskState::Succeeded, None),
             (None, Some(c)) => (TaskState::Failed, Some(format!("exited with code {c}"))),
             (None, None) => (

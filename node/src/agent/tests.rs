@@ -226,3 +226,50 @@ async fn a_cancelled_task_is_stopped_and_reported_cancelled() {
     assert_eq!(state(&node, task), TaskState::Cancelled);
     node.stop().await;
 }
+
+/// Fencing: out of standing nothing starts and what runs is killed and reported lost; a boot
+/// whose registration the ledger does not show yet starts nothing either.
+#[tokio::test]
+async fn out_of_standing_nothing_starts_and_running_attempts_are_killed() {
+    let node = TestNode::start().await;
+    node.register(NodeId(1), 4, 0).await; // boot id 1
+    let task = assigned(&node, None).await;
+    let spawned = |f: &FakeProcesses| f.0.lock().unwrap().spawned.len();
+
+    // A later boot of this node: the ledger's assignment is not its own yet.
+    let fake = FakeProcesses::default();
+    let mut agent = Agent::new(node.core.clone(), fake.clone()).with_boot_id(2);
+    let _exits = agent.processes.exits();
+    agent.sync().await;
+    assert_eq!(spawned(&fake), 0, "nothing before this boot is registered");
+
+    let fake = FakeProcesses::default();
+    let (good, standing) = tokio::sync::watch::channel(false);
+    let mut agent = Agent::new(node.core.clone(), fake.clone())
+        .with_boot_id(1)
+        .with_fencing(standing, Duration::from_secs(5));
+    let _exits = agent.processes.exits();
+    agent.sync().await;
+    assert_eq!(spawned(&fake), 0, "nothing before the leader confirms");
+    good.send_replace(true);
+    agent.sync().await;
+    assert_eq!(spawned(&fake), 1);
+    let pid = fake.0.lock().unwrap().spawned[0].0;
+    // The lease runs out: killed at once, no grace period.
+    good.send_replace(false);
+    agent.fence();
+    assert_eq!(fake.0.lock().unwrap().signals, [(pid, Signal::Kill)]);
+    agent.on_exit(exit(pid, None, Some(9))).await;
+    node.wait_for("the fenced attempt to be reported", |l| {
+        l.task(task).unwrap().attempt == 1 && l.task(task).unwrap().state == TaskState::Pending
+    })
+    .await;
+    let l = node.core.ledger.read();
+    let t = l.task(task).unwrap();
+    let outcome = t.attempts[0].outcome.clone().unwrap();
+    assert_eq!(outcome.state, TaskState::Lost);
+    assert!(outcome.message.unwrap().starts_with("fenced"));
+    assert_eq!(t.handed_back, 1, "not the task's failure: no retry used");
+    drop(l);
+    node.stop().await;
+}

@@ -118,6 +118,7 @@ async fn handle(
         Request::ReadIndex => {
             Response::ReadIndex(writer.read_index_here().await.map_err(Into::into))
         }
+        Request::Standing => Response::Standing(writer.standing_of(node_id_of(&from)).await),
         Request::Logs {
             task,
             attempt,

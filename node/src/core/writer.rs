@@ -7,7 +7,8 @@
 //! other node it is forwarded to the leader, which commits it as it is (batches do not nest).
 //! Reports nobody waits on are never dropped: an election or a partition only delays them.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use testmesh_consensus::limits::{MAX_ENTRY_BYTES, command_bytes};
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::clock::Clock;
 use super::leadership::Leadership;
 use crate::mesh::MeshClient;
-use crate::mesh::rpc::{Request, Response, WriteFailure};
+use crate::mesh::rpc::{Request, Response, Standing, WriteFailure};
 
 /// Most commands folded into one log entry.
 const MAX_BATCH: usize = 2048;
@@ -33,6 +34,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a write waits for a leader while the cluster forms or elects one.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// A quorum's confirmation this recent answers workers' standing checks without a new round,
+/// so that many workers asking cost the leader a few rounds a second, not one each.
+const QUORUM_FRESH: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Error)]
 pub enum WriteError {
@@ -93,6 +97,8 @@ pub struct Writer {
     queue: mpsc::Sender<Item>,
     /// This node's replica, to tell which members may hold a Raft vote.
     ledger: Option<LedgerReader>,
+    /// When a quorum last confirmed this node's leadership.
+    quorum_ok: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Writer {
@@ -105,6 +111,7 @@ impl Writer {
             mesh,
             queue,
             ledger: None,
+            quorum_ok: Arc::default(),
         };
         let batcher = Batcher {
             writer: writer.clone(),
@@ -262,6 +269,53 @@ impl Writer {
             .await
             .map(|_| ())
             .map_err(|e| WriteError::Unavailable(format!("this replica is behind: {e}")))
+    }
+
+    /// On the leader: whether `worker` is in good standing (a quorum follows this leader, and
+    /// the ledger has not marked the worker lost).
+    pub async fn standing_of(&self, worker: NodeId) -> Standing {
+        let clock = super::clock::SystemClock;
+        let fresh = self
+            .quorum_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| clock.instant().duration_since(t) < QUORUM_FRESH);
+        if !fresh {
+            let asked = clock.instant();
+            if let Err(e) = self.read_index_here().await {
+                return Standing::Unsure(e.to_string());
+            }
+            *self.quorum_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
+        }
+        if !self.leadership.is_leader() {
+            return Standing::Unsure("no longer the leader".into());
+        }
+        let lost = self.ledger.as_ref().is_some_and(|l| {
+            l.read()
+                .worker(worker)
+                .is_some_and(|w| w.state == testmesh_consensus::model::WorkerState::Lost)
+        });
+        if lost { Standing::Lost } else { Standing::Good }
+    }
+
+    /// This node's standing, from the leader (or here when this node leads).
+    pub async fn confirm_standing(&self) -> Standing {
+        let me = self.me();
+        match (&self.mesh, self.leadership.leader()) {
+            (_, None) => Standing::Unsure("no leader is known".into()),
+            (Some(mesh), Some(l)) if l != me => {
+                let peer = match self.leader_peer() {
+                    Ok(p) => p,
+                    Err(e) => return Standing::Unsure(e.to_string()),
+                };
+                match mesh.request(peer, Request::Standing, FORWARD_TIMEOUT).await {
+                    Ok(Response::Standing(s)) => s,
+                    Ok(other) => Standing::Unsure(format!("unexpected answer {other:?}")),
+                    Err(e) => Standing::Unsure(format!("cannot reach the leader: {e}")),
+                }
+            }
+            _ => self.standing_of(me).await,
+        }
     }
 
     /// Asks the leader to add `node` as a learner.

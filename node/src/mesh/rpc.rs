@@ -67,6 +67,9 @@ pub enum Request {
     Leave {
         node: NodeId,
     },
+    /// Leader: does a quorum still follow you, and am I (the asking worker) still in good
+    /// standing? A worker that cannot get `Good` in time stops its attempts (fencing).
+    Standing,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,6 +84,18 @@ pub enum Response {
     Logs(Result<(Vec<u8>, u64), String>),
     ReadIndex(Result<u64, WriteFailure>),
     Leave(Result<(), WriteFailure>),
+    Standing(Standing),
+}
+
+/// A leader's answer to [`Request::Standing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Standing {
+    /// A quorum follows this leader and the worker is not marked lost.
+    Good,
+    /// The ledger has marked the worker lost: its attempts were moved away.
+    Lost,
+    /// Not (or no longer) the leader, or it cannot confirm a quorum.
+    Unsure(String),
 }
 
 /// Why a forwarded write or join did not happen.

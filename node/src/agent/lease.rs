@@ -1,0 +1,91 @@
+//! A worker's lease on its attempts (fencing).
+//!
+//! The leader marks a worker lost after `--dead-after` without an answer and runs its attempts
+//! elsewhere. A worker that is cut off (or was paused) must not go on running them meanwhile:
+//! it asks the leader every `fence_after / 4` whether a quorum still follows it and whether
+//! the worker itself is still in good standing, and once it has had no such confirmation for
+//! `fence_after` (half of `--dead-after`), or hears that it was marked lost, it stops its
+//! attempts and starts nothing until it is confirmed again. A boot starts in bad standing, so
+//! a restarted node starts nothing before the leader has confirmed it.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::core::Core;
+use crate::mesh::rpc::Standing;
+
+/// Keeps `good` true while this node is in good standing with the leader, until shutdown.
+pub async fn keep_lease(
+    core: Core,
+    fence_after: Duration,
+    good: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = (fence_after / 4).max(Duration::from_millis(100));
+    let mut confirmed: Option<Instant> = None;
+    loop {
+        // The time of asking, not of the answer: an answer delayed by a pause proves nothing
+        // about the time in between.
+        let (mut asked, mut answer) = ask(&core, every).await;
+        if matches!(answer, Standing::Unsure(_))
+            && confirmed.is_none_or(|c| core.clock.instant().duration_since(c) >= fence_after)
+        {
+            // About to fence: ask once more first. After this process was paused the question
+            // in flight timed out at once, though the leader may answer a fresh one at once.
+            (asked, answer) = ask(&core, every).await;
+        }
+        let now = core.clock.instant();
+        let was_good = *good.borrow();
+        let standing = match answer {
+            Standing::Good => {
+                confirmed = Some(asked);
+                true
+            }
+            Standing::Lost => {
+                confirmed = None;
+                if was_good {
+                    tracing::warn!(
+                        "the leader has marked this worker lost (its attempts run elsewhere): \
+                         stopping them"
+                    );
+                }
+                false
+            }
+            Standing::Unsure(why) => {
+                let ok = confirmed.is_some_and(|c| now.duration_since(c) < fence_after);
+                if was_good && !ok {
+                    tracing::warn!(
+                        "fencing: no confirmation from a leader for {fence_after:?} ({why}); \
+                         stopping this node's task attempts so that none can run twice"
+                    );
+                }
+                ok
+            }
+        };
+        if standing && !was_good {
+            tracing::debug!("in good standing with the leader");
+        }
+        good.send_if_modified(|g| std::mem::replace(g, standing) != standing);
+        // Out of standing (a boot, a cluster forming, a partition) nothing runs here: ask
+        // again soon rather than a quarter of the bound later.
+        let next = if standing {
+            every
+        } else {
+            Duration::from_millis(100)
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// One standing check, bounded by `limit`, and when it was asked.
+async fn ask(core: &Core, limit: Duration) -> (Instant, Standing) {
+    let asked = core.clock.instant();
+    let answer = tokio::time::timeout(limit, core.writer.confirm_standing())
+        .await
+        .unwrap_or_else(|_| Standing::Unsure("no answer in time".into()));
+    (asked, answer)
+}
