@@ -19,6 +19,9 @@ const TERMINATE_TIMEOUT: Duration = Duration::from_secs(90);
 /// A `Requested` intent that no launch on this node is working on is relaunched after this
 /// long (the leader that wrote it is gone); the launch is idempotent per intent.
 const ORPHANED_INTENT_AFTER_MS: u64 = 10_000;
+/// A launch this recent that a listing does not show yet is not taken for vanished: cloud
+/// listings lag behind launches (EC2's are eventually consistent).
+const VANISHED_AFTER_LAUNCH_MS: u64 = 60_000;
 
 /// Claims `intent` for one operation; false when one is already under way.
 fn claim(this: &Scaler, intent: u64) -> bool {
@@ -199,12 +202,29 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
     ops.spawn(async move {
         let intent = inst.intent;
         let mut ok = true;
+        // Without a connection to its provider nothing can be terminated: ending the intent
+        // now would leave the instance running (and billed) with no record of it. Later.
+        let Some(p) = this.provider(&inst.provider) else {
+            tracing::debug!(
+                "cannot end intent {intent} yet: provider {} is not connected",
+                inst.provider
+            );
+            release(&this, intent);
+            return;
+        };
         let provider_id = match inst.provider_id.clone() {
             Some(id) => Some(id),
             // Never confirmed: it may still exist under its intent tag.
-            None => find(&this, &inst).await,
+            None => match find(&this, &inst).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!("cannot end intent {intent} yet: {e}");
+                    release(&this, intent);
+                    return;
+                }
+            },
         };
-        if let (Some(id), Some(p)) = (provider_id, this.provider(&inst.provider)) {
+        if let Some(id) = provider_id {
             match tokio::time::timeout(TERMINATE_TIMEOUT, p.terminate(&id)).await {
                 Ok(Ok(())) => tracing::info!("terminated {id} (intent {intent}): {reason}"),
                 Ok(Err(e)) => {
@@ -226,13 +246,28 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
     });
 }
 
-async fn find(this: &Scaler, inst: &CloudInstance) -> Option<String> {
-    let cluster = this.core.ledger.read().scaling().cluster_id()?.to_string();
-    let p = this.provider(&inst.provider)?;
-    let list = p.list(&cluster).await.ok()?;
-    list.into_iter()
+/// The provider id of the instance launched for `inst`'s intent, if there is one; an error
+/// when the provider cannot be asked (then nobody knows).
+async fn find(this: &Scaler, inst: &CloudInstance) -> Result<Option<String>, String> {
+    let cluster = this
+        .core
+        .ledger
+        .read()
+        .scaling()
+        .cluster_id()
+        .ok_or("no cluster id yet")?
+        .to_string();
+    let p = this
+        .provider(&inst.provider)
+        .ok_or_else(|| format!("provider {} is not connected", inst.provider))?;
+    let list = p
+        .list(&cluster)
+        .await
+        .map_err(|e| format!("listing {}: {e}", inst.provider))?;
+    Ok(list
+        .into_iter()
         .find(|i| i.intent == Some(inst.intent) && i.alive)
-        .map(|i| i.provider_id)
+        .map(|i| i.provider_id))
 }
 
 /// Deadlines and clean-ups, every tick.
@@ -311,6 +346,23 @@ pub async fn reconcile(this: Arc<Scaler>, ops: &mut Ops) {
         let Some(p) = this.provider(&name) else {
             continue;
         };
+        // Every instance of the ledger: providers may share an account or an engine and list
+        // each other's instances. Read BEFORE listing for what the listing is to confirm: an
+        // instance launched while the listing ran is missing from it but must not be taken
+        // for vanished. Read again AFTER listing for what the listing may show: an instance
+        // whose intent was written meanwhile is no orphan.
+        let read = || -> (Vec<CloudInstance>, std::collections::HashSet<u64>) {
+            let all = this
+                .core
+                .ledger
+                .read()
+                .scaling()
+                .instances()
+                .cloned()
+                .collect();
+            (all, lock(&this.core.scaler).busy.clone())
+        };
+        let (before, busy_before) = read();
         let listed = match p.list(&cluster).await {
             Ok(l) => l,
             Err(e) => {
@@ -318,18 +370,14 @@ pub async fn reconcile(this: Arc<Scaler>, ops: &mut Ops) {
                 continue;
             }
         };
-        // Every instance of the ledger: providers may share an account or an engine and list
-        // each other's instances.
-        let all: Vec<CloudInstance> = this
-            .core
-            .ledger
-            .read()
-            .scaling()
-            .instances()
-            .cloned()
+        let (all, busy) = read();
+        let ledger: Vec<&CloudInstance> = before
+            .iter()
+            .filter(|i| i.provider == name && !busy_before.contains(&i.intent))
+            // Unchanged since before the listing: a change meanwhile (a launch confirmed, an
+            // end recorded) is newer than what the listing can say.
+            .filter(|i| all.iter().any(|now| now == *i))
             .collect();
-        let ledger: Vec<&CloudInstance> = all.iter().filter(|i| i.provider == name).collect();
-        let busy = lock(&this.core.scaler).busy.clone();
         for inst in listed.iter().filter(|i| i.alive) {
             let known = inst.intent.and_then(|n| all.iter().find(|l| l.intent == n));
             match known {
@@ -366,7 +414,10 @@ pub async fn reconcile(this: Arc<Scaler>, ops: &mut Ops) {
             match l.state {
                 InstanceState::Requested if !present => spawn_launch(this.clone(), l.intent, ops),
                 InstanceState::Launched | InstanceState::Joined | InstanceState::Draining
-                    if !present =>
+                    if !present
+                        && l.launched_at.is_none_or(|t| {
+                            this.core.now().0.saturating_sub(t.0) >= VANISHED_AFTER_LAUNCH_MS
+                        }) =>
                 {
                     let _ = this
                         .write(ScalingCommand::Failed {

@@ -214,3 +214,83 @@ async fn an_instance_that_never_joins_is_terminated_at_its_deadline_and_not_befo
     assert!(p.backoff_secs.is_some());
     node.stop().await;
 }
+
+/// Regression: a launch confirmed just before (or while) the provider was listed, and not yet
+/// in the listing, was marked vanished and later terminated as an orphan.
+#[tokio::test]
+async fn a_fresh_launch_missing_from_a_listing_is_not_taken_for_vanished() {
+    let node = TestNode::start().await;
+    let fake = Arc::new(FakeProvider::default()); // lists nothing
+    let this = scaler(&node, fake.clone());
+    let intent = intend(&node).await;
+    node.write(Command::Scaling {
+        cmd: ScalingCommand::Launched {
+            intent,
+            provider_id: "i-9".into(),
+        },
+        at: node.core.now(),
+    })
+    .await;
+    let mut ops = Ops::new();
+    ops::reconcile(this.clone(), &mut ops).await;
+    settle(&mut ops).await;
+    assert_eq!(instance(&node, intent).state, InstanceState::Launched);
+    // Still missing a minute after its launch: it did vanish.
+    node.clock.advance(Duration::from_secs(61));
+    ops::reconcile(this.clone(), &mut ops).await;
+    settle(&mut ops).await;
+    let i = instance(&node, intent);
+    assert_eq!(i.state, InstanceState::Failed);
+    assert!(i.end_reason.unwrap_or_default().contains("vanished"));
+    node.stop().await;
+}
+
+/// Regression: ending an instance while its provider was not connected recorded the end
+/// without terminating anything, leaving the instance running unrecorded.
+#[tokio::test]
+async fn an_instance_is_not_ended_while_its_provider_cannot_be_reached() {
+    let node = TestNode::start().await;
+    let fake = Arc::new(FakeProvider::default());
+    let this = scaler(&node, fake.clone());
+    let intent = intend(&node).await;
+    node.write(Command::Scaling {
+        cmd: ScalingCommand::Launched {
+            intent,
+            provider_id: "i-7".into(),
+        },
+        at: node.core.now(),
+    })
+    .await;
+    lock(&this.core.scaler)
+        .providers
+        .get_mut("fake")
+        .unwrap()
+        .connected = None;
+    let deadline = node
+        .core
+        .ledger
+        .read()
+        .scaling()
+        .policy()
+        .registration_deadline_ms;
+    node.clock.advance(Duration::from_millis(deadline + 1));
+    let mut ops = Ops::new();
+    ops::maintain(this.clone(), node.core.now(), &mut ops).await;
+    settle(&mut ops).await;
+    assert_eq!(
+        instance(&node, intent).state,
+        InstanceState::Launched,
+        "kept until it can be terminated"
+    );
+    // Connected again: terminated, then recorded.
+    lock(&this.core.scaler)
+        .providers
+        .get_mut("fake")
+        .unwrap()
+        .connected = Some(fake.clone());
+    ops::maintain(this.clone(), node.core.now(), &mut ops).await;
+    settle(&mut ops).await;
+    assert_eq!(*fake.terminated.lock().unwrap(), ["i-7"]);
+    assert_eq!(instance(&node, intent).state, InstanceState::Failed);
+    node.stop().await;
+}
