@@ -408,3 +408,31 @@ async fn a_worker_cut_off_from_the_quorum_stops_its_attempts_before_dead_after()
     std::fs::write(&gate, "").unwrap();
     leader_node.wait_state(id, TaskState::Succeeded).await;
 }
+
+/// Two clusters that formed separately (same swarm key, no --join between them) meet on the
+/// mesh through a node that joins one of them: they do not merge, and it says so loudly and
+/// lists the other in its status.
+#[tokio::test]
+async fn a_cluster_that_formed_separately_is_detected_and_reported() {
+    let a = TestNode::start(&[]).await;
+    let key = a.data_dir().join("swarm.key");
+    let key = key.to_str().unwrap();
+    let b = TestNode::start(&["--swarm-key", key]).await;
+    assert_ne!(leader_of(&a).await, leader_of(&b).await, "two clusters");
+    let (ja, jb) = (a.mesh_addr(), b.mesh_addr());
+    let c = TestNode::start(&["--swarm-key", key, "--join", &ja, "--join", &jb]).await;
+    let s = wait_status(&c, 30, |s| !s.foreign_clusters.is_empty()).await;
+    assert_eq!(s.foreign_clusters.len(), 1, "{}", show(&s));
+    let mine = leader_of(&c).await;
+    let other = if mine == leader_of(&a).await { &b } else { &a };
+    assert!(
+        s.foreign_clusters.contains_key(&other.node_id()),
+        "{}",
+        show(&s)
+    );
+    assert!(
+        c.log().contains("belongs to another cluster"),
+        "{}",
+        c.log()
+    );
+}

@@ -213,6 +213,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("cluster formation", |s| {
         cluster::form(core.clone(), mesh.clone(), formation, s)
     });
+    c.start("foreign clusters", |s| {
+        cluster::watch_foreign(core.clone(), mesh.clone(), s)
+    });
     c.start("voter promotion", |s| {
         cluster::grow(core.clone(), cfg.voters, s)
     });

@@ -110,6 +110,14 @@ pub async fn status(State(st): State<AppState>) -> Json<StatusView> {
         uptime_secs: st.core.clock.instant().duration_since(st.started).as_secs(),
         host: st.host.borrow().clone(),
         disk: st.core.disk.view(),
+        foreign_clusters: st
+            .core
+            .foreign_clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, c)| (n.to_string(), c.clone()))
+            .collect(),
     })
 }
 

@@ -81,6 +81,12 @@ async fn handle(
                     .is_some(),
                 leader: m.current_leader,
                 candidate,
+                cluster: core
+                    .ledger
+                    .read()
+                    .scaling()
+                    .cluster_id()
+                    .map(str::to_string),
             })
         }
         Request::AppendEntries(rpc) => {
@@ -308,6 +314,57 @@ pub async fn form(
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
+    }
+}
+
+/// How often a member looks for connected peers of another cluster.
+const FOREIGN_EVERY: Duration = Duration::from_secs(5);
+
+/// Looks for connected peers that belong to another cluster (formed separately, or another
+/// cluster sharing the swarm key). Two ledgers cannot be merged, so it says so loudly and lists
+/// them in the status. Only peers outside this cluster's membership are asked.
+pub async fn watch_foreign(core: Core, mesh: MeshClient, mut shutdown: watch::Receiver<bool>) {
+    let mut reported: BTreeSet<NodeId> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(FOREIGN_EVERY) => {}
+        }
+        let mine = core
+            .ledger
+            .read()
+            .scaling()
+            .cluster_id()
+            .map(str::to_string);
+        let Some(mine) = mine.filter(|_| core.leadership.is_member(core.node)) else {
+            continue;
+        };
+        let mut found = BTreeMap::new();
+        for p in mesh.peers().await {
+            if core.leadership.is_member(node_id_of(&p)) {
+                continue;
+            }
+            let Ok(Response::Hello(h)) = mesh
+                .request(p, Request::Hello, Duration::from_secs(2))
+                .await
+            else {
+                continue;
+            };
+            if let Some(theirs) = h.cluster.filter(|c| h.initialized && *c != mine) {
+                if reported.insert(h.node) {
+                    tracing::error!(
+                        "peer {} belongs to another cluster ({theirs}; this one is {mine}):                          clusters that formed separately do not merge. Stop one side's nodes,                          remove their data dirs and start them with --join to a member of the                          other",
+                        h.node
+                    );
+                }
+                found.insert(h.node, theirs);
+            }
+        }
+        reported.retain(|n| found.contains_key(n));
+        *core
+            .foreign_clusters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = found;
     }
 }
 

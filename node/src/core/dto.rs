@@ -68,6 +68,10 @@ pub struct StatusView {
     /// The data dir: its size, what is in it and the room left.
     #[serde(default)]
     pub disk: crate::core::disk::DiskView,
+    /// Connected peers that belong to another cluster (node id → that cluster's id): clusters
+    /// that formed separately, which do not merge.
+    #[serde(default)]
+    pub foreign_clusters: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -67,6 +67,9 @@ pub struct Core {
     pub catalogue: Arc<[InstanceType]>,
     /// The data dir's footprint and free space.
     pub disk: disk::Disk,
+    /// Connected peers that belong to another cluster, with its id (see
+    /// `cluster::watch_foreign`).
+    pub foreign_clusters: Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, String>>>,
 }
 
 /// What the composition root brings to build a [`Core`].
@@ -108,6 +111,7 @@ impl Core {
             data_dir: p.data_dir,
             catalogue: p.catalogue.into(),
             disk: Default::default(),
+            foreign_clusters: Default::default(),
         };
         (core, batcher)
     }

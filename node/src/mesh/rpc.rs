@@ -37,6 +37,8 @@ pub struct Hello {
     /// Whether it may start a cluster (no `--join`, or `--bootstrap-expect`): only candidates
     /// count when the lowest id is chosen, so a node waiting for its seed is never waited for.
     pub candidate: bool,
+    /// The cluster it belongs to (the ledger's cluster id), once it has one.
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
