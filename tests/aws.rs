@@ -157,6 +157,14 @@ async fn launch_is_idempotent_tags_and_user_data_are_set_and_terminate_works() {
     assert_eq!(listed[0].intent, Some(1));
     assert!(listed[0].alive);
     assert!(p.list("other").await.unwrap().is_empty());
+    // Stopped: not alive, yet still there (and billed for its disk) until terminated.
+    c.stop_instances()
+        .instance_ids(&first)
+        .send()
+        .await
+        .unwrap();
+    let listed = p.list("c0ffee").await.unwrap();
+    assert!(!listed[0].alive && listed[0].stopped, "{listed:?}");
 
     // Tags and user data as sent.
     let out = c
@@ -211,7 +219,8 @@ async fn launch_is_idempotent_tags_and_user_data_are_set_and_terminate_works() {
         ),
         "{st:?}"
     );
-    assert!(!p.list("c0ffee").await.unwrap()[0].alive);
+    let listed = p.list("c0ffee").await.unwrap();
+    assert!(!listed[0].alive && !listed[0].stopped, "{listed:?}");
     p.terminate(&first).await.unwrap();
 }
 

@@ -213,6 +213,10 @@ impl AwsProvider {
                             state,
                             Some(InstanceStateName::Pending | InstanceStateName::Running)
                         ),
+                        stopped: matches!(
+                            state,
+                            Some(InstanceStateName::Stopping | InstanceStateName::Stopped)
+                        ),
                     });
                 }
             }

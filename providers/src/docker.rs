@@ -174,6 +174,11 @@ impl DockerProvider {
                                 | ContainerSummaryStateEnum::PAUSED
                         )
                     ),
+                    // An exited container keeps its writable layer until it is removed.
+                    stopped: matches!(
+                        c.state,
+                        Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD)
+                    ),
                 }
             })
             .collect())

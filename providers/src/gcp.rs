@@ -201,6 +201,11 @@ impl GcpProvider {
                         i["status"].as_str(),
                         Some("PROVISIONING" | "STAGING" | "RUNNING" | "REPAIRING")
                     ),
+                    // GCE's TERMINATED is a stopped VM: its disks stay (and are billed).
+                    stopped: matches!(
+                        i["status"].as_str(),
+                        Some("STOPPING" | "TERMINATED" | "SUSPENDING" | "SUSPENDED")
+                    ),
                 });
             }
             page = v["nextPageToken"].as_str().map(str::to_string);

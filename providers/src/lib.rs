@@ -103,6 +103,9 @@ pub struct Instance {
     pub intent: Option<u64>,
     /// Running or about to (not stopped, terminated or being deleted).
     pub alive: bool,
+    /// Stopped but not deleted: it still holds its disk (and is billed for it) until it is
+    /// terminated.
+    pub stopped: bool,
 }
 
 pub trait Provider: Send + Sync {

@@ -140,6 +140,7 @@ impl SimProvider {
                 name,
                 intent: tags[INTENT_TAG].as_str().and_then(|s| s.parse().ok()),
                 alive: Self::pid_of(&dir).is_some(),
+                stopped: false,
             });
         }
         Ok(out)

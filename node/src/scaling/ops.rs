@@ -409,6 +409,24 @@ pub async fn reconcile(this: Arc<Scaler>, ops: &mut Ops) {
                 }
             }
         }
+        // A stopped instance holds its disk (and its bill) until it is deleted: one that no
+        // live intent of the ledger accounts for is reclaimed.
+        for inst in listed.iter().filter(|i| i.stopped && !i.alive) {
+            let known = inst.intent.and_then(|n| all.iter().find(|l| l.intent == n));
+            let keep = known.is_some_and(|l| l.provider != name || !l.state.is_ended())
+                || inst.intent.is_some_and(|n| busy.contains(&n));
+            if keep {
+                continue;
+            }
+            tracing::warn!(
+                "reconcile: terminating stopped instance {} ({}): no live intent in the ledger",
+                inst.provider_id,
+                inst.name
+            );
+            if let Err(e) = p.terminate(&inst.provider_id).await {
+                tracing::warn!("reconcile: terminating {}: {e}", inst.provider_id);
+            }
+        }
         for l in ledger.iter().filter(|l| !busy.contains(&l.intent)) {
             let present = listed.iter().any(|i| i.alive && i.intent == Some(l.intent));
             match l.state {

@@ -24,6 +24,8 @@ use crate::core::testing::TestNode;
 struct FakeProvider {
     launched: Mutex<Vec<LaunchSpec>>,
     terminated: Mutex<Vec<String>>,
+    /// What `list` answers.
+    listing: Mutex<Vec<Instance>>,
 }
 
 impl Provider for FakeProvider {
@@ -45,7 +47,8 @@ impl Provider for FakeProvider {
         &'a self,
         _cluster_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Instance>, testmesh_providers::Error>> {
-        Box::pin(async { Ok(Vec::new()) })
+        let listing = self.listing.lock().unwrap().clone();
+        Box::pin(async move { Ok(listing) })
     }
 
     fn terminate<'a>(
@@ -292,5 +295,28 @@ async fn an_instance_is_not_ended_while_its_provider_cannot_be_reached() {
     settle(&mut ops).await;
     assert_eq!(*fake.terminated.lock().unwrap(), ["i-7"]);
     assert_eq!(instance(&node, intent).state, InstanceState::Failed);
+    node.stop().await;
+}
+
+/// Regression: stopped instances were never reclaimed and kept billing for their disks. One
+/// that no live intent accounts for is terminated; one of a live intent is left to its intent.
+#[tokio::test]
+async fn stopped_instances_without_a_live_intent_are_reclaimed() {
+    let node = TestNode::start().await;
+    let fake = Arc::new(FakeProvider::default());
+    let this = scaler(&node, fake.clone());
+    let intent = intend(&node).await;
+    let stopped = |id: &str, intent| Instance {
+        provider_id: id.into(),
+        name: format!("testmesh-c1-{intent}"),
+        intent: Some(intent),
+        alive: false,
+        stopped: true,
+    };
+    *fake.listing.lock().unwrap() = vec![stopped("i-live", intent), stopped("i-gone", 999)];
+    let mut ops = Ops::new();
+    ops::reconcile(this.clone(), &mut ops).await;
+    settle(&mut ops).await;
+    assert_eq!(*fake.terminated.lock().unwrap(), ["i-gone"]);
     node.stop().await;
 }
