@@ -199,11 +199,15 @@ impl<P: Processes> Agent<P> {
     fn fence(&mut self) {
         let mut pids = Vec::new();
         for r in self.running.values_mut() {
-            if r.ending != Some(Ending::Fenced) {
-                r.ending = Some(Ending::Fenced);
-                r.kill_at = None;
-                pids.push(r.pid);
+            if r.ending == Some(Ending::Fenced) {
+                continue;
             }
+            // A timeout or a cancel under way keeps its meaning; it is only cut short.
+            if r.ending.is_none() {
+                r.ending = Some(Ending::Fenced);
+            }
+            r.kill_at = None;
+            pids.push(r.pid);
         }
         for pid in pids {
             self.processes.signal(pid, Signal::Kill);
@@ -463,7 +467,11 @@ impl<P: Processes> Agent<P> {
             return;
         };
         // (The reaper has already killed whatever the task left behind in its group.)
-        let (state, message) = match (run.ending, exit.code) {
+        // An attempt that exited by itself before the fence's kill reached it keeps its result.
+        let ending = run
+            .ending
+            .filter(|e| *e != Ending::Fenced || exit.code.is_none());
+        let (state, message) = match (ending, exit.code) {
             (Some(Ending::TimedOut), _) => (TaskState::TimedOut, Some("timed out".to_string())),
             (Some(Ending::Cancelled), _) => (TaskState::Cancelled, Some("cancelled".to_string())),
             (Some(Ending::Fenced), _) => (
@@ -500,10 +508,12 @@ impl<P: Processes> Agent<P> {
         let attempt = run.attempt;
         tokio::spawn(async move {
             let paths = reporter.paths(task, attempt);
-            let lens = [
-                output::finished(stdout, &paths[0]).await,
-                output::finished(stderr, &paths[1]).await,
-            ];
+            // Both at once: the drain bound holds for the pair, not for each in turn.
+            let (out, err) = tokio::join!(
+                output::finished(stdout, &paths[0]),
+                output::finished(stderr, &paths[1])
+            );
+            let lens = [out, err];
             reporter.end(task, attempt, outcome, Some(lens)).await;
         });
     }

@@ -200,12 +200,20 @@ pub async fn list(
     };
     let collect = |ledger: &Ledger, rev: u64| {
         let found: Vec<&Task> = match &ids {
-            Some(ids) => ids
-                .iter()
-                .filter_map(|id| ledger.task(*id))
-                .filter(|t| matches(t))
-                .take(limit)
-                .collect(),
+            Some(ids) => {
+                let mut found: Vec<&Task> = ids
+                    .iter()
+                    .filter_map(|id| ledger.task(*id))
+                    .filter(|t| matches(t))
+                    .collect();
+                // Watching these ids: in the order of changes, so that a cursor after the last
+                // one returned skips none of the rest.
+                if q.since.is_some() {
+                    found.sort_by_key(|t| (t.rev, t.id));
+                }
+                found.truncate(limit);
+                found
+            }
             None if q.since.is_some() => {
                 let (rev, id) = q.since.map_or((0, TaskId(0)), |c| c.from);
                 ledger

@@ -278,11 +278,12 @@ pub async fn form(
                 );
             }
         } else {
-            // Without --bootstrap-expect only candidates are counted: a peer that was given
-            // --join will never start a cluster, so waiting for it would wait for ever.
+            // Only candidates are counted (and become the first voters): a peer that was given
+            // only --join will never start a cluster, so waiting for it would wait for ever.
+            // (Nodes given --bootstrap-expect are candidates.)
             let mut fresh: BTreeMap<NodeId, String> = hellos
                 .iter()
-                .filter(|(_, h)| h.candidate || opts.bootstrap_expect.is_some())
+                .filter(|(_, h)| h.candidate)
                 .map(|(_, h)| (h.node, h.addr.clone()))
                 .collect();
             fresh.insert(me, mesh.member_addr().await);

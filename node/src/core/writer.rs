@@ -7,7 +7,7 @@
 //! other node it is forwarded to the leader, which commits it as it is (batches do not nest).
 //! Reports nobody waits on are never dropped: an election or a partition only delays them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -97,8 +97,9 @@ pub struct Writer {
     queue: mpsc::Sender<Item>,
     /// This node's replica, to tell which members may hold a Raft vote.
     ledger: Option<LedgerReader>,
-    /// When a quorum last confirmed this node's leadership.
-    quorum_ok: Arc<Mutex<Option<Instant>>>,
+    /// When a quorum last confirmed this node's leadership; held while a confirmation round
+    /// runs, so that concurrent standing checks share one round.
+    quorum_ok: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Writer {
@@ -275,17 +276,17 @@ impl Writer {
     /// the ledger has not marked the worker lost).
     pub async fn standing_of(&self, worker: NodeId) -> Standing {
         let clock = super::clock::SystemClock;
-        let fresh = self
-            .quorum_ok
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| clock.instant().duration_since(t) < QUORUM_FRESH);
-        if !fresh {
-            let asked = clock.instant();
-            if let Err(e) = self.read_index_here().await {
-                return Standing::Unsure(e.to_string());
+        {
+            let mut ok = self.quorum_ok.lock().await;
+            if !ok.is_some_and(|t| clock.instant().duration_since(t) < QUORUM_FRESH) {
+                let asked = clock.instant();
+                // The quorum round only: unlike a linearizable read it does not wait for this
+                // node's state machine to catch up, which has nothing to do with standing.
+                if let Err(e) = self.raft.get_read_log_id().await {
+                    return Standing::Unsure(e.to_string());
+                }
+                *ok = Some(asked);
             }
-            *self.quorum_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
         }
         if !self.leadership.is_leader() {
             return Standing::Unsure("no longer the leader".into());

@@ -205,10 +205,35 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
         // Without a connection to its provider nothing can be terminated: ending the intent
         // now would leave the instance running (and billed) with no record of it. Later.
         let Some(p) = this.provider(&inst.provider) else {
-            tracing::debug!(
-                "cannot end intent {intent} yet: provider {} is not connected",
-                inst.provider
-            );
+            let configured = lock(&this.core.scaler)
+                .providers
+                .contains_key(&inst.provider);
+            if configured {
+                tracing::debug!(
+                    "cannot end intent {intent} yet: provider {} is not connected",
+                    inst.provider
+                );
+            } else {
+                // Nobody here can ever reach it: record the end (so it stops counting against
+                // the caps and the budget) and say loudly what may be left behind.
+                tracing::error!(
+                    "ending intent {intent} without terminating anything: provider {} is not \
+                     configured on this leader; its instance {} may still exist: check and \
+                     delete it by hand",
+                    inst.provider,
+                    inst.provider_id.as_deref().unwrap_or("(never confirmed)")
+                );
+                let reason = format!(
+                    "{reason} (provider {} not configured here: not terminated)",
+                    inst.provider
+                );
+                let cmd = if failed {
+                    ScalingCommand::Failed { intent, reason }
+                } else {
+                    ScalingCommand::Terminated { intent, reason }
+                };
+                let _ = this.write(cmd).await;
+            }
             release(&this, intent);
             return;
         };
@@ -296,7 +321,11 @@ pub async fn maintain(this: Arc<Scaler>, now: UnixMillis, ops: &mut Ops) {
         match i.state {
             InstanceState::Requested | InstanceState::Launched if age > deadline => {
                 let reason = format!("did not join within {} s", deadline / 1000);
-                this.failed(&i.provider, &reason);
+                // Counted against the provider once it can be ended (not on every tick while
+                // the provider is unreachable).
+                if this.provider(&i.provider).is_some() {
+                    this.failed(&i.provider, &reason);
+                }
                 spawn_end(this.clone(), i, true, reason, ops);
             }
             InstanceState::Requested if age > ORPHANED_INTENT_AFTER_MS => {
