@@ -274,7 +274,7 @@ impl std::str::FromStr for Cursor {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("since: {s:?} is not a revision (REV) or a list's `next` (REV.TASK)");
+        let bad = || format!("{s:?} is not a revision (REV) or a list's `next` (REV.TASK)");
         let num = |p: &str| p.parse::<u64>().map_err(|_| bad());
         Ok(match s.split_once('.') {
             None => Cursor {
