@@ -227,12 +227,7 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
                     "{reason} (provider {} not configured here: not terminated)",
                     inst.provider
                 );
-                let cmd = if failed {
-                    ScalingCommand::Failed { intent, reason }
-                } else {
-                    ScalingCommand::Terminated { intent, reason }
-                };
-                let _ = this.write(cmd).await;
+                let _ = this.write(end_of(intent, failed, reason)).await;
             }
             release(&this, intent);
             return;
@@ -260,15 +255,19 @@ fn spawn_end(this: Arc<Scaler>, inst: CloudInstance, failed: bool, reason: Strin
             }
         }
         if ok {
-            let cmd = if failed {
-                ScalingCommand::Failed { intent, reason }
-            } else {
-                ScalingCommand::Terminated { intent, reason }
-            };
-            let _ = this.write(cmd).await;
+            let _ = this.write(end_of(intent, failed, reason)).await;
         }
         release(&this, intent);
     });
+}
+
+/// The ledger record of an instance's end.
+fn end_of(intent: u64, failed: bool, reason: String) -> ScalingCommand {
+    if failed {
+        ScalingCommand::Failed { intent, reason }
+    } else {
+        ScalingCommand::Terminated { intent, reason }
+    }
 }
 
 /// The provider id of the instance launched for `inst`'s intent, if there is one; an error

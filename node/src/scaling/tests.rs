@@ -142,6 +142,18 @@ fn instance(node: &TestNode, intent: u64) -> testmesh_consensus::scaling::CloudI
         .unwrap()
 }
 
+/// Records `intent` as launched as `provider_id`.
+async fn launched(node: &TestNode, intent: u64, provider_id: &str) {
+    node.write(Command::Scaling {
+        cmd: ScalingCommand::Launched {
+            intent,
+            provider_id: provider_id.into(),
+        },
+        at: node.core.now(),
+    })
+    .await;
+}
+
 async fn settle(ops: &mut Ops) {
     while ops.join_next().await.is_some() {}
 }
@@ -174,14 +186,7 @@ async fn an_instance_that_never_joins_is_terminated_at_its_deadline_and_not_befo
     let fake = Arc::new(FakeProvider::default());
     let this = scaler(&node, fake.clone());
     let intent = intend(&node).await;
-    node.write(Command::Scaling {
-        cmd: ScalingCommand::Launched {
-            intent,
-            provider_id: "i-7".into(),
-        },
-        at: node.core.now(),
-    })
-    .await;
+    launched(&node, intent, "i-7").await;
     let deadline = node
         .core
         .ledger
@@ -226,14 +231,7 @@ async fn a_fresh_launch_missing_from_a_listing_is_not_taken_for_vanished() {
     let fake = Arc::new(FakeProvider::default()); // lists nothing
     let this = scaler(&node, fake.clone());
     let intent = intend(&node).await;
-    node.write(Command::Scaling {
-        cmd: ScalingCommand::Launched {
-            intent,
-            provider_id: "i-9".into(),
-        },
-        at: node.core.now(),
-    })
-    .await;
+    launched(&node, intent, "i-9").await;
     let mut ops = Ops::new();
     ops::reconcile(this.clone(), &mut ops).await;
     settle(&mut ops).await;
@@ -256,14 +254,7 @@ async fn an_instance_is_not_ended_while_its_provider_cannot_be_reached() {
     let fake = Arc::new(FakeProvider::default());
     let this = scaler(&node, fake.clone());
     let intent = intend(&node).await;
-    node.write(Command::Scaling {
-        cmd: ScalingCommand::Launched {
-            intent,
-            provider_id: "i-7".into(),
-        },
-        at: node.core.now(),
-    })
-    .await;
+    launched(&node, intent, "i-7").await;
     lock(&this.core.scaler)
         .providers
         .get_mut("fake")
