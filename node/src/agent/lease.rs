@@ -31,9 +31,10 @@ pub async fn keep_lease(
         if matches!(answer, Standing::Unsure(_))
             && confirmed.is_none_or(|c| core.clock.instant().duration_since(c) >= fence_after)
         {
-            // About to fence: ask once more first. After this process was paused the question
-            // in flight timed out at once, though the leader may answer a fresh one at once.
-            (asked, answer) = ask(&core, every).await;
+            // About to fence: ask once more first, with more patience (a quarter of
+            // --dead-after: still inside it). After this process was paused the question in
+            // flight timed out at once, and a loaded machine may be slow to answer a fresh one.
+            (asked, answer) = ask(&core, fence_after / 2).await;
         }
         let now = core.clock.instant();
         let was_good = *good.borrow();
