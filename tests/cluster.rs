@@ -124,14 +124,23 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
     for id in &ids {
         nodes[1].wait_state(*id, TaskState::Succeeded).await;
     }
-    // Three voters (learners are promoted once registered), so two survivors are a majority.
-    // Not mid-change either: killing the leader during joint consensus can leave the old voter
-    // set without a majority.
-    let s = wait_status(&nodes[0], 30, |s| {
-        s.voters.len() == 3 && !s.membership_changing && s.leader.is_some()
-    })
-    .await;
-    let leader = s.leader.unwrap();
+    // Three voters on every node, so two survivors are a majority. Asked of every node, not
+    // only the leader: the leader sees the final configuration as soon as it appends it, and a
+    // follower still in the joint one cannot be elected without the old voters' majority.
+    let mut leaders = BTreeSet::new();
+    for n in &nodes {
+        let s = wait_status(n, 30, |s| {
+            s.voters.len() == 3 && !s.membership_changing && s.leader.is_some()
+        })
+        .await;
+        leaders.insert(s.leader.unwrap());
+    }
+    assert_eq!(
+        leaders.len(),
+        1,
+        "the nodes disagree on the leader: {leaders:?}"
+    );
+    let leader = leaders.pop_first().unwrap();
     let li = nodes.iter().position(|n| n.node_id() == leader).unwrap();
     nodes[li].kill9();
     let survivors: Vec<&TestNode> = nodes

@@ -18,7 +18,7 @@ use openraft::{BasicNode, ChangeMembers};
 use testmesh_consensus::{NodeId, TaskId};
 use tokio::sync::{mpsc, watch};
 
-use crate::core::membership::{caught_up_learners, voters_without};
+use crate::core::membership::{caught_up_learners, learners_to_promote, voters_without};
 use crate::core::{Core, Writer};
 use crate::mesh::key::node_id_of;
 use crate::mesh::rpc::{Hello, Request, Response, WriteFailure};
@@ -391,8 +391,8 @@ pub async fn grow(core: Core, target: usize, mut shutdown: watch::Receiver<bool>
         let caught_up: BTreeSet<NodeId> = caught_up_learners(&m, &learners)
             .into_iter()
             .filter(|l| writer.may_vote(*l))
-            .take(target - voters.len())
             .collect();
+        let caught_up = learners_to_promote(voters.len(), &caught_up, target);
         if caught_up.is_empty() {
             continue;
         }

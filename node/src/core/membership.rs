@@ -79,6 +79,25 @@ pub fn voters_without(
     (!new.is_empty()).then_some(new)
 }
 
+/// The caught-up learners to promote so that the voters grow towards `target` without ever
+/// stopping at an even count below it: two voters tolerate no more failures than one, and a
+/// leader lost while the second is being added can leave the old pair without a majority for
+/// good. So one voter waits for two caught-up learners and moves straight to three.
+pub fn learners_to_promote(
+    voters: usize,
+    caught_up: &BTreeSet<NodeId>,
+    target: usize,
+) -> BTreeSet<NodeId> {
+    let most = target.min(voters + caught_up.len());
+    let Some(total) = (voters + 1..=most)
+        .rev()
+        .find(|n| n % 2 == 1 || *n == target)
+    else {
+        return BTreeSet::new();
+    };
+    caught_up.iter().copied().take(total - voters).collect()
+}
+
 /// The voters once every silent voter is replaced by a live, caught-up learner (one for one,
 /// while such learners last); `None` when nothing can be replaced. A silent voter without a
 /// replacement stays: removing it would not make the cluster any safer.
@@ -109,6 +128,21 @@ mod tests {
 
     fn set(ids: &[u64]) -> BTreeSet<NodeId> {
         ids.iter().map(|i| NodeId(*i)).collect()
+    }
+
+    #[test]
+    fn voters_grow_by_odd_counts_or_to_the_target() {
+        // One voter and one learner: wait for a second learner rather than pass through two.
+        assert_eq!(learners_to_promote(1, &set(&[2]), 3), set(&[]));
+        assert_eq!(learners_to_promote(1, &set(&[2, 3]), 3), set(&[2, 3]));
+        assert_eq!(learners_to_promote(1, &set(&[2, 3, 4]), 3), set(&[2, 3]));
+        assert_eq!(learners_to_promote(3, &set(&[4]), 5), set(&[]));
+        assert_eq!(learners_to_promote(3, &set(&[4, 5, 6]), 5), set(&[4, 5]));
+        assert_eq!(learners_to_promote(3, &set(&[4, 5]), 3), set(&[]));
+        // An even target the operator asked for is reached.
+        assert_eq!(learners_to_promote(1, &set(&[2]), 2), set(&[2]));
+        assert_eq!(learners_to_promote(3, &set(&[4]), 4), set(&[4]));
+        assert_eq!(learners_to_promote(5, &set(&[]), 7), set(&[]));
     }
 
     #[test]
