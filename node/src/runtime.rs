@@ -225,8 +225,21 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     // its attempts, well before the leader may run them elsewhere.
     let fence_after = cfg.dead_after / 2;
     let (standing_tx, standing_rx) = watch::channel(false);
+    // A process apart that kills the attempts should this one be paused or die.
+    let watchdog = match crate::agent::Watchdog::spawn() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(
+                "cannot start the fencing watchdog ({e}): a paused or killed node's tasks would run on"
+            );
+            None
+        }
+    };
+    let processes = watchdog
+        .clone()
+        .map_or_else(SystemProcesses::default, SystemProcesses::with_watchdog);
     c.start("lease", |s| {
-        crate::agent::keep_lease(core.clone(), fence_after, standing_tx, s)
+        crate::agent::keep_lease(core.clone(), fence_after, standing_tx, watchdog, s)
     });
     c.start("sampler", |s| {
         sample(
@@ -239,7 +252,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         )
     });
     c.start("agent", |s| {
-        Agent::new(core.clone(), SystemProcesses::default())
+        Agent::new(core.clone(), processes)
             .with_fencing(standing_rx, fence_after)
             .with_boot_id(boot_id)
             .with_gpu_memory(gpu_peaks)

@@ -15,11 +15,19 @@ use tokio::sync::watch;
 use crate::core::Core;
 use crate::mesh::rpc::Standing;
 
+/// The watchdog's lease, in units of `fence_after` (half of `--dead-after`): 0.8 of
+/// `--dead-after`.
+pub const WATCHDOG_LEASE: f64 = 1.6;
+
 /// Keeps `good` true while this node is in good standing with the leader, until shutdown.
+/// Each confirmation also renews the watchdog's lease (see [`super::watchdog`]) for
+/// [`WATCHDOG_LEASE`] of `fence_after` from the time of asking: longer than this process's own
+/// bound (it asks once more before fencing), shorter than `--dead-after`.
 pub async fn keep_lease(
     core: Core,
     fence_after: Duration,
     good: watch::Sender<bool>,
+    watchdog: Option<super::Watchdog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = (fence_after / 4).max(Duration::from_millis(100));
@@ -41,6 +49,10 @@ pub async fn keep_lease(
         let standing = match answer {
             Standing::Good => {
                 confirmed = Some(asked);
+                if let Some(w) = &watchdog {
+                    let lease = fence_after.mul_f64(WATCHDOG_LEASE);
+                    w.lease(lease.saturating_sub(now.duration_since(asked)));
+                }
                 true
             }
             Standing::Lost => {

@@ -15,6 +15,7 @@ mod output;
 mod sys;
 #[cfg(test)]
 mod tests;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use lease::keep_lease;
 pub use sys::{Exit, kill_orphans, task_of};
+pub use watchdog::Watchdog;
 
 use crate::core::Core;
 use crate::core::logs::{Stream, read_log};
@@ -78,6 +80,16 @@ pub trait Processes: Send + 'static {
 #[derive(Default)]
 pub struct SystemProcesses {
     children: sys::Children,
+}
+
+impl SystemProcesses {
+    /// Tells `w` of every process group started and reaped, so that it can kill them should
+    /// this process stop renewing its lease.
+    pub fn with_watchdog(w: watchdog::Watchdog) -> Self {
+        SystemProcesses {
+            children: sys::Children::with_watchdog(w),
+        }
+    }
 }
 
 impl Processes for SystemProcesses {

@@ -24,11 +24,22 @@ pub struct Exit {
 
 /// The pids the agent spawned and has not seen exit. The reaper reaps only these: a child that
 /// std's `Command::spawn` reaps itself (an `exec` that failed) must be left to it.
+/// The fencing watchdog, when there is one, hears of every group started and ended.
 #[derive(Clone, Default)]
-pub struct Children(Arc<(Mutex<HashSet<u32>>, Condvar)>);
+pub struct Children(
+    Arc<(Mutex<HashSet<u32>>, Condvar)>,
+    Option<super::watchdog::Watchdog>,
+);
 
 impl Children {
+    pub fn with_watchdog(w: super::watchdog::Watchdog) -> Children {
+        Children(Arc::default(), Some(w))
+    }
+
     pub fn spawned(&self, pid: u32) {
+        if let Some(w) = &self.1 {
+            w.started(pid);
+        }
         let (m, c) = &*self.0;
         m.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
         c.notify_one();
@@ -157,6 +168,10 @@ pub fn start(children: Children) -> mpsc::Receiver<Exit> {
                     }
                 };
                 signal_group(pid, SIGKILL);
+                // Before the reap: until then the zombie keeps the group id from being reused.
+                if let Some(w) = &children.1 {
+                    w.ended(pid);
+                }
                 let exit = reap(pid);
                 children.remove(pid);
                 match exit {

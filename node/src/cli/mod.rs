@@ -15,6 +15,7 @@ mod bench;
 mod bench_raft;
 mod bench_replay;
 mod bench_replay_scaling;
+mod chaos;
 mod client;
 mod demo;
 mod insights;
@@ -103,6 +104,12 @@ pub enum Cmd {
     Run(run::RunArgs),
     /// Runs: list, show, wait, export (JUnit, JSON), cancel
     Runs(run::RunsArgs),
+    /// Fault injection: a local cluster under a recorded client workload and seeded faults
+    /// (kills, pauses, partitions), checked for lost, duplicated or doubly run work
+    Chaos(chaos::ChaosArgs),
+    /// The fencing watchdog a node starts for itself (reads its lease on stdin)
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
 }
@@ -177,6 +184,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Unquarantine(a) => tasks::set_worker_state(a, "unquarantine").await,
         Cmd::Status(a) => tasks::status(a).await,
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Chaos(a) => chaos::run(a).await,
+        Cmd::Watchdog => {
+            crate::agent::watchdog::serve();
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Predict(a) => match a.cmd {
             Some(predict::PredictCmd::Eval(e)) => predict::eval(e),
             None => predict::ask(a).await,

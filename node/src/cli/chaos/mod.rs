@@ -1,0 +1,479 @@
+//! `testmesh chaos`: a cluster of real nodes, a client workload recorded as a history, faults
+//! on a seeded schedule, and a checker over the history and the final ledger (Jepsen's
+//! approach, on one machine). Exits non-zero when any promise was broken.
+
+mod check;
+mod fleet;
+mod history;
+mod schedule;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use testmesh_consensus::model::Worker;
+use testmesh_consensus::task::Task;
+
+use self::fleet::Fleet;
+use self::history::{FAULTS, Kind, Op, Recorder};
+use self::schedule::{FaultKind, Planned};
+use self::workload::{Endpoint, Shared};
+use crate::core::dto::{StatusView, TaskList};
+
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Nodes in the cluster (3 or more)
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// How long faults are injected under load (then everything is healed and checked)
+    #[arg(long, default_value = "120s", value_parser = crate::units::parse_duration)]
+    pub duration: Duration,
+    /// Seed of the fault schedule and the workload [default: random, printed]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Faults to draw from [default: every kind that fits --netns]
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Vec<FaultKind>,
+    /// Put each node in its own network namespace (needs root and iproute2) so that links can
+    /// be cut and slowed
+    #[arg(long)]
+    pub netns: bool,
+    /// Concurrent clients
+    #[arg(long, default_value_t = 3)]
+    pub clients: u32,
+    /// The nodes' --dead-after
+    #[arg(long, default_value = "4s", value_parser = crate::units::parse_duration)]
+    pub dead_after: Duration,
+    /// How long every task has, after the faults are healed, to finish
+    #[arg(long, default_value = "180s", value_parser = crate::units::parse_duration)]
+    pub settle: Duration,
+    /// Directory for the nodes, the history and the report [default: ./chaos-SEED]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The testmesh binary the nodes run [default: this one] (to check an older build)
+    #[arg(long)]
+    pub node_bin: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    seed: u64,
+    nodes: usize,
+    duration_secs: f64,
+    operations: BTreeMap<String, usize>,
+    faults: BTreeMap<String, usize>,
+    tasks: usize,
+    task_states: BTreeMap<String, usize>,
+    attempts: usize,
+    settle_secs: f64,
+    violations: Vec<check::Violation>,
+}
+
+pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
+    if a.nodes < 3 {
+        bail!("--nodes must be at least 3 (a quorum that survives one fault)");
+    }
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let mut kinds = if a.faults.is_empty() {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|k| a.netns || !k.needs_netns())
+            .collect()
+    } else {
+        a.faults.clone()
+    };
+    if let Some(k) = kinds.iter().find(|k| k.needs_netns() && !a.netns) {
+        bail!("fault {k:?} cuts or slows links: add --netns (root and iproute2 needed)");
+    }
+    kinds.dedup();
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("chaos-{seed}")));
+    std::fs::create_dir_all(out.join("locks"))?;
+    std::fs::create_dir_all(out.join("violations"))?;
+    let out = out.canonicalize()?;
+    let probe = out.join("probe.sh");
+    std::fs::write(&probe, workload::PROBE)?;
+    println!(
+        "chaos: seed {seed}, {} nodes, {:?} of faults ({}), results in {}",
+        a.nodes,
+        a.duration,
+        kinds
+            .iter()
+            .map(|k| format!("{k:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        out.display()
+    );
+
+    let extra: Vec<String> = [
+        "--cpus",
+        "2",
+        "--memory",
+        "4GiB",
+        "--simulate-gpus",
+        "2xSim A100:40GiB",
+        "--dead-after",
+        &format!("{}ms", a.dead_after.as_millis()),
+        "--drain-timeout",
+        "0s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut fleet = Fleet::new(&out, a.nodes, a.netns, extra, a.node_bin.clone())?;
+    for i in 0..a.nodes {
+        fleet.start(i)?;
+        fleet.wait_files(i).await?;
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(8)
+        .build()?;
+    let endpoints: Vec<Endpoint> = fleet
+        .nodes
+        .iter()
+        .map(|n| Endpoint {
+            url: n.url(),
+            token: n.token.clone(),
+        })
+        .collect();
+    wait_formed(&http, &endpoints, a.nodes).await?;
+    println!(
+        "chaos: the cluster has {} workers; starting the workload",
+        a.nodes
+    );
+
+    let shared = Arc::new(Shared {
+        rec: Recorder::new(),
+        nodes: endpoints.clone(),
+        http: http.clone(),
+        stop: Default::default(),
+        known: Mutex::default(),
+        probe: probe.display().to_string(),
+        dir: out.display().to_string(),
+        final_rev: Default::default(),
+    });
+    let mut watch_logs = Vec::new();
+    let mut watchers = tokio::task::JoinSet::new();
+    for i in 0..a.nodes {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        watch_logs.push(log.clone());
+        watchers.spawn(workload::watcher(shared.clone(), i, log));
+    }
+    let mut clients = tokio::task::JoinSet::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for c in 0..a.clients {
+        clients.spawn(workload::client(shared.clone(), c, rng.random()));
+    }
+
+    let plan = schedule::plan(seed, a.duration, &kinds, a.dead_after);
+    let mut applied: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &plan {
+        let now = Duration::from_millis(shared.rec.elapsed_ms());
+        if p.at > now {
+            tokio::time::sleep(p.at - now).await;
+        }
+        match nemesis(&mut fleet, &http, &endpoints, &shared.rec, p).await {
+            Ok(()) => *applied.entry(format!("{:?}", p.kind)).or_default() += 1,
+            Err(e) => println!("chaos: could not apply {:?}: {e:#}", p.kind),
+        }
+    }
+    let now = Duration::from_millis(shared.rec.elapsed_ms());
+    if a.duration > now {
+        tokio::time::sleep(a.duration - now).await;
+    }
+
+    // Heal, let every task finish, then read the final state.
+    shared.stop.store(true, Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+    fleet.heal_all().await?;
+    let settle_start = shared.rec.elapsed_ms();
+    wait_formed(&http, &endpoints, a.nodes).await?;
+    let (tasks, workers) = settle(&http, &endpoints, a.settle).await?;
+    let settle_secs = (shared.rec.elapsed_ms() - settle_start) as f64 / 1000.0;
+    let final_rev = tasks.iter().map(|t| t.rev).max().unwrap_or(0).max(1);
+    shared.final_rev.store(final_rev, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        while watchers.join_next().await.is_some() {}
+    })
+    .await;
+    watchers.abort_all();
+
+    let events = shared.rec.events();
+    let ops = history::completed(&events);
+    let watches: Vec<check::WatchLog> = watch_logs
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .collect();
+    let mut probe_violations = Vec::new();
+    for e in std::fs::read_dir(out.join("violations"))?.flatten() {
+        probe_violations.push(std::fs::read_to_string(e.path())?.trim().to_string());
+    }
+    let violations = check::check(&check::Observed {
+        ops: &ops,
+        tasks: &tasks,
+        workers: &workers,
+        probe_violations: &probe_violations,
+        watches: &watches,
+    });
+
+    let mut operations = BTreeMap::new();
+    for o in ops.iter().filter(|o| o.process != FAULTS) {
+        let name = match o.op {
+            Op::Submit { .. } => "submit",
+            Op::Cancel { .. } => "cancel",
+            Op::Read { .. } => "read",
+            Op::Fault { .. } => "fault",
+        };
+        *operations
+            .entry(format!("{name} {:?}", o.kind).to_lowercase())
+            .or_default() += 1;
+    }
+    let mut task_states = BTreeMap::new();
+    for t in &tasks {
+        *task_states
+            .entry(format!("{:?}", t.state).to_lowercase())
+            .or_default() += 1;
+    }
+    let summary = Summary {
+        seed,
+        nodes: a.nodes,
+        duration_secs: a.duration.as_secs_f64(),
+        operations,
+        faults: applied,
+        tasks: tasks.len(),
+        task_states,
+        attempts: tasks.iter().map(|t| t.attempts.len()).sum(),
+        settle_secs,
+        violations,
+    };
+    let mut lines = String::new();
+    for e in &events {
+        lines.push_str(&serde_json::to_string(e)?);
+        lines.push('\n');
+    }
+    std::fs::write(out.join("history.jsonl"), lines)?;
+    std::fs::write(out.join("final.json"), serde_json::to_vec(&tasks)?)?;
+    std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    fleet.stop_all();
+
+    println!("chaos: {} operations {:?}", ops.len(), summary.operations);
+    println!("chaos: faults {:?}", summary.faults);
+    println!(
+        "chaos: {} tasks {:?}, {} attempts; settled in {:.1} s",
+        summary.tasks, summary.task_states, summary.attempts, settle_secs
+    );
+    if summary.violations.is_empty() {
+        println!("chaos: no violations (seed {seed})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("chaos: {} VIOLATION(S)", summary.violations.len());
+    for v in summary.violations.iter().take(20) {
+        println!("- {}: {}", v.check, v.detail);
+        for t in &v.trace {
+            println!("    {t}");
+        }
+    }
+    println!(
+        "chaos: replay with: testmesh chaos --seed {seed} --nodes {} --duration {}s{}; history in {}",
+        a.nodes,
+        a.duration.as_secs(),
+        if a.netns { " --netns" } else { "" },
+        out.join("history.jsonl").display()
+    );
+    Ok(ExitCode::from(1))
+}
+
+async fn status(http: &reqwest::Client, e: &Endpoint) -> Option<StatusView> {
+    let r = http
+        .get(format!("{}/api/v1/status", e.url))
+        .bearer_auth(&e.token)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until every node is ready and one of them leads with all of them as workers.
+async fn wait_formed(http: &reqwest::Client, nodes: &[Endpoint], n: usize) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let mut ready = 0;
+        for e in nodes {
+            let ok = http
+                .get(format!("{}/readyz", e.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            ready += ok as usize;
+        }
+        if ready == n
+            && let Some(s) = status(http, &nodes[0]).await
+            && s.leader.is_some()
+            && s.workers >= n
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the cluster did not form (or re-form) within 120 s; see the node logs")
+}
+
+/// The node that leads, as the leader itself says (the highest term wins).
+async fn leader(http: &reqwest::Client, fleet: &Fleet, nodes: &[Endpoint]) -> Option<usize> {
+    let mut best: Option<(u64, usize)> = None;
+    for (i, n) in fleet.nodes.iter().enumerate() {
+        if !n.up() || n.paused {
+            continue;
+        }
+        if let Some(s) = status(http, &nodes[i]).await
+            && s.role == "leader"
+            && best.is_none_or(|(t, _)| s.term > t)
+        {
+            best = Some((s.term, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+async fn nemesis(
+    fleet: &mut Fleet,
+    http: &reqwest::Client,
+    nodes: &[Endpoint],
+    rec: &Recorder,
+    p: &Planned,
+) -> anyhow::Result<()> {
+    let n = fleet.nodes.len();
+    let pick = |k: u64| (p.pick.wrapping_add(k) % n as u64) as usize;
+    let lead = leader(http, fleet, nodes).await.unwrap_or_else(|| pick(0));
+    let what = |s: String| Op::Fault { what: s };
+    let victims: Vec<usize> = match p.kind {
+        FaultKind::KillLeader | FaultKind::IsolateLeader => vec![lead],
+        FaultKind::KillTwo => vec![pick(0), pick(1)],
+        _ => vec![pick(0)],
+    };
+    let desc = format!("{:?} of node(s) {victims:?} for {:?}", p.kind, p.hold);
+    let id = rec.invoke(FAULTS, what(desc.clone()), "");
+    match p.kind {
+        FaultKind::KillLeader | FaultKind::KillNode | FaultKind::KillTwo => {
+            for v in &victims {
+                fleet.kill9(*v);
+            }
+            tokio::time::sleep(p.hold).await;
+            for v in &victims {
+                fleet.start(*v)?;
+            }
+        }
+        FaultKind::PauseShort | FaultKind::PauseLong => {
+            fleet.pause(victims[0]);
+            tokio::time::sleep(p.hold).await;
+            fleet.resume(victims[0]);
+        }
+        FaultKind::IsolateLeader | FaultKind::Partition | FaultKind::Bridge => {
+            let ns = fleet.net.as_ref().context("no network namespaces")?;
+            let cuts: Vec<(usize, usize)> = match p.kind {
+                FaultKind::IsolateLeader => {
+                    (0..n).filter(|j| *j != lead).map(|j| (lead, j)).collect()
+                }
+                FaultKind::Partition => {
+                    let minority: Vec<usize> = (0..(n - 1) / 2).map(|k| pick(k as u64)).collect();
+                    let mut c = Vec::new();
+                    for m in &minority {
+                        for j in (0..n).filter(|j| !minority.contains(j)) {
+                            c.push((*m, j));
+                        }
+                    }
+                    c
+                }
+                _ => {
+                    // Node `bridge` reaches everyone; the rest split in two halves that do not.
+                    let bridge = pick(0);
+                    let rest: Vec<usize> = (0..n).filter(|j| *j != bridge).collect();
+                    let (a, b) = rest.split_at(rest.len() / 2);
+                    a.iter()
+                        .flat_map(|x| b.iter().map(move |y| (*x, *y)))
+                        .collect()
+                }
+            };
+            for (x, y) in &cuts {
+                ns.cut(*x, *y)?;
+            }
+            tokio::time::sleep(p.hold).await;
+            ns.heal(n)?;
+        }
+        FaultKind::SlowLink => {
+            let ns = fleet.net.as_ref().context("no network namespaces")?;
+            ns.slow(victims[0])?;
+            tokio::time::sleep(p.hold).await;
+            ns.heal(n)?;
+        }
+    }
+    rec.complete(FAULTS, id, Kind::Ok, what(desc), String::new());
+    Ok(())
+}
+
+/// After healing: waits until no task is unfinished (or `limit`), then reads every task
+/// (linearizable) and the workers.
+async fn settle(
+    http: &reqwest::Client,
+    nodes: &[Endpoint],
+    limit: Duration,
+) -> anyhow::Result<(Vec<Task>, Vec<Worker>)> {
+    let get = async |path: &str| -> Option<reqwest::Response> {
+        for e in nodes {
+            if let Ok(r) = http
+                .get(format!("{}{path}", e.url))
+                .bearer_auth(&e.token)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return Some(r);
+            }
+        }
+        None
+    };
+    let steps = (limit.as_millis() / 500).max(1);
+    for _ in 0..steps {
+        let open = match get("/api/v1/tasks?state=pending,assigned,running&limit=1&consistent=true")
+            .await
+        {
+            Some(r) => r
+                .json::<TaskList>()
+                .await
+                .map(|l| l.tasks.len())
+                .unwrap_or(1),
+            None => 1,
+        };
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let list: TaskList = get("/api/v1/tasks?limit=100000&consistent=true")
+        .await
+        .context("no node answered the final read")?
+        .json()
+        .await?;
+    // The worker records (capacity) inside each listed worker.
+    let workers: Vec<Worker> = get("/api/v1/workers")
+        .await
+        .context("no node answered the workers read")?
+        .json()
+        .await?;
+    Ok((list.tasks.into_iter().map(|t| t.task).collect(), workers))
+}
