@@ -16,6 +16,8 @@ pub mod control;
 pub mod core;
 pub mod dashboard;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mesh;
 pub mod monitor;
 pub mod results;

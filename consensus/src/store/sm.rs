@@ -98,6 +98,14 @@ impl LedgerReader {
 
 pub struct LedgerGuard<'a>(RwLockReadGuard<'a, AppliedState>);
 
+impl LedgerGuard<'_> {
+    /// Index of the last entry applied to the ledger this guard reads: the revision it
+    /// reflects (unlike [`LedgerReader::applied_index`], never behind or ahead of it).
+    pub fn applied_index(&self) -> u64 {
+        self.0.last_applied.map_or(0, |l| l.index)
+    }
+}
+
 impl std::ops::Deref for LedgerGuard<'_> {
     type Target = Ledger;
     fn deref(&self) -> &Ledger {

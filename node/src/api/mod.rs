@@ -9,7 +9,7 @@ pub(crate) mod predict;
 mod run_report;
 pub mod runs;
 mod scaling;
-mod tasks;
+pub(crate) mod tasks;
 #[cfg(test)]
 mod tests;
 

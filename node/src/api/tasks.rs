@@ -45,8 +45,13 @@ async fn poll<T>(
     let deadline = wait.map(|w| clock.instant() + w);
     loop {
         changes.mark_unchanged();
-        let rev = ledger.applied_index();
-        if let Some(v) = f(&ledger.read(), rev) {
+        // The revision of the very state read: an index read before taking the lock may be
+        // behind it, and a watch told to go on from there would see the newer changes twice.
+        let found = {
+            let guard = ledger.read();
+            f(&guard, guard.applied_index())
+        };
+        if let Some(v) = found {
             return Some(v);
         }
         let left = deadline?.saturating_duration_since(clock.instant());
@@ -260,7 +265,7 @@ pub async fn list(
 
 /// A watch position: every change before `from` (revision, task id) has been seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cursor {
+pub(crate) struct Cursor {
     from: (u64, TaskId),
 }
 

@@ -13,7 +13,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_raft;
-mod bench_replay;
+pub(crate) mod bench_replay;
 mod bench_replay_scaling;
 mod chaos;
 mod client;

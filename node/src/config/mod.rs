@@ -188,7 +188,7 @@ fn parse_simulated_gpus(s: &str) -> Result<SimulatedGpuList, String> {
 /// The TOML file; every field optional, unknown fields are errors.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub(crate) struct FileConfig {
     version: Option<u32>,
     data_dir: Option<PathBuf>,
     http: Option<String>,
@@ -326,8 +326,13 @@ fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error>
 fn read_file(path: &Path) -> Result<FileConfig, Error> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Error::io("cannot read config file", path, e))?;
+    parse_file(&text, path)
+}
+
+/// A config file's text, checked for its version (`path` names it in errors).
+pub(crate) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, Error> {
     let file: FileConfig =
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     match file.version {
         Some(CONFIG_VERSION) => Ok(file),
         Some(v) => Err(Error::Config(format!(

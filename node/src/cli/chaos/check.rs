@@ -10,9 +10,9 @@ use testmesh_consensus::{NodeId, TaskId};
 
 use super::history::{Completed, Kind, Op};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Violation {
-    pub check: &'static str,
+    pub check: std::borrow::Cow<'static, str>,
     pub detail: String,
     /// The operations and ledger records that show it, oldest first.
     pub trace: Vec<String>,
@@ -32,7 +32,7 @@ pub struct Observed<'a> {
 
 fn v(check: &'static str, detail: String, trace: Vec<String>) -> Violation {
     Violation {
-        check,
+        check: check.into(),
         detail,
         trace,
     }
@@ -239,14 +239,21 @@ fn cancels(o: &Observed, out: &mut Vec<Violation>) {
     }
 }
 
+/// When an attempt ended, for replaying reservations. The ledger stamps commands with the
+/// time they were proposed, so an end proposed before the assignment was applied (a worker
+/// that restarted meanwhile) can read earlier than the assignment: in log order it came after.
+fn ended(a: &testmesh_consensus::task::Attempt) -> Option<u64> {
+    a.finished_at.map(|f| f.0.max(a.assigned_at.0))
+}
+
 /// In the ledger, a task's attempts never overlap: the next is assigned only after the last
 /// one ended.
 fn attempts(o: &Observed, out: &mut Vec<Violation>) {
     for t in o.tasks {
         for w in t.attempts.windows(2) {
             let (a, b) = (&w[0], &w[1]);
-            match a.finished_at {
-                Some(f) if f.0 <= b.assigned_at.0 => {}
+            match ended(a) {
+                Some(f) if f <= b.assigned_at.0 => {}
                 _ => out.push(v(
                     "one attempt at a time",
                     format!(
@@ -268,9 +275,13 @@ fn capacity(o: &Observed, out: &mut Vec<Violation>) {
     let mut edges: HashMap<NodeId, Vec<(u64, i8, &Task, u32)>> = HashMap::new();
     for t in o.tasks {
         for a in &t.attempts {
+            // One that ended as it was assigned held nothing for any time.
+            if ended(a) == Some(a.assigned_at.0) {
+                continue;
+            }
             let e = edges.entry(a.worker).or_default();
             e.push((a.assigned_at.0, 1, t, a.number));
-            e.push((a.finished_at.map_or(u64::MAX, |f| f.0), -1, t, a.number));
+            e.push((ended(a).unwrap_or(u64::MAX), -1, t, a.number));
         }
     }
     for (worker, mut es) in edges {
@@ -460,7 +471,10 @@ mod tests {
             watches,
         })
         .into_iter()
-        .map(|v| v.check)
+        .map(|v| match v.check {
+            std::borrow::Cow::Borrowed(c) => c,
+            std::borrow::Cow::Owned(_) => "owned",
+        })
         .collect()
     }
 
@@ -569,6 +583,30 @@ mod tests {
         ] {
             assert!(v.contains(&c), "{c} missing from {v:?}");
         }
+    }
+
+    #[test]
+    fn an_end_stamped_before_its_assignment_releases_what_it_held() {
+        // Attempt 1 ended (its worker restarted) with a time proposed before its assignment
+        // was applied; it must not hold its CPU and GPU for ever in the replay.
+        let mut t = task(
+            1,
+            "a",
+            TaskState::Succeeded,
+            &[(7, 100, Some(90)), (7, 110, Some(200))],
+        );
+        let g = GpuGrant {
+            index: 0,
+            milli: 1000,
+            memory: Default::default(),
+            exclusive: true,
+        };
+        t.attempts[0].gpus = vec![g];
+        t.attempts[1].gpus = vec![g];
+        let u = task(2, "a", TaskState::Succeeded, &[(7, 300, Some(400))]);
+        let ops = [op(0, 1, Kind::Ok, submit("a", 2, &[1, 2]))];
+        let v = run(&ops, &[t, u], &[worker(7, 1000)], &[]);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

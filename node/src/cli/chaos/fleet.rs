@@ -143,21 +143,55 @@ impl Netns {
         Ok(())
     }
 
-    /// Limits node `i`'s outgoing traffic to 2 Mbit/s (tbf; this kernel has no netem).
-    pub fn slow(&self, i: usize) -> anyhow::Result<()> {
-        self.in_ns(
+    /// Limits node `i`'s link to 2 Mbit/s each way: its own sends with a token bucket, and
+    /// what each of the `n` nodes sends to it with an HTB class that iptables picks by
+    /// destination (this kernel has neither netem nor tc classifiers).
+    pub fn slow(&self, i: usize, n: usize) -> anyhow::Result<()> {
+        let tc = |j: usize, args: &str| {
+            let mut all = vec!["tc"];
+            all.extend(args.split(' '));
+            self.in_ns(j, &all)
+        };
+        tc(
             i,
-            &[
-                "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "2mbit", "burst",
-                "16kb", "latency", "2s",
-            ],
-        )
+            "qdisc add dev eth0 root tbf rate 2mbit burst 16kb latency 2s",
+        )?;
+        let dst = self.ip(i);
+        for j in (0..n).filter(|j| *j != i) {
+            tc(j, "qdisc add dev eth0 root handle 1: htb default 10")?;
+            tc(
+                j,
+                "class add dev eth0 parent 1: classid 1:10 htb rate 10gbit",
+            )?;
+            tc(
+                j,
+                "class add dev eth0 parent 1: classid 1:20 htb rate 2mbit",
+            )?;
+            self.in_ns(
+                j,
+                &[
+                    "iptables",
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "POSTROUTING",
+                    "-d",
+                    &dst,
+                    "-j",
+                    "CLASSIFY",
+                    "--set-class",
+                    "1:20",
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     /// Removes every cut and rate limit.
     pub fn heal(&self, n: usize) -> anyhow::Result<()> {
         for i in 0..n {
             self.in_ns(i, &["iptables", "-F"])?;
+            self.in_ns(i, &["iptables", "-t", "mangle", "-F"])?;
             let _ = self.in_ns(i, &["tc", "qdisc", "del", "dev", "eth0", "root"]);
         }
         Ok(())

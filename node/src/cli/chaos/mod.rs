@@ -5,6 +5,7 @@
 mod check;
 mod fleet;
 mod history;
+mod sampler;
 mod schedule;
 mod workload;
 
@@ -58,6 +59,18 @@ pub struct ChaosArgs {
     /// Directory for the nodes, the history and the report [default: ./chaos-SEED]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Quiet time between two faults (plus up to 5 s more); e.g. 150s for a soak with a
+    /// leader kill every few minutes
+    #[arg(long, default_value = "3s", value_parser = crate::units::parse_duration_or_zero)]
+    pub gap: Duration,
+    /// Every this often, write each node's memory, open files and data dir size and the
+    /// window's submit latency to samples.csv (0s: never)
+    #[arg(long, default_value = "0s", value_parser = crate::units::parse_duration_or_zero)]
+    pub sample_every: Duration,
+    /// Check the saved results of an earlier run in this directory again (no cluster is
+    /// started)
+    #[arg(long, value_name = "DIR")]
+    pub check: Option<PathBuf>,
     /// The testmesh binary the nodes run [default: this one] (to check an older build)
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
@@ -77,7 +90,59 @@ struct Summary {
     violations: Vec<check::Violation>,
 }
 
+/// Reads what a run saved and checks it again.
+fn recheck(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .with_context(|| format!("reading {}", dir.join(name).display()))
+    };
+    let events: Vec<history::Event> = String::from_utf8_lossy(&read("history.jsonl")?)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let tasks: Vec<Task> = serde_json::from_slice(&read("final.json")?)?;
+    let workers: Vec<Worker> = serde_json::from_slice(&read("workers.json")?)?;
+    let watches: Vec<check::WatchLog> = serde_json::from_slice(&read("watches.json")?)?;
+    let mut probe_violations = Vec::new();
+    for e in std::fs::read_dir(dir.join("violations"))?.flatten() {
+        probe_violations.push(std::fs::read_to_string(e.path())?.trim().to_string());
+    }
+    let ops = history::completed(&events);
+    // What the nemesis found itself (absent from runs of older versions).
+    let mut v: Vec<check::Violation> = read("nemesis.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    v.extend(check::check(&check::Observed {
+        ops: &ops,
+        tasks: &tasks,
+        workers: &workers,
+        probe_violations: &probe_violations,
+        watches: &watches,
+    }));
+    println!(
+        "chaos: {} operations, {} tasks re-checked",
+        ops.len(),
+        tasks.len()
+    );
+    for x in &v {
+        println!("- {}: {}", x.check, x.detail);
+        for t in &x.trace {
+            println!("    {t}");
+        }
+    }
+    println!("chaos: {} violation(s)", v.len());
+    Ok(if v.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &a.check {
+        return recheck(dir);
+    }
     if a.nodes < 3 {
         bail!("--nodes must be at least 3 (a quorum that survives one fault)");
     }
@@ -174,14 +239,25 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         clients.spawn(workload::client(shared.clone(), c, rng.random()));
     }
 
-    let plan = schedule::plan(seed, a.duration, &kinds, a.dead_after);
+    if !a.sample_every.is_zero() {
+        let dirs = fleet.nodes.iter().map(|n| n.data_dir()).collect();
+        tokio::spawn(sampler::run(
+            shared.clone(),
+            dirs,
+            a.sample_every,
+            out.join("samples.csv"),
+        ));
+    }
+    let plan = schedule::plan(seed, a.duration, &kinds, a.dead_after, a.gap);
     let mut applied: BTreeMap<String, usize> = BTreeMap::new();
+    // What the nemesis saw itself (a follower that never caught up behind a slow link).
+    let mut found = Vec::new();
     for p in &plan {
         let now = Duration::from_millis(shared.rec.elapsed_ms());
         if p.at > now {
             tokio::time::sleep(p.at - now).await;
         }
-        match nemesis(&mut fleet, &http, &endpoints, &shared.rec, p).await {
+        match nemesis(&mut fleet, &http, &endpoints, &shared.rec, p, &mut found).await {
             Ok(()) => *applied.entry(format!("{:?}", p.kind)).or_default() += 1,
             Err(e) => println!("chaos: could not apply {:?}: {e:#}", p.kind),
         }
@@ -217,13 +293,15 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     for e in std::fs::read_dir(out.join("violations"))?.flatten() {
         probe_violations.push(std::fs::read_to_string(e.path())?.trim().to_string());
     }
-    let violations = check::check(&check::Observed {
+    std::fs::write(out.join("nemesis.json"), serde_json::to_vec(&found)?)?;
+    let mut violations = found;
+    violations.extend(check::check(&check::Observed {
         ops: &ops,
         tasks: &tasks,
         workers: &workers,
         probe_violations: &probe_violations,
         watches: &watches,
-    });
+    }));
 
     let mut operations = BTreeMap::new();
     for o in ops.iter().filter(|o| o.process != FAULTS) {
@@ -262,6 +340,8 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(out.join("history.jsonl"), lines)?;
     std::fs::write(out.join("final.json"), serde_json::to_vec(&tasks)?)?;
+    std::fs::write(out.join("workers.json"), serde_json::to_vec(&workers)?)?;
+    std::fs::write(out.join("watches.json"), serde_json::to_vec(&watches)?)?;
     std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     std::fs::write(
         out.join("report.json"),
@@ -355,6 +435,7 @@ async fn nemesis(
     nodes: &[Endpoint],
     rec: &Recorder,
     p: &Planned,
+    found: &mut Vec<check::Violation>,
 ) -> anyhow::Result<()> {
     let n = fleet.nodes.len();
     let pick = |k: u64| (p.pick.wrapping_add(k) % n as u64) as usize;
@@ -363,6 +444,8 @@ async fn nemesis(
     let victims: Vec<usize> = match p.kind {
         FaultKind::KillLeader | FaultKind::IsolateLeader => vec![lead],
         FaultKind::KillTwo => vec![pick(0), pick(1)],
+        // A follower: the leader's own link slowed is an election, not a catch-up.
+        FaultKind::SlowLink => vec![(lead + 1 + (p.pick % (n as u64 - 1)) as usize) % n],
         _ => vec![pick(0)],
     };
     let desc = format!("{:?} of node(s) {victims:?} for {:?}", p.kind, p.hold);
@@ -416,13 +499,106 @@ async fn nemesis(
         }
         FaultKind::SlowLink => {
             let ns = fleet.net.as_ref().context("no network namespaces")?;
-            ns.slow(victims[0])?;
-            tokio::time::sleep(p.hold).await;
+            let slow = victims[0];
+            ns.slow(slow, n)?;
+            // A large entry while the link is slow: Raft gives each append only a heartbeat
+            // interval, yet the follower must take it before the link is healed.
+            let started = rec.elapsed_ms();
+            let big = big_submit(http, nodes, lead, rec, p.pick).await;
+            if let Some(rev) = big {
+                let mut applied = None;
+                while rec.elapsed_ms() - started < p.hold.as_millis() as u64 {
+                    applied = status(http, &nodes[slow]).await.map(|s| s.last_applied);
+                    if applied.is_some_and(|a| a >= rev) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                let took = rec.elapsed_ms() - started;
+                println!(
+                    "chaos: node {slow} behind a 2 Mbit/s link {} the ~1 MB entry at {rev} after {took} ms",
+                    if applied.is_some_and(|a| a >= rev) {
+                        "applied"
+                    } else {
+                        "had not applied"
+                    }
+                );
+                if applied.is_none_or(|a| a < rev) {
+                    found.push(check::Violation {
+                        check: "a slow follower catches up".into(),
+                        detail: format!(
+                            "node {slow} behind a 2 Mbit/s link had applied {applied:?} after {:?}; a 1,500-task submit was committed at {rev}",
+                            p.hold
+                        ),
+                        trace: vec![],
+                    });
+                }
+            }
+            let left = p.hold.as_millis() as u64
+                - (rec.elapsed_ms() - started).min(p.hold.as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(left)).await;
             ns.heal(n)?;
         }
     }
     rec.complete(FAULTS, id, Kind::Ok, what(desc), String::new());
     Ok(())
+}
+
+/// Submits 1,500 tasks of about 600 bytes each (one entry of about 1 MB, near the ledger's
+/// cap) in one request through the leader (recorded like any submit);
+/// returns the revision the last of them was at once acknowledged.
+async fn big_submit(
+    http: &reqwest::Client,
+    nodes: &[Endpoint],
+    lead: usize,
+    rec: &Recorder,
+    pick: u64,
+) -> Option<u64> {
+    let rid = format!("big-{pick}");
+    let tasks: Vec<serde_json::Value> = (0..1500)
+        .map(|i| {
+            serde_json::json!({"command": ["true"], "name": "chaos-big", "cpu": "1m",
+            "labels": {"i": i.to_string()}, "env": {"PAD": "x".repeat(560)}})
+        })
+        .collect();
+    let op = |ids| Op::Submit {
+        request_id: rid.clone(),
+        tasks: 1500,
+        ids,
+    };
+    let id = rec.invoke(FAULTS, op(vec![]), &nodes[lead].url);
+    let r = http
+        .post(format!("{}/api/v1/tasks", nodes[lead].url))
+        .bearer_auth(&nodes[lead].token)
+        .json(&serde_json::json!({"request_id": rid, "tasks": tasks}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let ids = match r {
+        Ok(r) if r.status().is_success() => r
+            .json::<crate::core::dto::SubmitResponse>()
+            .await
+            .ok()
+            .map(|s| s.tasks),
+        _ => None,
+    };
+    let Some(ids) = ids else {
+        rec.complete(FAULTS, id, Kind::Unknown, op(vec![]), "no answer".into());
+        return None;
+    };
+    rec.complete(FAULTS, id, Kind::Ok, op(ids.clone()), String::new());
+    let last = *ids.last()?;
+    let t: crate::core::dto::TaskView = http
+        .get(format!("{}/api/v1/tasks/{last}", nodes[lead].url))
+        .bearer_auth(&nodes[lead].token)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(t.task.rev)
 }
 
 /// After healing: waits until no task is unfinished (or `limit`), then reads every task

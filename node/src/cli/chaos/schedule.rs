@@ -26,7 +26,7 @@ pub enum FaultKind {
     Partition,
     /// Two halves that cannot reach each other and one node that reaches both
     Bridge,
-    /// One node's link slowed to 150 ms and 2 Mbit/s (netem)
+    /// One follower's link slowed to 2 Mbit/s each way, and a ~1 MB entry committed meanwhile
     SlowLink,
 }
 
@@ -66,20 +66,22 @@ pub struct Planned {
     pub pick: u64,
 }
 
-/// Faults one after another over `duration`: a quiet gap of 3–8 s, then a fault held for a
-/// time that suits its kind (a pause is short or long against `dead_after`).
+/// Faults one after another over `duration`: a quiet gap of `gap` to `gap` + 5 s, then a fault
+/// held for a time that suits its kind (a pause is short or long against `dead_after`).
 pub fn plan(
     seed: u64,
     duration: Duration,
     kinds: &[FaultKind],
     dead_after: Duration,
+    gap: Duration,
 ) -> Vec<Planned> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut out = Vec::new();
     if kinds.is_empty() {
         return out;
     }
-    let mut at = Duration::from_secs(rng.random_range(3..=6));
+    let gap_ms = gap.as_millis() as u64;
+    let mut at = Duration::from_millis(rng.random_range(gap_ms..=gap_ms + 3000));
     while at < duration {
         let kind = kinds[rng.random_range(0..kinds.len())];
         let ms = |lo: f64, hi: f64, rng: &mut StdRng| {
@@ -96,7 +98,7 @@ pub fn plan(
             FaultKind::IsolateLeader | FaultKind::Partition | FaultKind::Bridge => {
                 ms(0.5 * d, 2.0 * d, &mut rng)
             }
-            FaultKind::SlowLink => ms(5.0, 15.0, &mut rng),
+            FaultKind::SlowLink => ms(8.0, 15.0, &mut rng),
         };
         out.push(Planned {
             at,
@@ -104,7 +106,7 @@ pub fn plan(
             hold,
             pick: rng.random(),
         });
-        at += hold + Duration::from_millis(rng.random_range(3000..=8000));
+        at += hold + Duration::from_millis(rng.random_range(gap_ms..=gap_ms + 5000));
     }
     out
 }
@@ -113,12 +115,14 @@ pub fn plan(
 mod tests {
     use super::*;
 
+    const G: Duration = Duration::from_secs(3);
+
     #[test]
     fn the_same_seed_gives_the_same_plan_and_pauses_straddle_dead_after() {
         let d = Duration::from_secs(4);
-        let a = plan(7, Duration::from_secs(300), &FaultKind::ALL, d);
-        assert_eq!(a, plan(7, Duration::from_secs(300), &FaultKind::ALL, d));
-        assert_ne!(a, plan(8, Duration::from_secs(300), &FaultKind::ALL, d));
+        let a = plan(7, Duration::from_secs(300), &FaultKind::ALL, d, G);
+        assert_eq!(a, plan(7, Duration::from_secs(300), &FaultKind::ALL, d, G));
+        assert_ne!(a, plan(8, Duration::from_secs(300), &FaultKind::ALL, d, G));
         assert!(a.len() > 10, "{a:?}");
         for p in &a {
             match p.kind {
@@ -131,6 +135,6 @@ mod tests {
         for w in a.windows(2) {
             assert!(w[0].at + w[0].hold < w[1].at);
         }
-        assert!(plan(1, Duration::from_secs(60), &[], d).is_empty());
+        assert!(plan(1, Duration::from_secs(60), &[], d, G).is_empty());
     }
 }
