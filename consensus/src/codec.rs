@@ -96,6 +96,27 @@ pub fn decode_within<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{Applied, Command};
+
+    #[test]
+    fn deeply_nested_batches_are_refused_not_a_stack_overflow() {
+        // Command::Batch (variant 12) of one item, 100,000 deep: 200 kB from a peer.
+        let mut bytes = [12u8, 1].repeat(100_000);
+        bytes.extend([12, 0]);
+        let e = decode::<Command>(&bytes).unwrap_err();
+        assert!(e.to_string().contains("nested"), "{e}");
+        // The answers' batches too (Applied::Batch).
+        let applied = encode(&Applied::Batch(vec![])).unwrap();
+        let tag = applied[0];
+        let mut bytes = [tag, 1, 0].repeat(100_000); // Batch([Ok(Batch([Ok(...
+        bytes.extend([tag, 0]);
+        assert!(decode::<Applied>(&bytes).is_err());
+        // Shallow ones still decode, and the depth is counted afresh each time.
+        let two = Command::Batch(vec![Command::Batch(vec![])]);
+        for _ in 0..3 {
+            assert_eq!(decode::<Command>(&encode(&two).unwrap()).unwrap(), two);
+        }
+    }
 
     #[test]
     fn one_limit_both_ways() {

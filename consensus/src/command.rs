@@ -12,6 +12,41 @@ use crate::task::{Outcome, TaskSpec, TaskState};
 /// Most tasks one submit may carry; larger batches are split by the client.
 pub const MAX_SUBMIT_BATCH: usize = 10_000;
 
+thread_local! {
+    static BATCH_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Batches inside batches this deep are refused while decoding.
+const MAX_BATCH_DEPTH: u32 = 4;
+
+/// Decodes a batch's items, refusing batches nested deeper than [`MAX_BATCH_DEPTH`]: each level
+/// costs the decoder stack, so a frame of a few kilobytes of nested batches from a peer
+/// overflowed the stack and crashed the node (found by the `mesh_frame` fuzz target).
+fn shallow_batch<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            BATCH_DEPTH.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    let depth = BATCH_DEPTH.with(|c| {
+        let d = c.get() + 1;
+        c.set(d);
+        d
+    });
+    let _leave = Leave;
+    if depth > MAX_BATCH_DEPTH {
+        return Err(serde::de::Error::custom(format!(
+            "batches nested more than {MAX_BATCH_DEPTH} deep"
+        )));
+    }
+    Vec::<T>::deserialize(d)
+}
+
 /// A worker announcing itself (at every start, and when its capacity changes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRegistration {
@@ -104,7 +139,7 @@ pub enum Command {
         at: UnixMillis,
     },
     /// Several independent commands in one log entry (group commit); each is applied on its own.
-    Batch(Vec<Command>),
+    Batch(#[serde(deserialize_with = "shallow_batch")] Vec<Command>),
     /// Retention: these finished tasks (and the runs they complete) leave the live state for
     /// each replica's archive. Tasks that are not finished, or whose run is not done, stay.
     Archive {
@@ -152,7 +187,7 @@ pub enum Applied {
         lost: Vec<TaskId>,
     },
     Scaling(crate::scaling::ScalingApplied),
-    Batch(Vec<Result<Applied, Rejected>>),
+    Batch(#[serde(deserialize_with = "shallow_batch")] Vec<Result<Applied, Rejected>>),
     Archived {
         tasks: usize,
         runs: usize,
