@@ -67,7 +67,7 @@ pub fn run_file(data: &[u8]) {
 /// The swarm key file.
 pub fn swarm_key(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = s.parse::<libp2p::pnet::PreSharedKey>();
+        let _ = crate::mesh::key::parse_swarm_key(s);
     }
 }
 

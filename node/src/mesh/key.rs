@@ -62,12 +62,21 @@ pub fn generate_swarm_key() -> String {
 pub fn read_swarm_key(path: &Path) -> Result<PreSharedKey, Error> {
     let text =
         std::fs::read_to_string(path).map_err(|e| Error::io("cannot read swarm key", path, e))?;
-    text.parse::<PreSharedKey>().map_err(|e| {
+    parse_swarm_key(&text).map_err(|e| {
         Error::Config(format!(
             "{} is not a swarm key ({e}); it must hold /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits — make one with `testmesh keygen`",
             path.display()
         ))
     })
+}
+
+/// A swarm key file's text. Only ASCII is handed to libp2p: its parser slices the hex line by
+/// bytes and panicked on a multi-byte character (found by the `swarm_key` fuzz target).
+pub fn parse_swarm_key(text: &str) -> Result<PreSharedKey, String> {
+    if !text.is_ascii() {
+        return Err("it holds characters other than ASCII".into());
+    }
+    text.parse::<PreSharedKey>().map_err(|e| e.to_string())
 }
 
 /// Writes a new swarm key to `path` (mode 0600), refusing to overwrite one.
@@ -84,6 +93,15 @@ pub fn write_new_swarm_key(path: &Path) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_with_a_multibyte_character_is_refused_not_a_panic() {
+        // 64 bytes of "hex" with a two-byte character inside: libp2p's parser panicked on it.
+        let text = "/key/swarm/psk/1.0.0/\n/base16/\n564c0e6ed2630771df8fbc928d118da1315a85fcc0f\u{255}b5c;fb5c;f82aed56e3\n";
+        let e = parse_swarm_key(text).unwrap_err();
+        assert!(e.contains("ASCII"), "{e}");
+        assert!(parse_swarm_key(&generate_swarm_key()).is_ok());
+    }
 
     #[test]
     fn swarm_keys_round_trip_and_bad_files_are_explained() {
