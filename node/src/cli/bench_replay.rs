@@ -114,11 +114,29 @@ fn num(path: &Path, line: usize, row: &Row, col: &str) -> anyhow::Result<u64> {
         })
 }
 
+/// [`num`], refusing values above `max`: a trace line with a billion GPUs or a memory size
+/// that overflows in bytes was taken as it stood (found by the `trace_csv` fuzz target).
+fn num_at_most(path: &Path, line: usize, row: &Row, col: &str, max: u64) -> anyhow::Result<u64> {
+    let v = num(path, line, row, col)?;
+    if v > max {
+        bail!(
+            "{} line {line}: {col} = {v} is more than {max}",
+            path.display()
+        );
+    }
+    Ok(v)
+}
+
+/// Most GPUs of one node or pod in a trace.
+const MAX_TRACE_GPUS: u64 = 1024;
+/// Most memory of one node or pod in a trace: 1 PiB.
+const MAX_TRACE_MIB: u64 = 1 << 30;
+
 pub fn load_nodes(path: &Path) -> anyhow::Result<Vec<TraceNode>> {
     let rows = read(path, &["cpu_milli", "memory_mib", "gpu", "model"])?;
     rows.iter()
         .map(|(line, r)| {
-            let gpus = num(path, *line, r, "gpu")? as u32;
+            let gpus = num_at_most(path, *line, r, "gpu", MAX_TRACE_GPUS)? as u32;
             let model = r.get("model").cloned().unwrap_or_default();
             Ok(TraceNode {
                 name: r
@@ -127,7 +145,7 @@ pub fn load_nodes(path: &Path) -> anyhow::Result<Vec<TraceNode>> {
                     .unwrap_or_else(|| format!("node-{line}")),
                 capacity: Capacity {
                     cpu: MilliCpu(num(path, *line, r, "cpu_milli")?),
-                    memory: Bytes(num(path, *line, r, "memory_mib")? << 20),
+                    memory: Bytes(num_at_most(path, *line, r, "memory_mib", MAX_TRACE_MIB)? << 20),
                     disk: Bytes(0),
                     gpus: (0..gpus)
                         .map(|index| GpuInfo {
@@ -159,8 +177,8 @@ pub fn load_pods(path: &Path, speedup: f64, load: f64) -> anyhow::Result<Vec<Tra
     let ms = |secs: u64| (secs as f64 * 1000.0 / speedup).round() as u64;
     rows.iter()
         .map(|(line, r)| {
-            let n = num(path, *line, r, "num_gpu")? as u32;
-            let milli = num(path, *line, r, "gpu_milli")? as u32;
+            let n = num_at_most(path, *line, r, "num_gpu", MAX_TRACE_GPUS)? as u32;
+            let milli = num_at_most(path, *line, r, "gpu_milli", u32::MAX as u64)? as u32;
             let gpu = match (n, milli) {
                 (0, _) => GpuRequest::None,
                 (1, m) if m > 0 && m < WHOLE_GPU_MILLI => GpuRequest::Shared {
@@ -183,7 +201,7 @@ pub fn load_pods(path: &Path, speedup: f64, load: f64) -> anyhow::Result<Vec<Tra
                 requirements: Requirements {
                     // The ledger needs some cpu on every task.
                     cpu: MilliCpu(num(path, *line, r, "cpu_milli")?.max(1)),
-                    memory: Bytes(num(path, *line, r, "memory_mib")? << 20),
+                    memory: Bytes(num_at_most(path, *line, r, "memory_mib", MAX_TRACE_MIB)? << 20),
                     gpu,
                     // "A|B" alternatives are not expressible as one substring: no constraint.
                     gpu_model: (!spec.is_empty() && !spec.contains('|')).then(|| spec.to_string()),
