@@ -107,6 +107,23 @@ def main(run, out):
     print("curve | node | slope per hour (second half) | min | max")
     for title, n, s, lo, hi in trends:
         print(f"{title} | {n} | {s:+.2f} | {lo:.1f} | {hi:.1f}")
+    # A leader kill restarts a node: growth is judged within each process's life.
+    print("per process life of 10 min or more: node | pid | minutes | RSS MiB first→last, slope/h | open files min–max")
+    for n in nodes:
+        by_pid = {}
+        for r in rows:
+            if r["node"] == n and r["pid"] != "0":
+                by_pid.setdefault(r["pid"], []).append(r)
+        for pid, rs in by_pid.items():
+            t = [float(r["t_s"]) for r in rs]
+            if t[-1] - t[0] < 600:
+                continue
+            rss = [float(r["rss_bytes"]) / (1 << 20) for r in rs]
+            fds = [int(r["open_fds"]) for r in rs]
+            print(
+                f"{n} | {pid} | {(t[-1] - t[0]) / 60:.0f} | {rss[0]:.0f}→{rss[-1]:.0f}, "
+                f"{slope(t, rss) * 3600:+.1f} | {min(fds)}–{max(fds)}"
+            )
     p50 = sorted(float(r["submit_ms_p50"]) for r in lat if int(r["submits_ok"]) > 0)
     p99 = sorted(float(r["submit_ms_p99"]) for r in lat if int(r["submits_ok"]) > 0)
     if p50:

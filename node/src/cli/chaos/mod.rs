@@ -71,6 +71,10 @@ pub struct ChaosArgs {
     /// started)
     #[arg(long, value_name = "DIR")]
     pub check: Option<PathBuf>,
+    /// One more argument for every `testmesh node` (repeatable), e.g.
+    /// `--node-arg=--retention --node-arg=count=500` for a soak that reaches its steady state
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
     /// The testmesh binary the nodes run [default: this one] (to check an older build)
     #[arg(long)]
     pub node_bin: Option<PathBuf>,
@@ -194,6 +198,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     ]
     .map(String::from)
     .to_vec();
+    let extra = [extra, a.node_args.clone()].concat();
     let mut fleet = Fleet::new(&out, a.nodes, a.netns, extra, a.node_bin.clone())?;
     for i in 0..a.nodes {
         fleet.start(i)?;
