@@ -176,6 +176,47 @@ async fn killing_the_leader_elects_another_and_keeps_every_committed_task() {
     assert!(done_or_on_the_dead(&t), "{}", show(&t));
 }
 
+/// Established TCP connections (this host, IPv4) whose remote end is `port`.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            f[3] == "01" && remote_port == Some(port)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_join_address_without_a_peer_id_is_dialled_once_not_every_tick() {
+    // The soak found a follower with 50 connections to its seed after 100 s: the seed was
+    // redialled every 2 s because a bare address names no peer.
+    let seed = TestNode::start(&[]).await;
+    let key = seed.data_dir().join("swarm.key");
+    let addr = seed.mesh_addr();
+    let port: u16 = addr
+        .split('/')
+        .nth(4)
+        .and_then(|p| p.parse().ok())
+        .expect("a /ip4/A/tcp/PORT mesh address");
+    let bare = format!("/ip4/127.0.0.1/tcp/{port}");
+    let joiner = TestNode::start(&["--swarm-key", key.to_str().unwrap(), "--join", &bare]).await;
+    support::wait_workers(&joiner, 2).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let n = connections_to(port);
+    // One from the follower, and perhaps one more from a dial that crossed it.
+    assert!(
+        (1..=2).contains(&n),
+        "{n} connections to the seed's mesh port"
+    );
+}
+
 #[tokio::test]
 async fn a_node_without_the_swarm_key_is_refused() {
     let a = TestNode::start(&[]).await;

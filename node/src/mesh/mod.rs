@@ -280,6 +280,7 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, Ev
         cmds,
         inbound: inbound_tx,
         join: cfg.join,
+        join_peers: HashMap::new(),
         outbound: HashMap::new(),
         replies: FuturesUnordered::new(),
         connected: HashSet::new(),
@@ -299,6 +300,8 @@ pub struct EventLoop {
     cmds: mpsc::Receiver<Cmd>,
     inbound: mpsc::Sender<Inbound>,
     join: Vec<Multiaddr>,
+    /// The peer found behind each `--join` address given without its `/p2p/` id.
+    join_peers: HashMap<Multiaddr, PeerId>,
     outbound: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     replies: FuturesUnordered<PendingReply>,
     connected: HashSet<PeerId>,
@@ -334,10 +337,15 @@ impl EventLoop {
     /// `--join` peers are dialled until connected, and again whenever the connection drops.
     fn redial(&mut self) {
         for a in self.join.clone() {
-            let peer = a.iter().find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            });
+            // A bare address names no peer: remember who answered there, or each tick opened
+            // one more connection to it (the soak counted 50 per follower in 100 s).
+            let peer = a
+                .iter()
+                .find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                })
+                .or_else(|| self.join_peers.get(&a).copied());
             if peer.is_some_and(|p| self.connected.contains(&p)) {
                 continue;
             }
@@ -405,11 +413,19 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
-            } if self.connected.insert(peer_id) => {
-                tracing::info!(
-                    "connected to {peer_id} at {}",
-                    endpoint.get_remote_address()
-                );
+            } => {
+                if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    let bare = without_peer_id(address);
+                    if let Some(j) = self.join.iter().find(|j| without_peer_id(j) == bare) {
+                        self.join_peers.insert(j.clone(), peer_id);
+                    }
+                }
+                if self.connected.insert(peer_id) {
+                    tracing::info!(
+                        "connected to {peer_id} at {}",
+                        endpoint.get_remote_address()
+                    );
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -514,4 +530,11 @@ impl EventLoop {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
+}
+
+/// `addr` without a trailing `/p2p/ID`.
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
 }
