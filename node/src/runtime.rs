@@ -238,8 +238,12 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let processes = watchdog
         .clone()
         .map_or_else(SystemProcesses::default, SystemProcesses::with_watchdog);
+    let lease_view = crate::agent::LeaseView::default();
+    let watchdog_lease = fence_after.mul_f64(crate::agent::WATCHDOG_LEASE);
+    let has_watchdog = watchdog.is_some();
     c.start("lease", |s| {
-        crate::agent::keep_lease(core.clone(), fence_after, standing_tx, watchdog, s)
+        let view = lease_view.clone();
+        crate::agent::keep_lease(core.clone(), fence_after, standing_tx, watchdog, view, s)
     });
     c.start("sampler", |s| {
         sample(
@@ -252,7 +256,13 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         )
     });
     c.start("agent", |s| {
-        Agent::new(core.clone(), processes)
+        let agent = Agent::new(core.clone(), processes);
+        let agent = if has_watchdog {
+            agent.with_lease(lease_view, watchdog_lease)
+        } else {
+            agent
+        };
+        agent
             .with_fencing(standing_rx, fence_after)
             .with_boot_id(boot_id)
             .with_gpu_memory(gpu_peaks)

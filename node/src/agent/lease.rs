@@ -8,6 +8,7 @@
 //! attempts and starts nothing until it is confirmed again. A boot starts in bad standing, so
 //! a restarted node starts nothing before the leader has confirmed it.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -15,19 +16,41 @@ use tokio::sync::watch;
 use crate::core::Core;
 use crate::mesh::rpc::Standing;
 
-/// The watchdog's lease, in units of `fence_after` (half of `--dead-after`): 0.8 of
-/// `--dead-after`.
-pub const WATCHDOG_LEASE: f64 = 1.6;
+/// The watchdog's lease, in units of `fence_after` (half of `--dead-after`): 0.9 of
+/// `--dead-after`. Past this process's own bound (it fences after `fence_after` and one more
+/// question of up to half of it), so that the watchdog acts only when this process cannot;
+/// short of `--dead-after`, after which the leader may run the attempts elsewhere.
+pub const WATCHDOG_LEASE: f64 = 1.8;
+
+/// When the standing was last confirmed (the time of asking), shared with the agent: an attempt
+/// SIGKILLed once the watchdog's lease had run out was fenced, not failed.
+#[derive(Clone, Default)]
+pub struct LeaseView(Arc<Mutex<Option<Instant>>>);
+
+impl LeaseView {
+    fn confirm(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// Whether the watchdog's lease (`lease` long) may have run out at `now`; a small margin
+    /// covers the two processes' timing.
+    pub fn lapsed(&self, now: Instant, lease: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|c| now.duration_since(c) >= lease.mul_f64(0.95))
+    }
+}
 
 /// Keeps `good` true while this node is in good standing with the leader, until shutdown.
 /// Each confirmation also renews the watchdog's lease (see [`super::watchdog`]) for
-/// [`WATCHDOG_LEASE`] of `fence_after` from the time of asking: longer than this process's own
-/// bound (it asks once more before fencing), shorter than `--dead-after`.
+/// [`WATCHDOG_LEASE`] of `fence_after` from the time of asking.
 pub async fn keep_lease(
     core: Core,
     fence_after: Duration,
     good: watch::Sender<bool>,
     watchdog: Option<super::Watchdog>,
+    view: LeaseView,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let every = (fence_after / 4).max(Duration::from_millis(100));
@@ -49,6 +72,7 @@ pub async fn keep_lease(
         let standing = match answer {
             Standing::Good => {
                 confirmed = Some(asked);
+                view.confirm(asked);
                 if let Some(w) = &watchdog {
                     let lease = fence_after.mul_f64(WATCHDOG_LEASE);
                     w.lease(lease.saturating_sub(now.duration_since(asked)));

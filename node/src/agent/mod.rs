@@ -27,7 +27,7 @@ use testmesh_consensus::{Bytes, Command, TaskId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use lease::keep_lease;
+pub use lease::{LeaseView, WATCHDOG_LEASE, keep_lease};
 pub use sys::{Exit, kill_orphans, task_of};
 pub use watchdog::Watchdog;
 
@@ -170,6 +170,8 @@ pub struct Agent<P: Processes> {
     max_log_size: u64,
     /// Whether this node is in good standing with the leader (fencing), and the bound.
     standing: Option<(watch::Receiver<bool>, Duration)>,
+    /// When the standing was last confirmed, and the watchdog's lease.
+    lease: Option<(LeaseView, Duration)>,
     /// This boot's registration: nothing starts before the ledger shows it.
     boot_id: Option<u64>,
 }
@@ -186,6 +188,7 @@ impl<P: Processes> Agent<P> {
             gpu_memory: GpuMemoryPeaks::default(),
             max_log_size: 64 << 20,
             standing: None,
+            lease: None,
             boot_id: None,
         }
     }
@@ -200,6 +203,13 @@ impl<P: Processes> Agent<P> {
     /// local copy may still assign attempts that were moved away meanwhile).
     pub fn with_boot_id(mut self, boot_id: u64) -> Self {
         self.boot_id = Some(boot_id);
+        self
+    }
+
+    /// With a fencing watchdog whose lease is `lease` long: an attempt SIGKILLed once that
+    /// lease may have run out is reported as fenced (lost), not failed.
+    pub fn with_lease(mut self, view: LeaseView, lease: Duration) -> Self {
+        self.lease = Some((view, lease));
         self
     }
 
@@ -483,6 +493,12 @@ impl<P: Processes> Agent<P> {
         let ending = run
             .ending
             .filter(|e| *e != Ending::Fenced || exit.code.is_none());
+        // Killed by no one here while the lease was out: the watchdog fenced it.
+        let now = self.core.clock.instant();
+        let ending = ending.or_else(|| {
+            let watchdog = self.lease.as_ref().is_some_and(|(v, l)| v.lapsed(now, *l));
+            (watchdog && exit.signal == Some(sys::SIGKILL)).then_some(Ending::Fenced)
+        });
         let (state, message) = match (ending, exit.code) {
             (Some(Ending::TimedOut), _) => (TaskState::TimedOut, Some("timed out".to_string())),
             (Some(Ending::Cancelled), _) => (TaskState::Cancelled, Some("cancelled".to_string())),

@@ -143,7 +143,14 @@ pub fn serve() {
                 u.saturating_duration_since(now)
             });
         match rx.recv_timeout(wait) {
-            Ok(line) => state.apply(&line, SystemClock.instant()),
+            Ok(line) => {
+                // Everything already sent first: a renewal queued behind other lines must not
+                // find the lease run out.
+                state.apply(&line, SystemClock.instant());
+                while let Ok(line) = rx.try_recv() {
+                    state.apply(&line, SystemClock.instant());
+                }
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let all: Vec<u32> = std::mem::take(&mut state.groups).into_iter().collect();

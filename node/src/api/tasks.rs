@@ -250,17 +250,23 @@ pub async fn list(
             .collect();
         (wait.is_none() || !tasks.is_empty()).then_some(TaskList { rev, next, tasks })
     };
-    let result = poll(&st, wait, &collect).await;
-    Ok(Json(result.unwrap_or_else(|| {
-        // Nothing changed: the watch goes on from where it was (a cursor inside a revision
-        // stays valid), never from a point that would skip what it has not seen.
-        let rev = st.core.ledger.applied_index();
-        TaskList {
-            rev,
-            next: q.since.map_or_else(|| rev.to_string(), |c| c.to_string()),
-            tasks: Vec::new(),
-        }
-    })))
+    if let Some(found) = poll(&st, wait, &collect).await {
+        return Ok(Json(found));
+    }
+    // Waited in vain. Asked once more under the lock, so that the revision handed back is the
+    // one of the state found empty: one read earlier and a change right after it was skipped.
+    let guard = st.core.ledger.read();
+    let rev = guard.applied_index();
+    if let Some(found) = collect(&guard, rev) {
+        return Ok(Json(found));
+    }
+    // Nothing changed: the watch goes on from where it was (a cursor inside a revision stays
+    // valid), never from a point that would skip what it has not seen.
+    Ok(Json(TaskList {
+        rev,
+        next: q.since.map_or_else(|| rev.to_string(), |c| c.to_string()),
+        tasks: Vec::new(),
+    }))
 }
 
 /// A watch position: every change before `from` (revision, task id) has been seen.

@@ -28,6 +28,8 @@ pub struct Observed<'a> {
     /// Lines the probes wrote when they found a lock already held.
     pub probe_violations: &'a [String],
     pub watches: &'a [WatchLog],
+    /// Tasks read from the archive (retention): watchers are not asked about them.
+    pub archived: &'a BTreeSet<TaskId>,
 }
 
 fn v(check: &'static str, detail: String, trace: Vec<String>) -> Violation {
@@ -340,7 +342,12 @@ fn capacity(o: &Observed, out: &mut Vec<Violation>) {
 
 /// Every watcher saw each change once, and ended having seen each task's last change.
 fn watches(o: &Observed, out: &mut Vec<Violation>) {
-    let last: HashMap<TaskId, u64> = o.tasks.iter().map(|t| (t.id, t.rev)).collect();
+    let last: HashMap<TaskId, u64> = o
+        .tasks
+        .iter()
+        .filter(|t| !o.archived.contains(&t.id))
+        .map(|t| (t.id, t.rev))
+        .collect();
     for (i, log) in o.watches.iter().enumerate() {
         let mut seen: BTreeSet<(TaskId, u64)> = BTreeSet::new();
         let mut newest: HashMap<TaskId, u64> = HashMap::new();
@@ -469,6 +476,7 @@ mod tests {
             workers,
             probe_violations: &[],
             watches,
+            archived: &BTreeSet::new(),
         })
         .into_iter()
         .map(|v| match v.check {

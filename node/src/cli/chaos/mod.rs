@@ -107,6 +107,10 @@ fn recheck(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let tasks: Vec<Task> = serde_json::from_slice(&read("final.json")?)?;
     let workers: Vec<Worker> = serde_json::from_slice(&read("workers.json")?)?;
     let watches: Vec<check::WatchLog> = serde_json::from_slice(&read("watches.json")?)?;
+    let archived: std::collections::BTreeSet<testmesh_consensus::TaskId> = read("archived.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let mut probe_violations = Vec::new();
     for e in std::fs::read_dir(dir.join("violations"))?.flatten() {
         probe_violations.push(std::fs::read_to_string(e.path())?.trim().to_string());
@@ -123,6 +127,7 @@ fn recheck(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         workers: &workers,
         probe_violations: &probe_violations,
         watches: &watches,
+        archived: &archived,
     }));
     println!(
         "chaos: {} operations, {} tasks re-checked",
@@ -278,9 +283,24 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     fleet.heal_all().await?;
     let settle_start = shared.rec.elapsed_ms();
     wait_formed(&http, &endpoints, a.nodes).await?;
-    let (tasks, workers) = settle(&http, &endpoints, a.settle).await?;
+    let acked: std::collections::BTreeSet<testmesh_consensus::TaskId> =
+        history::completed(&shared.rec.events())
+            .into_iter()
+            .filter(|c| c.kind == Kind::Ok)
+            .flat_map(|c| match c.op {
+                Op::Submit { ids, .. } => ids,
+                _ => vec![],
+            })
+            .collect();
+    let (tasks, workers, archived) = settle(&http, &endpoints, a.settle, &acked).await?;
     let settle_secs = (shared.rec.elapsed_ms() - settle_start) as f64 / 1000.0;
-    let final_rev = tasks.iter().map(|t| t.rev).max().unwrap_or(0).max(1);
+    let final_rev = tasks
+        .iter()
+        .filter(|t| !archived.contains(&t.id))
+        .map(|t| t.rev)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     shared.final_rev.store(final_rev, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         while watchers.join_next().await.is_some() {}
@@ -306,6 +326,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         workers: &workers,
         probe_violations: &probe_violations,
         watches: &watches,
+        archived: &archived,
     }));
 
     let mut operations = BTreeMap::new();
@@ -347,6 +368,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(out.join("final.json"), serde_json::to_vec(&tasks)?)?;
     std::fs::write(out.join("workers.json"), serde_json::to_vec(&workers)?)?;
     std::fs::write(out.join("watches.json"), serde_json::to_vec(&watches)?)?;
+    std::fs::write(out.join("archived.json"), serde_json::to_vec(&archived)?)?;
     std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     std::fs::write(
         out.join("report.json"),
@@ -608,11 +630,17 @@ async fn big_submit(
 
 /// After healing: waits until no task is unfinished (or `limit`), then reads every task
 /// (linearizable) and the workers.
+#[allow(clippy::type_complexity)]
 async fn settle(
     http: &reqwest::Client,
     nodes: &[Endpoint],
     limit: Duration,
-) -> anyhow::Result<(Vec<Task>, Vec<Worker>)> {
+    acked: &std::collections::BTreeSet<testmesh_consensus::TaskId>,
+) -> anyhow::Result<(
+    Vec<Task>,
+    Vec<Worker>,
+    std::collections::BTreeSet<testmesh_consensus::TaskId>,
+)> {
     let get = async |path: &str| -> Option<reqwest::Response> {
         for e in nodes {
             if let Ok(r) = http
@@ -656,5 +684,18 @@ async fn settle(
         .context("no node answered the workers read")?
         .json()
         .await?;
-    Ok((list.tasks.into_iter().map(|t| t.task).collect(), workers))
+    let mut tasks: Vec<Task> = list.tasks.into_iter().map(|t| t.task).collect();
+    // Acknowledged tasks that retention moved to the archive: the list covers the live ledger
+    // only, a read by id finds them too.
+    let live: std::collections::BTreeSet<_> = tasks.iter().map(|t| t.id).collect();
+    let mut archived = std::collections::BTreeSet::new();
+    for id in acked.difference(&live) {
+        if let Some(r) = get(&format!("/api/v1/tasks/{id}")).await
+            && let Ok(t) = r.json::<crate::core::dto::TaskView>().await
+        {
+            archived.insert(t.task.id);
+            tasks.push(t.task);
+        }
+    }
+    Ok((tasks, workers, archived))
 }
