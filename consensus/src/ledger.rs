@@ -8,13 +8,14 @@
 //! 4. the derived indices (pending queue, per-worker tasks, allocation sums) match the tasks.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
     Applied, Assignment, Command, MAX_SUBMIT_BATCH, Rejected, WorkerRegistration,
 };
-use crate::history::{HISTORY_LIMIT, HistoryRecord, program_of};
+use crate::history::{HISTORY_LIMIT, HistoryRecord, program_of, shared};
 use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
 use crate::resources::{self, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 use crate::runs::Run;
@@ -65,6 +66,36 @@ pub struct Ledger {
     /// replica fills it by applying the same commands).
     #[serde(skip)]
     retired: Retired,
+    /// The provenance last given to an attempt on each worker, shared by the next ones while
+    /// it is the same (not replicated: a cache).
+    #[serde(skip)]
+    provenances: Provenances,
+}
+
+/// See [`Ledger::provenances`].
+#[derive(Debug, Clone, Default)]
+struct Provenances(BTreeMap<NodeId, Arc<Provenance>>);
+
+// A cache: two ledgers are equal when their replicated state is.
+impl PartialEq for Provenances {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Provenances {}
+
+impl Provenances {
+    /// `p`, or the equal one this worker's attempts already share.
+    fn share(&mut self, worker: NodeId, p: Provenance) -> Arc<Provenance> {
+        match self.0.get(&worker) {
+            Some(known) if **known == p => known.clone(),
+            _ => {
+                let p = Arc::new(p);
+                self.0.insert(worker, p.clone());
+                p
+            }
+        }
+    }
 }
 
 /// Tasks and runs that left the live state, waiting to be written to the archive.
@@ -89,7 +120,12 @@ impl PartialEq for Retired {
 impl Eq for Retired {}
 
 /// The history record of a task's last attempt, if it ran to an end of its own.
-fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
+/// `previous`: the newest record so far, whose strings the new one shares where equal.
+fn history_record(
+    t: &Task,
+    worker: Option<&Worker>,
+    previous: Option<&HistoryRecord>,
+) -> Option<HistoryRecord> {
     let a = t.attempts.last()?;
     let outcome = a.outcome.as_ref()?;
     if !matches!(
@@ -104,13 +140,13 @@ fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
             let first = a.gpus.first()?;
             w.capacity.gpus.iter().find(|g| g.index == first.index)
         })
-        .map(|g| g.model.clone())
-        .unwrap_or_default();
+        .map_or("", |g| g.model.as_str());
+    let cpu_model = worker.map_or("", |w| w.hardware.cpu_model.as_str());
     Some(HistoryRecord {
         task: t.id,
         attempt: a.number,
-        name: t.spec.name.clone(),
-        program: program_of(&t.spec.argv),
+        name: shared(previous.map(|p| &p.name), &t.spec.name),
+        program: shared(previous.map(|p| &p.program), &program_of(&t.spec.argv)),
         labels: t
             .spec
             .labels
@@ -119,11 +155,9 @@ fn history_record(t: &Task, worker: Option<&Worker>) -> Option<HistoryRecord> {
             .collect(),
         requirements: t.spec.requirements.clone(),
         worker: a.worker,
-        cpu_model: worker
-            .map(|w| w.hardware.cpu_model.clone())
-            .unwrap_or_default(),
+        cpu_model: shared(previous.map(|p| &p.cpu_model), cpu_model),
         cores: worker.map_or(0, |w| w.hardware.cores),
-        gpu_model,
+        gpu_model: shared(previous.map(|p| &p.gpu_model), gpu_model),
         state: outcome.state,
         started_at: started,
         finished_at: finished,
@@ -785,6 +819,7 @@ impl Ledger {
             cuda_version: w.hardware.cuda_version.clone(),
             version: w.version.clone(),
         };
+        let provenance = self.provenances.share(a.worker, provenance);
         self.workers
             .get_mut(&a.worker)
             .expect("checked above")
@@ -800,6 +835,8 @@ impl Ledger {
         t.state = TaskState::Assigned;
         t.attempt = a.attempt;
         stamp(&mut self.by_rev, t, index);
+        // Most tasks have one attempt: a first push would reserve room for four (1.1 KiB).
+        t.attempts.reserve_exact(1);
         t.attempts.push(Attempt {
             number: a.attempt,
             worker: a.worker,
@@ -896,12 +933,23 @@ impl Ledger {
             t,
             self.workers
                 .get(&t.attempts.last().map_or(NodeId(0), |a| a.worker)),
+            self.history.back(),
         ) {
-            self.history.push_back(record);
-            self.history_total += 1;
-            while self.history.len() > HISTORY_LIMIT {
+            while self.history.len() >= HISTORY_LIMIT {
                 self.history.pop_front();
             }
+            // Grown by hand: doubling would reserve room for 65,536 records (or 100,000 after
+            // a snapshot decoded exactly 50,000) where 50,000 are ever kept.
+            if self.history.len() == self.history.capacity() {
+                let more = self
+                    .history
+                    .len()
+                    .max(64)
+                    .min(HISTORY_LIMIT - self.history.len());
+                self.history.reserve_exact(more);
+            }
+            self.history.push_back(record);
+            self.history_total += 1;
         }
         stamp(&mut self.by_rev, t, index);
         // A handed-back attempt was not the task's fault: it does not use up a retry.

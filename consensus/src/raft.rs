@@ -46,9 +46,13 @@ pub fn config_keeping(
 ) -> Result<Config, String> {
     Config {
         cluster_name: cluster_name.to_string(),
+        // Also each append's deadline in openraft 0.9, so not shorter on a busy machine.
         heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 500,
+        // The longest timeout is also the leader lease: a follower that loses the leader's
+        // connection campaigns right after it (node::cluster::failover); one that loses the
+        // leader without that (a partition) after the lease and one more timeout, 500-600 ms.
+        election_timeout_min: 200,
+        election_timeout_max: 300,
         install_snapshot_timeout: Duration::from_secs(10).as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: keep_logs,

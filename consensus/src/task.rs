@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -250,7 +251,9 @@ pub struct Attempt {
     pub pid: Option<u32>,
     pub finished_at: Option<UnixMillis>,
     pub outcome: Option<Outcome>,
-    pub provenance: Provenance,
+    /// Shared by the attempts placed on one worker (the ledger reuses it while the worker's
+    /// description is unchanged); encoded as the record itself.
+    pub provenance: Arc<Provenance>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,14 +35,14 @@ fn task(i: u64) -> Task {
             }],
             ..Outcome::bare(state)
         }),
-        provenance: Provenance {
+        provenance: std::sync::Arc::new(Provenance {
             hostname: format!("gpu-host-{}", i % 20),
             cpu_model: "AMD EPYC 9654".into(),
             gpu_models: vec!["NVIDIA H100 80GB HBM3".into()],
             gpu_driver: "580.159.04".into(),
             cuda_version: "13.0".into(),
             version: "0.1.0".into(),
-        },
+        }),
     };
     let mut attempts = vec![];
     if i.is_multiple_of(7) {

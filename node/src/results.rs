@@ -57,7 +57,7 @@ fn attempt_result(a: &testmesh_consensus::task::Attempt) -> AttemptResult {
     AttemptResult {
         number: a.number,
         worker: a.worker.to_string(),
-        provenance: a.provenance.clone(),
+        provenance: (*a.provenance).clone(),
         state: o.map(|o| o.state),
         exit_code: o.and_then(|o| o.exit_code),
         message: o.and_then(|o| o.message.clone()),

@@ -216,6 +216,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("foreign clusters", |s| {
         cluster::watch_foreign(core.clone(), mesh.clone(), s)
     });
+    c.start("failover", |s| {
+        cluster::failover::campaign_when_leader_leaves(core.clone(), mesh.clone(), s)
+    });
     c.start("voter promotion", |s| {
         cluster::grow(core.clone(), cfg.voters, s)
     });

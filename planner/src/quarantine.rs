@@ -46,7 +46,7 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
     for r in history {
         by_worker.entry(r.worker).or_default().push(r);
         let e = by_name
-            .entry(r.name.as_str())
+            .entry(&*r.name)
             .or_default()
             .entry(r.worker)
             .or_default();
@@ -69,7 +69,7 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
             continue;
         }
         let (mut peer_n, mut peer_f) = (0usize, 0usize);
-        let names: std::collections::BTreeSet<&str> = own.iter().map(|r| r.name.as_str()).collect();
+        let names: std::collections::BTreeSet<&str> = own.iter().map(|r| &*r.name).collect();
         for name in &names {
             for (other, (n, f)) in &by_name[name] {
                 if *other != w.id {
@@ -115,10 +115,7 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
 pub fn speed_vs_peers(history: &[&HistoryRecord]) -> BTreeMap<NodeId, f64> {
     let mut durations: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for r in history.iter().filter(|r| r.state == TaskState::Succeeded) {
-        durations
-            .entry(r.name.as_str())
-            .or_default()
-            .push(r.duration_ms);
+        durations.entry(&*r.name).or_default().push(r.duration_ms);
     }
     let median: BTreeMap<&str, u64> = durations
         .into_iter()
@@ -129,7 +126,7 @@ pub fn speed_vs_peers(history: &[&HistoryRecord]) -> BTreeMap<NodeId, f64> {
         .collect();
     let mut sums: BTreeMap<NodeId, (f64, usize)> = BTreeMap::new();
     for r in history.iter().filter(|r| r.state == TaskState::Succeeded) {
-        if let Some(m) = median.get(r.name.as_str()).filter(|m| **m > 0) {
+        if let Some(m) = median.get(&*r.name).filter(|m| **m > 0) {
             let e = sums.entry(r.worker).or_default();
             e.0 += r.duration_ms as f64 / *m as f64;
             e.1 += 1;
@@ -170,9 +167,9 @@ mod tests {
             labels: Default::default(),
             requirements: Default::default(),
             worker: NodeId(worker),
-            cpu_model: String::new(),
+            cpu_model: "".into(),
             cores: 1,
-            gpu_model: String::new(),
+            gpu_model: "".into(),
             state,
             started_at: UnixMillis(0),
             finished_at: UnixMillis(1),

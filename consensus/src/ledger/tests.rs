@@ -584,3 +584,31 @@ fn unstarted_attempts_are_given_back_and_started_ones_are_not() {
     );
     l.check_invariants().unwrap();
 }
+
+#[test]
+fn a_full_history_never_holds_room_for_more_than_it_keeps_and_records_share_their_strings() {
+    let mut l = Ledger::default();
+    l.apply(1, &reg(1, 1, 1000, 0)).unwrap();
+    // As a decoded snapshot leaves it: exactly full, no spare room.
+    let ids = submit(&mut l, "r", vec![spec(1000, GpuRequest::None, 0); 2]);
+    assign(&mut l, ids[0], 1, 1, vec![]).unwrap();
+    started(&mut l, ids[0], 1, 1);
+    finish(&mut l, ids[0], 1, 1, TaskState::Succeeded).unwrap();
+    let record = l.history.back().unwrap().clone();
+    l.history = std::iter::repeat_n(record, HISTORY_LIMIT).collect();
+    l.history.shrink_to_fit();
+    assign(&mut l, ids[1], 1, 1, vec![]).unwrap();
+    started(&mut l, ids[1], 1, 1);
+    finish(&mut l, ids[1], 1, 1, TaskState::Succeeded).unwrap();
+    assert_eq!(l.history.len(), HISTORY_LIMIT);
+    assert!(
+        l.history.capacity() <= HISTORY_LIMIT,
+        "{}",
+        l.history.capacity()
+    );
+    let (a, b) = (&l.history[HISTORY_LIMIT - 2], &l.history[HISTORY_LIMIT - 1]);
+    assert!(Arc::ptr_eq(&a.program, &b.program) && Arc::ptr_eq(&a.cpu_model, &b.cpu_model));
+    // Attempts on one worker share their provenance.
+    let p = |id| l.task(id).unwrap().attempts[0].provenance.clone();
+    assert!(Arc::ptr_eq(&p(ids[0]), &p(ids[1])));
+}

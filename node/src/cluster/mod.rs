@@ -8,6 +8,7 @@
 //! cluster — alone by default, or with all expected nodes as voters — and the others then join
 //! it. Only one node initialises, so nodes started together end up in one cluster.
 
+pub mod failover;
 pub mod network;
 
 use std::collections::{BTreeMap, BTreeSet};

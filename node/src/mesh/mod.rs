@@ -23,7 +23,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, mdns, noise, ping, tcp, yamux};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::Error;
 use rpc::{Request, Response};
@@ -112,11 +112,18 @@ pub fn parse_member_addr(s: &str) -> Option<(PeerId, Vec<Multiaddr>)> {
 pub struct MeshClient {
     tx: mpsc::Sender<Cmd>,
     local: PeerId,
+    /// Peers whose last connection just closed.
+    gone: broadcast::Sender<PeerId>,
 }
 
 impl MeshClient {
     pub fn local_peer(&self) -> PeerId {
         self.local
+    }
+
+    /// Peers as their last connection closes (a killed process's sockets close at once).
+    pub fn disconnects(&self) -> broadcast::Receiver<PeerId> {
+        self.gone.subscribe()
     }
 
     /// Sends a request and waits for the answer (or `timeout`).
@@ -275,7 +282,9 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, Ev
     }
     let (tx, cmds) = mpsc::channel(1024);
     let (inbound_tx, inbound) = mpsc::channel(1024);
+    let (gone, _) = broadcast::channel(64);
     let event_loop = EventLoop {
+        gone: gone.clone(),
         swarm,
         cmds,
         inbound: inbound_tx,
@@ -289,7 +298,7 @@ pub fn start(cfg: MeshConfig) -> Result<(MeshClient, mpsc::Receiver<Inbound>, Ev
         topic,
         stats: cfg.stats,
     };
-    Ok((MeshClient { tx, local }, inbound, event_loop))
+    Ok((MeshClient { tx, local, gone }, inbound, event_loop))
 }
 
 type PendingReply = BoxFuture<'static, (Option<Response>, ResponseChannel<Response>)>;
@@ -311,6 +320,7 @@ pub struct EventLoop {
     unannounced: HashSet<libp2p::core::transport::ListenerId>,
     topic: gossipsub::IdentTopic,
     stats: GossipSink,
+    gone: broadcast::Sender<PeerId>,
 }
 
 impl EventLoop {
@@ -434,6 +444,8 @@ impl EventLoop {
             } => {
                 self.connected.remove(&peer_id);
                 tracing::info!("disconnected from {peer_id}");
+                // Nobody listening is fine.
+                let _ = self.gone.send(peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,

@@ -97,7 +97,7 @@ pub fn efficiency(s: &Observations) -> Efficiency {
     let mut workers: BTreeMap<NodeId, Row> = BTreeMap::new();
     for r in &s.history {
         add(&mut total, r);
-        let e = names.entry(r.name.as_str()).or_default();
+        let e = names.entry(&*r.name).or_default();
         add(&mut e.0, r);
         e.1.push(r);
         add(workers.entry(r.worker).or_default(), r);

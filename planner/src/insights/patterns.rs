@@ -119,7 +119,7 @@ pub fn patterns(s: &Observations) -> Patterns {
         }
         let x = r.duration_ms as f64 / 1000.0;
         secs.push(x);
-        by_name.entry(r.name.as_str()).or_default().push(x);
+        by_name.entry(&*r.name).or_default().push(x);
     }
     let secs = sorted(secs);
     d.p50_secs = round3(quantile(&secs, 0.5));

@@ -57,7 +57,7 @@ pub fn record(name: &str, duration_ms: u64) -> HistoryRecord {
         worker: NodeId(1),
         cpu_model: "cpu".into(),
         cores: 4,
-        gpu_model: String::new(),
+        gpu_model: "".into(),
         state: TaskState::Succeeded,
         started_at: UnixMillis(NOW - duration_ms),
         finished_at: UnixMillis(NOW),

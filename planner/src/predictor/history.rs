@@ -53,8 +53,9 @@ pub fn samples<'a>(
         .filter(|r| target != Target::PeakGpuMemoryMib || r.requirements.gpu != GpuRequest::None)
         .map(|r| Sample {
             features: {
-                let mut f = features_of(&r.name, std::slice::from_ref(&r.program), &r.requirements);
-                f.insert("program".into(), r.program.clone());
+                let program = r.program.to_string();
+                let mut f = features_of(&r.name, std::slice::from_ref(&program), &r.requirements);
+                f.insert("program".into(), program);
                 f
             },
             target: match target {

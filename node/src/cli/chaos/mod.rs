@@ -165,7 +165,10 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         a.faults.clone()
     };
     if let Some(k) = kinds.iter().find(|k| k.needs_netns() && !a.netns) {
-        bail!("fault {k:?} cuts or slows links: add --netns (root and iproute2 needed)");
+        bail!(
+            "fault {} cuts or slows links: add --netns (root and iproute2 needed)",
+            k.name()
+        );
     }
     kinds.dedup();
     let out = a
@@ -183,7 +186,7 @@ pub async fn run(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         a.duration,
         kinds
             .iter()
-            .map(|k| format!("{k:?}"))
+            .map(|k| k.name())
             .collect::<Vec<_>>()
             .join(", "),
         out.display()

@@ -42,6 +42,13 @@ impl FaultKind {
         )
     }
 
+    /// The name the command line takes (`slow-link`).
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
     pub const ALL: [FaultKind; 9] = [
         FaultKind::KillLeader,
         FaultKind::KillNode,
@@ -116,6 +123,12 @@ mod tests {
     use super::*;
 
     const G: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn faults_are_named_as_the_command_line_takes_them() {
+        assert_eq!(FaultKind::SlowLink.name(), "slow-link");
+        assert_eq!(FaultKind::KillLeader.name(), "kill-leader");
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_plan_and_pauses_straddle_dead_after() {
