@@ -44,7 +44,16 @@ while [ "$done_tasks" -lt "$total" ]; do
   rate=$("$bin" bench --server "$server" --data-dir "$dir/a" --tasks "$chunk" --concurrency 4 --batch 1000 --json -- true | json 'round(d["tasks_per_sec"])')
   lat=$("$bin" bench --server "$server" --data-dir "$dir/a" --tasks 30 --concurrency 1 --batch 1 --closed-loop --json -- true | json 'round(d["latency_ms_p50"],1)')
   done_tasks=$((done_tasks + chunk + 30))
-  sleep 6 # the disk figures are sampled every 5 s
+  # Settle: wait until retention has archived what it will (the archived count stops moving),
+  # then for the next disk sample (every 5 s) and the memory trim that follows archiving.
+  prev=-1
+  while :; do
+    cur=$(status a | json 'd["disk"]["archived_tasks"]')
+    [ "$cur" = "$prev" ] && break
+    prev=$cur
+    sleep 3
+  done
+  sleep 6
   for ((i = 0; i < nodes; i++)); do
     n=${names[$i]}
     pid_var=pid_$n

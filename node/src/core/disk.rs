@@ -147,15 +147,18 @@ pub async fn watch_disk(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut archived = (0, 0);
+    let mut trim = super::memory::TrimRule::default();
     loop {
         let (d, p, l) = (disk.clone(), dir.clone(), ledger.clone());
         let _ = tokio::task::spawn_blocking(move || d.refresh(&p, &l)).await;
         // Archiving frees the memory of many tasks at once: give it back. (Once the archive is
         // full its size stays put while the oldest are dropped: the drop mark moves instead.)
+        // So does a snapshot build, a training or a burst of submits.
         let now = (disk.view().archived_tasks, ledger.archive().dropped_upto());
-        if now != archived {
+        if trim.due(super::memory::resident_bytes(), now != archived) {
             archived = now;
             let _ = tokio::task::spawn_blocking(super::memory::release_free_pages).await;
+            trim.trimmed(super::memory::resident_bytes());
         }
         tokio::select! {
             _ = shutdown.changed() => return,
