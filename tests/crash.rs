@@ -43,14 +43,12 @@ async fn kill_9_loses_nothing_committed() {
     let last = v.tasks[199].0;
     node.wait_state(last, TaskState::Succeeded).await;
 
+    // The node's fencing watchdog kills its task groups as soon as the node dies (its pipe
+    // closes); whatever it has not killed yet, the restarted node kills as orphans of the old
+    // boot before anything new starts. Either way none is left.
     node.kill9();
-    assert!(
-        alive(pid_retry) && alive(pid_once),
-        "children outlive a kill -9 of their node"
-    );
 
     node.spawn().await;
-    // Orphans of the old boot are killed before anything new starts.
     assert!(
         wait_for(Duration::from_secs(10), async || (!alive(pid_retry)
             && !alive(pid_once))
