@@ -13,25 +13,34 @@
 pub const TRIM_ABOVE: u64 = 8 << 20;
 
 /// When to trim, sampled now and then: after archiving, or once the resident size grew by
-/// [`TRIM_ABOVE`] over the lowest seen since the last trim. (The allocator's own count of free
-/// bytes does not show it: pages given back and touched again count as free all along.)
+/// [`TRIM_ABOVE`] over the lowest seen since the last trim and has stopped growing. (The
+/// allocator's own count of free bytes does not show it: pages given back and touched again
+/// count as free all along. And not while it grows: a trim holds the allocator's locks while it
+/// walks the heap, which slowed a burst of tasks by several per cent.)
 #[derive(Debug, Default)]
 pub struct TrimRule {
     low: Option<u64>,
+    last: Option<u64>,
 }
+
+/// Growth between two samples that still counts as settled.
+const SETTLED_WITHIN: u64 = 1 << 20;
 
 impl TrimRule {
     /// Whether to trim now, `rss` bytes resident and `archived` whether the archive took
     /// tasks out of the ledger since the last sample.
     pub fn due(&mut self, rss: u64, archived: bool) -> bool {
         let low = self.low.map_or(rss, |l| l.min(rss));
+        let settled = self.last.is_some_and(|l| rss <= l + SETTLED_WITHIN);
         self.low = Some(low);
-        archived || rss > low + TRIM_ABOVE
+        self.last = Some(rss);
+        archived || (settled && rss > low + TRIM_ABOVE)
     }
 
     /// After a trim, with the resident size then.
     pub fn trimmed(&mut self, rss: u64) {
         self.low = Some(rss);
+        self.last = Some(rss);
     }
 }
 
@@ -57,7 +66,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_after_archiving_or_once_the_resident_size_grew_by_the_threshold() {
+    fn trims_after_archiving_or_once_the_resident_size_grew_by_the_threshold_and_settled() {
         let mut r = TrimRule::default();
         assert!(!r.due(50 << 20, false), "the first sample sets the level");
         assert!(!r.due(50 << 20, false), "no growth, no trim");
@@ -65,12 +74,16 @@ mod tests {
         r.trimmed(40 << 20);
         assert!(!r.due(47 << 20, false));
         assert!(
-            r.due(49 << 20, false),
-            "grew past the threshold since the trim"
+            !r.due(60 << 20, false),
+            "still growing: a burst is under way"
+        );
+        assert!(
+            r.due(60 << 20, false),
+            "grew past the threshold and settled"
         );
         // A trim that gave nothing back (the growth was live data) sets the new level.
-        r.trimmed(49 << 20);
-        assert!(!r.due(49 << 20, false));
+        r.trimmed(60 << 20);
+        assert!(!r.due(60 << 20, false));
         assert!(resident_bytes() > 0);
     }
 }
