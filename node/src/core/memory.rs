@@ -46,10 +46,14 @@ impl TrimRule {
 
 /// This process's resident size in bytes (0 where it cannot be read).
 pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
+    // VmRSS is in kB whatever the page size.
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .and_then(|s| {
+            let kb = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Releases the allocator's free pages.
