@@ -153,6 +153,11 @@ pub enum Command {
         attempts: Vec<(TaskId, u32)>,
         at: UnixMillis,
     },
+    /// Admissions, join and API tokens, the audit trail (see [`crate::security`]).
+    Security {
+        cmd: crate::security::SecurityCommand,
+        at: UnixMillis,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +197,7 @@ pub enum Applied {
         tasks: usize,
         runs: usize,
     },
+    Security(crate::security::SecurityApplied),
 }
 
 /// Why the ledger refused a command. Refusals are deterministic results, not failures: every
@@ -249,4 +255,6 @@ pub enum Rejected {
         "worker {worker} is {state:?}, not running in the cluster; it becomes active when it starts and registers again"
     )]
     WorkerAway { worker: NodeId, state: WorkerState },
+    #[error("{0}")]
+    InvalidSecurity(String),
 }

@@ -20,6 +20,7 @@ use crate::model::{NodeId, TaskId, UnixMillis, Worker, WorkerState};
 use crate::resources::{self, GpuGrant, GpuRequest, Requirements, WHOLE_GPU_MILLI};
 use crate::runs::Run;
 use crate::scaling::Scaling;
+use crate::security::Security;
 use crate::task::{Attempt, Outcome, Provenance, Task, TaskSpec, TaskState};
 
 /// Re-queues of a running attempt lost with its worker that do not use up a retry.
@@ -62,6 +63,7 @@ pub struct Ledger {
     runs: BTreeMap<u64, Run>,
     /// Run ids by the request that created them (run submits are idempotent).
     run_requests: BTreeMap<String, u64>,
+    security: Security,
     /// What the last applies archived, for the store to write to disk (not replicated: every
     /// replica fills it by applying the same commands).
     #[serde(skip)]
@@ -270,6 +272,10 @@ impl Ledger {
         &self.scaling
     }
 
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// Tasks assigned to or running on a worker.
     pub fn active_on(&self, worker: NodeId) -> impl Iterator<Item = &Task> {
         self.worker_tasks
@@ -303,6 +309,7 @@ impl Ledger {
             Command::Archive { tasks, .. } => Ok(self.archive(tasks)),
             Command::GiveBack { attempts, at } => Ok(self.give_back(index, attempts, *at)),
             Command::Scaling { cmd, at } => self.scaling.apply(cmd, *at).map(Applied::Scaling),
+            Command::Security { cmd, at } => self.security.apply(cmd, *at).map(Applied::Security),
             Command::Submit {
                 request_id,
                 tasks,

@@ -21,6 +21,7 @@ pub mod resources;
 pub mod retention;
 pub mod runs;
 pub mod scaling;
+pub mod security;
 pub mod store;
 pub mod task;
 

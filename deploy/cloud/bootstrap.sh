@@ -15,7 +15,7 @@ umask 022
 
 # The image may already carry the binary (the fastest boot); otherwise fetch it.
 if ! command -v testmesh >/dev/null 2>&1; then
-  url='{{INSTALL_URL}}'
+  url={{INSTALL_URL}}
   if [ -z "$url" ]; then
     echo "testmesh is not installed and no install_url is configured" >&2
     exit 1
@@ -24,14 +24,23 @@ if ! command -v testmesh >/dev/null 2>&1; then
   chmod 0755 /usr/local/bin/testmesh
 fi
 
-cat > /etc/systemd/system/testmesh.service <<UNIT
+# Quoted here-documents: nothing the provider filled in is expanded while they are written, and
+# the node arguments (each single-quoted by the provider) reach testmesh exactly as given.
+cat > /etc/testmesh/run <<'TESTMESH_RUN'
+#!/bin/sh
+exec testmesh node --data-dir /var/lib/testmesh --http 0.0.0.0:7070 --swarm-key /etc/testmesh/swarm.key {{NODE_ARGS}}
+TESTMESH_RUN
+chmod 0755 /etc/testmesh/run
+
+cat > /etc/systemd/system/testmesh.service <<'UNIT'
 [Unit]
 Description=testmesh node
 After=network-online.target
 Wants=network-online.target
 
 [Service]
-ExecStart=$(command -v testmesh) node --data-dir /var/lib/testmesh --http 0.0.0.0:7070 --swarm-key /etc/testmesh/swarm.key {{NODE_ARGS}}
+Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ExecStart=/etc/testmesh/run
 Restart=on-failure
 # SIGTERM: the node drains, hands back what it runs and leaves the cluster.
 KillSignal=SIGTERM

@@ -179,6 +179,7 @@ mod seeds {
             encode(&Request::Join {
                 node: NodeId(9),
                 addr: "/ip4/10.0.0.9/tcp/7071".into(),
+                token: Some("tmj_00000000_00000000000000000000000000000000".into()),
             })
             .unwrap(),
         );

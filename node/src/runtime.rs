@@ -209,6 +209,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         window: Duration::from_secs(2),
         bootstrap_expect: cfg.bootstrap_expect,
         may_initialise,
+        join_token: cfg.join_token.clone(),
     };
     c.start("cluster formation", |s| {
         cluster::form(core.clone(), mesh.clone(), formation, s)
@@ -220,7 +221,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         cluster::failover::campaign_when_leader_leaves(core.clone(), mesh.clone(), s)
     });
     c.start("voter promotion", |s| {
-        cluster::grow(core.clone(), cfg.voters, s)
+        cluster::grow(core.clone(), cfg.voters, cfg.founding_window, s)
     });
     let boot_id = registration.boot_id;
     c.start("registration", |s| register(core.clone(), registration, s));
@@ -335,7 +336,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         dir.join("api-token").display()
     );
     println!(
-        "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{}",
+        "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{} --join-token \
+         <from `testmesh token create --join`> (without a token they wait for `testmesh nodes \
+         approve`, unless they start within the founding window of a new cluster)",
         id.swarm_key_path.display(),
         mesh_addrs
             .iter()
@@ -412,6 +415,9 @@ fn http_app(
         bound: local,
         token: state.token.clone(),
         public: cfg.public_dashboard,
+        allowed_hosts: cfg.allowed_hosts.clone(),
+        core: core.clone(),
+        sessions: Default::default(),
     };
     api::router(state.clone())
         .merge(testmesh_dashboard::router(

@@ -39,12 +39,25 @@ pub struct AwsProvider {
     client: Client,
 }
 
-/// The bootstrap script with the key, the node arguments and the install URL filled in.
-pub fn bootstrap_script(spec: &LaunchSpec, install_url: Option<&str>) -> String {
-    BOOTSTRAP
-        .replace("{{SWARM_KEY}}", spec.swarm_key.trim_end())
+/// The bootstrap script with the key, the node arguments and the install URL filled in, each
+/// shell-quoted. A control character (a line break could end a here-document early) is refused.
+pub fn bootstrap_script(spec: &LaunchSpec, install_url: Option<&str>) -> Result<String, String> {
+    let url = install_url.unwrap_or("");
+    for a in spec.node_args.iter().map(String::as_str).chain([url]) {
+        if a.chars().any(char::is_control) {
+            return Err(format!(
+                "{a:?} contains a control character and cannot go into the bootstrap script"
+            ));
+        }
+    }
+    let key = spec.swarm_key.trim_end();
+    if key.lines().any(|l| l == "TESTMESH_SWARM_KEY") {
+        return Err("the swarm key file is malformed".into());
+    }
+    Ok(BOOTSTRAP
+        .replace("{{SWARM_KEY}}", key)
         .replace("{{NODE_ARGS}}", &shell_words(&spec.node_args))
-        .replace("{{INSTALL_URL}}", install_url.unwrap_or(""))
+        .replace("{{INSTALL_URL}}", &shell_words(&[url.to_string()])))
 }
 
 /// The SDK's HTTPS client: rustls with ring, trusting the platform's root certificates.
@@ -144,8 +157,9 @@ impl AwsProvider {
             tags = tags.tags(Tag::builder().key(k).value(v).build());
         }
         tags = tags.tags(Tag::builder().key("Name").value(spec.name()).build());
-        let user_data = base64::engine::general_purpose::STANDARD
-            .encode(bootstrap_script(spec, self.config.install_url.as_deref()));
+        let script = bootstrap_script(spec, self.config.install_url.as_deref())
+            .map_err(|m| Error::config(&self.config.name, m))?;
+        let user_data = base64::engine::general_purpose::STANDARD.encode(script);
         let mut req = self
             .client
             .run_instances()
@@ -267,10 +281,17 @@ mod tests {
             node_args: vec!["--join".into(), "/ip4/10.0.0.1/tcp/7071".into()],
             swarm_key: "/key/swarm/psk/1.0.0/\n/base16/\nabcd\n".into(),
         };
-        let s = bootstrap_script(&spec, Some("https://example.org/testmesh"));
+        let s = bootstrap_script(&spec, Some("https://example.org/testmesh")).unwrap();
         assert!(s.contains("/base16/\nabcd\nTESTMESH_SWARM_KEY"), "{s}");
         assert!(s.contains("'--join' '/ip4/10.0.0.1/tcp/7071'"));
         assert!(s.contains("url='https://example.org/testmesh'"));
         assert!(!s.contains("{{"), "every placeholder filled");
+        let mut evil = spec.clone();
+        evil.node_args = vec!["x\nTESTMESH_RUN\nreboot".into()];
+        assert!(bootstrap_script(&evil, None).is_err());
+        evil.node_args = vec!["$(reboot) `reboot` 'q'".into()];
+        let s = bootstrap_script(&evil, None).unwrap();
+        assert!(s.contains(r"'$(reboot) `reboot` '\''q'\'''"), "{s}");
+        assert!(s.contains("<<'TESTMESH_RUN'") && s.contains("<<'UNIT'"));
     }
 }

@@ -142,6 +142,8 @@ impl GcpProvider {
 
     async fn launch_one(&self, spec: &LaunchSpec) -> Result<String, Error> {
         let name = spec.name();
+        let script = crate::aws::bootstrap_script(spec, self.config.install_url.as_deref())
+            .map_err(|m| Error::config(&self.config.name, m))?;
         let zone = &self.config.zone;
         let mut body = json!({
             "name": name,
@@ -152,7 +154,7 @@ impl GcpProvider {
             "networkInterfaces": [{"network": self.config.network,
                                    "accessConfigs": [{"type": "ONE_TO_ONE_NAT", "name": "External NAT"}]}],
             "metadata": {"items": [{"key": "startup-script",
-                "value": crate::aws::bootstrap_script(spec, self.config.install_url.as_deref())}]},
+                "value": script}]},
         });
         if let Some(sa) = &self.config.service_account {
             body["serviceAccounts"] = json!([{"email": sa,

@@ -9,6 +9,7 @@ pub(crate) mod predict;
 mod run_report;
 pub mod runs;
 mod scaling;
+pub mod security;
 pub(crate) mod tasks;
 #[cfg(test)]
 mod tests;
@@ -24,8 +25,9 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 
-use crate::core::Core;
+use crate::core::{Core, tokens};
 use crate::monitor::HostSample;
+use testmesh_consensus::security::Scope;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 << 20;
@@ -39,14 +41,80 @@ pub struct Inner {
 
 pub type AppState = Arc<Inner>;
 
-/// Compares in constant time, so the token cannot be guessed byte by byte from timings.
-fn token_matches(given: &str, want: &str) -> bool {
-    let (a, b) = (given.as_bytes(), want.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Who made a request, as its token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// "node-local" for the node's own `api-token` file, else the API token's id and name.
+    pub actor: String,
+    pub scope: Scope,
 }
 
-/// Extractor for handlers that change the ledger: checks `Authorization: Bearer <token>`.
-pub struct Authorized;
+/// The caller a bearer token names: the node's own token (admin on this node), or a
+/// cluster-wide API token from the ledger that has not expired. `None` for anything else,
+/// including an empty token (an empty `api-token` file accepts nothing).
+pub fn caller_of(core: &Core, local: &str, given: &str) -> Option<Caller> {
+    let given = given.trim();
+    if given.is_empty() {
+        return None;
+    }
+    if !local.is_empty() && tokens::same(given, local) {
+        return Some(Caller {
+            actor: "node-local".into(),
+            scope: Scope::Admin,
+        });
+    }
+    let p = tokens::parse(given).filter(|p| p.kind == tokens::Kind::Api)?;
+    let now = core.now();
+    let ledger = core.ledger.read();
+    let t = ledger.security().api_token(&p.id)?;
+    if !tokens::matches(&p.secret, &t.hash) || t.expires_at.is_some_and(|e| e <= now) {
+        return None;
+    }
+    Some(Caller {
+        actor: format!("{} ({})", t.id, t.name),
+        scope: t.scope,
+    })
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Checks that the request's bearer token allows `needed`. Writes are authorised by the header
+/// only: a dashboard cookie or `?token=` never changes anything.
+fn require(
+    parts: &axum::http::request::Parts,
+    st: &AppState,
+    needed: Scope,
+) -> Result<Caller, ApiError> {
+    let hint = format!(
+        "create one with `testmesh token create --scope {needed}` (or use the node's own token \
+         in <data-dir>/api-token), and pass it as 'Authorization: Bearer <token>' (--token or \
+         TESTMESH_TOKEN)"
+    );
+    match bearer(&parts.headers) {
+        None => Err(ApiError::Unauthorized(format!(
+            "this request needs a token with the {needed} scope; {hint}"
+        ))),
+        Some(t) => match caller_of(&st.core, &st.token, t) {
+            None => Err(ApiError::Unauthorized(format!(
+                "the API token is unknown, revoked or expired; {hint}"
+            ))),
+            Some(c) if !c.scope.allows(needed) => Err(ApiError::Forbidden(format!(
+                "token {} has the {} scope; this request needs {needed}",
+                c.actor, c.scope
+            ))),
+            Some(c) => Ok(c),
+        },
+    }
+}
+
+/// Extractor for handlers that submit or cancel work: a token with the submit scope.
+pub struct Authorized(#[allow(dead_code)] pub Caller);
 
 impl axum::extract::FromRequestParts<AppState> for Authorized {
     type Rejection = ApiError;
@@ -55,20 +123,21 @@ impl axum::extract::FromRequestParts<AppState> for Authorized {
         parts: &mut axum::http::request::Parts,
         st: &AppState,
     ) -> Result<Self, ApiError> {
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(t) if token_matches(t.trim(), &st.token) => Ok(Authorized),
-            Some(_) => Err(ApiError::Unauthorized(
-                "wrong API token: use the one in <data-dir>/api-token of the node (--token or TESTMESH_TOKEN)".into(),
-            )),
-            None => Err(ApiError::Unauthorized(
-                "this request changes the ledger and needs 'Authorization: Bearer <token>'; the token is in <data-dir>/api-token of the node (--token or TESTMESH_TOKEN)".into(),
-            )),
-        }
+        require(parts, st, Scope::Submit).map(Authorized)
+    }
+}
+
+/// Extractor for operators' handlers (workers, policy, tokens, nodes, audit): the admin scope.
+pub struct Admin(pub Caller);
+
+impl axum::extract::FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        st: &AppState,
+    ) -> Result<Self, ApiError> {
+        require(parts, st, Scope::Admin).map(Admin)
     }
 }
 
@@ -133,6 +202,15 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/policy",
             get(scaling::get_policy).put(scaling::put_policy),
         )
+        .route("/api/v1/tokens", get(security::list).post(security::create))
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(security::revoke),
+        )
+        .route("/api/v1/nodes", get(security::nodes))
+        .route("/api/v1/nodes/{id}/approve", post(security::approve))
+        .route("/api/v1/nodes/{id}/remove", post(security::remove))
+        .route("/api/v1/audit", get(security::audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

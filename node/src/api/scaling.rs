@@ -13,7 +13,7 @@ use testmesh_consensus::scaling::{
 use testmesh_consensus::{Applied, Command};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
-use super::{AppState, Authorized};
+use super::{Admin, AppState};
 
 /// The policy with human units.
 #[derive(Debug, Clone, Serialize)]
@@ -158,7 +158,7 @@ pub async fn get_policy(State(st): State<AppState>) -> Json<PolicyView> {
 
 pub async fn put_policy(
     State(st): State<AppState>,
-    _auth: Authorized,
+    _auth: Admin,
     ApiJson(patch): ApiJson<PolicyPatch>,
 ) -> Result<Json<PolicyView>, ApiError> {
     let current = st.core.ledger.read().scaling().policy().clone();

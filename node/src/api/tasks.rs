@@ -13,7 +13,7 @@ use testmesh_consensus::task::{Task, TaskState};
 use testmesh_consensus::{Applied, Command, NodeId, TaskId};
 
 use super::error::{ApiError, ApiJson, ApiQuery};
-use super::{AppState, Authorized};
+use super::{Admin, AppState, Authorized};
 use crate::core::dto::*;
 use crate::core::logs::{LogChunk, LogRead};
 use crate::core::submit::{SubmitRequest, request_id_of};
@@ -472,7 +472,7 @@ async fn set_worker_state(
 /// `POST /api/v1/workers/{id}/drain`: no new placements; running tasks finish.
 pub async fn drain(
     State(st): State<AppState>,
-    _auth: Authorized,
+    _auth: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_worker_state(&st, &id, WorkerState::Draining).await
@@ -482,7 +482,7 @@ pub async fn drain(
 /// track record starts afresh.
 pub async fn unquarantine(
     State(st): State<AppState>,
-    _auth: Authorized,
+    _auth: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let worker: NodeId = id.parse().map_err(|_| {
@@ -519,7 +519,7 @@ pub async fn unquarantine(
 /// `POST /api/v1/workers/{id}/undrain`.
 pub async fn undrain(
     State(st): State<AppState>,
-    _auth: Authorized,
+    _auth: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     set_worker_state(&st, &id, WorkerState::Active).await

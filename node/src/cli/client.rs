@@ -153,6 +153,11 @@ impl Client {
         self.write(reqwest::Method::PUT, path, body).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.write(reqwest::Method::DELETE, path, &serde_json::json!({}))
+            .await
+    }
+
     async fn write<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,

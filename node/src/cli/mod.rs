@@ -24,6 +24,7 @@ mod predict;
 mod report;
 mod run;
 mod scaling;
+mod security;
 mod tasks;
 
 use std::process::ExitCode;
@@ -112,6 +113,12 @@ pub enum Cmd {
     Watchdog,
     /// Write a new cluster swarm key (give the same file to every node with --swarm-key)
     Keygen(KeygenArgs),
+    /// Cluster-wide API tokens (read, submit, admin) and join tokens: create, list, revoke
+    Token(security::TokenArgs),
+    /// Cluster members and nodes waiting to join: list, approve, remove
+    Nodes(security::NodesArgs),
+    /// What each token changed, newest first
+    Audit(security::AuditArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,6 +205,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Report(a) => report::run(a).await,
         Cmd::Demo(a) => demo::run(a).await,
         Cmd::Policy(a) => scaling::policy(a).await,
+        Cmd::Token(a) => security::token(a).await,
+        Cmd::Nodes(a) => security::nodes(a).await,
+        Cmd::Audit(a) => security::audit(a).await,
         Cmd::Keygen(a) => {
             match a.out {
                 Some(p) => {

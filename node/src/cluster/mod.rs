@@ -8,6 +8,7 @@
 //! cluster — alone by default, or with all expected nodes as voters — and the others then join
 //! it. Only one node initialises, so nodes started together end up in one cluster.
 
+pub mod admission;
 pub mod failover;
 pub mod network;
 
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::core::membership::{caught_up_learners, learners_to_promote, voters_without};
 use crate::core::{Core, Writer};
 use crate::mesh::key::node_id_of;
-use crate::mesh::rpc::{Hello, Request, Response, WriteFailure};
+use crate::mesh::rpc::{Hello, Request, Response, Standing, WriteFailure};
 use crate::mesh::{Inbound, MeshClient};
 
 /// Inbound requests handled at once at most; more wait in the mesh's bounded queue (and past
@@ -40,6 +41,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut handlers = tokio::task::JoinSet::new();
+    let refusals = Refusals::default();
     loop {
         while handlers.len() >= MAX_IN_FLIGHT {
             tokio::select! {
@@ -52,9 +54,9 @@ pub async fn serve(
             inb = inbound.recv() => match inb { Some(i) => i, None => return },
             Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
         };
-        let (core, mesh) = (core.clone(), mesh.clone());
+        let (core, mesh, refusals) = (core.clone(), mesh.clone(), refusals.clone());
         handlers.spawn(async move {
-            let resp = handle(inb.request, inb.peer, &mesh, &core, candidate).await;
+            let resp = handle(inb.request, inb.peer, &mesh, &core, candidate, &refusals).await;
             let _ = inb.reply.send(resp);
         });
     }
@@ -66,8 +68,10 @@ async fn handle(
     mesh: &MeshClient,
     core: &Core,
     candidate: bool,
+    refusals: &Refusals,
 ) -> Response {
     let (raft, writer, leadership) = (core.writer.raft(), &core.writer, &core.leadership);
+    let sender = node_id_of(&from);
     match req {
         Request::Hello => {
             let m = leadership.metrics();
@@ -91,18 +95,52 @@ async fn handle(
             })
         }
         Request::AppendEntries(rpc) => {
+            if let Err(e) = admission::raft_allowed(
+                core,
+                sender,
+                rpc.vote.leader_id().voted_for().unwrap_or(sender),
+            ) {
+                note_refusal(core, refusals, sender, &e);
+                return Response::AppendEntries(Err(e));
+            }
             Response::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
         }
-        Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
+        Request::Vote(rpc) => {
+            if let Err(e) = admission::raft_allowed(
+                core,
+                sender,
+                rpc.vote.leader_id().voted_for().unwrap_or(sender),
+            ) {
+                note_refusal(core, refusals, sender, &e);
+                return Response::Vote(Err(e));
+            }
+            Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
+        }
         Request::InstallSnapshot(rpc) => {
+            if let Err(e) = admission::raft_allowed(
+                core,
+                sender,
+                rpc.vote.leader_id().voted_for().unwrap_or(sender),
+            ) {
+                note_refusal(core, refusals, sender, &e);
+                return Response::InstallSnapshot(Err(e));
+            }
             Response::InstallSnapshot(raft.install_snapshot(rpc).await.map_err(|e| e.to_string()))
         }
-        Request::Write(cmd) => Response::Write(writer.write_here(cmd).await.map_err(Into::into)),
-        Request::Join { node, addr } => {
+        Request::Write(cmd) => {
+            if let Err(e) = admission::member_only(core, sender, "a write")
+                .and_then(|()| admission::forwardable(&cmd, sender))
+            {
+                note_refusal(core, refusals, sender, &e);
+                return Response::Write(Err(WriteFailure::Unavailable(e)));
+            }
+            Response::Write(writer.write_here(cmd).await.map_err(Into::into))
+        }
+        Request::Join { node, addr, token } => {
             // The id must be the one the joiner's identity proves, and a join passed on by
             // someone else must come from a member.
             let claimed: Option<PeerId> = crate::mesh::parse_member_addr(&addr).map(|(p, _)| p);
-            let forwarded_by_member = || leadership.is_member(node_id_of(&from));
+            let forwarded_by_member = || leadership.is_member(sender);
             match claimed {
                 Some(c) if node_id_of(&c) == node && (c == from || forwarded_by_member()) => {}
                 _ => {
@@ -111,7 +149,7 @@ async fn handle(
                     )));
                 }
             }
-            Response::Join(add_learner(writer, node, addr).await)
+            Response::Join(admission::join(core, node, addr, token).await)
         }
         Request::Leave { node } => {
             // Only a node itself, or a member passing its request on, may take it out.
@@ -123,38 +161,66 @@ async fn handle(
             Response::Leave(remove_member(writer, node).await)
         }
         Request::ReadIndex => {
+            if let Err(e) = admission::member_only(core, sender, "a read index") {
+                return Response::ReadIndex(Err(WriteFailure::Unavailable(e)));
+            }
             Response::ReadIndex(writer.read_index_here().await.map_err(Into::into))
         }
-        Request::Standing => Response::Standing(writer.standing_of(node_id_of(&from)).await),
+        Request::Standing => {
+            if let Err(e) = admission::member_only(core, sender, "standing") {
+                return Response::Standing(Standing::Unsure(e));
+            }
+            Response::Standing(writer.standing_of(sender).await)
+        }
         Request::Logs {
             task,
             attempt,
             stream,
             offset,
             limit,
-        } => Response::Logs(
-            core.logs
-                .read_local(TaskId(task), attempt, stream, offset, limit)
-                .map_err(|e| e.to_string()),
-        ),
+        } => {
+            if let Err(e) = admission::member_only(core, sender, "reading logs") {
+                return Response::Logs(Err(e));
+            }
+            Response::Logs(
+                core.logs
+                    .read_local(
+                        TaskId(task),
+                        attempt,
+                        stream,
+                        offset,
+                        limit.min(MAX_LOG_READ),
+                    )
+                    .map_err(|e| e.to_string()),
+            )
+        }
     }
 }
 
-async fn add_learner(writer: &Writer, node: NodeId, addr: String) -> Result<(), WriteFailure> {
-    if !writer.leadership().is_leader() {
-        // Not the leader: pass the join on, so a joiner can ask any member.
-        return writer.forward_join(node, addr).await.map_err(Into::into);
+/// Most bytes of a log one request reads, whatever `limit` it asks for (the reply must fit a
+/// frame, and a peer must not make this node read a whole large file into memory).
+const MAX_LOG_READ: u64 = 4 << 20;
+
+/// How often a refused peer is logged: enough to see an intruder (or a removed node still
+/// trying) without a line per heartbeat.
+const REFUSAL_NOTE_EVERY: Duration = Duration::from_secs(60);
+
+/// When each refused peer was last logged.
+type Refusals = std::sync::Arc<std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>>;
+
+fn note_refusal(core: &Core, refusals: &Refusals, sender: NodeId, e: &str) {
+    let now = core.clock.instant();
+    let mut r = refusals.lock().unwrap_or_else(|p| p.into_inner());
+    if r.len() > 1_000 {
+        r.retain(|_, t| now.duration_since(*t) < REFUSAL_NOTE_EVERY);
     }
-    if writer.leadership().is_member(node) {
-        return Ok(());
+    let due = r
+        .get(&sender)
+        .is_none_or(|t| now.duration_since(*t) >= REFUSAL_NOTE_EVERY);
+    if due {
+        r.insert(sender, now);
+        tracing::warn!("{e} (further refusals of {sender} are logged once a minute)");
     }
-    tracing::info!("adding {node} ({addr}) as a learner");
-    writer
-        .raft()
-        .add_learner(node, BasicNode { addr }, false)
-        .await
-        .map(|_| ())
-        .map_err(|e| WriteFailure::Unavailable(e.to_string()))
 }
 
 /// On the leader: takes `node` out of the membership (a voter is replaced by a caught-up
@@ -200,6 +266,8 @@ pub struct FormationOptions {
     /// False for a node given `--join` seeds (and no `--bootstrap-expect`): it joins a cluster
     /// and never starts one of its own.
     pub may_initialise: bool,
+    /// A join token to present (`--join-token`).
+    pub join_token: Option<String>,
 }
 
 /// How often a node waiting to join says why.
@@ -221,6 +289,7 @@ pub async fn form(
     let mut seen: BTreeSet<NodeId> = BTreeSet::new();
     let mut settled_since = started;
     let mut noted = None;
+    let mut refused_noted = None;
     loop {
         if core.leadership.is_member(me) {
             tracing::info!("member of the cluster");
@@ -257,12 +326,23 @@ pub async fn form(
             let req = Request::Join {
                 node: me,
                 addr: mesh.member_addr().await,
+                token: opts.join_token.clone(),
             };
             match mesh.request(*peer, req, Duration::from_secs(5)).await {
                 Ok(Response::Join(Ok(()))) => {
                     if !announced {
                         tracing::info!("joining the cluster through {peer}");
                         announced = true;
+                    }
+                }
+                Ok(Response::Join(Err(WriteFailure::Unavailable(why))))
+                    if why.starts_with("join ") =>
+                {
+                    // Pending or refused: say so now and then, not every round.
+                    let now = core.clock.instant();
+                    if refused_noted.is_none_or(|t| now.duration_since(t) >= WAITING_NOTE_EVERY) {
+                        refused_noted = Some(now);
+                        tracing::warn!("not admitted yet (node {me}): {why}");
                     }
                 }
                 other => tracing::debug!("join through {peer}: {other:?}"),
@@ -370,8 +450,14 @@ pub async fn watch_foreign(core: Core, mesh: MeshClient, mut shutdown: watch::Re
     }
 }
 
-/// On the leader: promote caught-up learners to voters while there are fewer than `target`.
-pub async fn grow(core: Core, target: usize, mut shutdown: watch::Receiver<bool>) {
+/// On the leader: record the founding members once, and promote caught-up learners to voters
+/// while there are fewer than `target`.
+pub async fn grow(
+    core: Core,
+    target: usize,
+    founding_window: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let (me, writer) = (core.node, &core.writer);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -383,7 +469,24 @@ pub async fn grow(core: Core, target: usize, mut shutdown: watch::Receiver<bool>
         if m.current_leader != Some(me) {
             continue;
         }
+        admission::found_if_needed(&core, founding_window).await;
         let membership = m.membership_config.membership();
+        // Nodes an operator removed leave the membership (the API only records the removal).
+        let removed: Vec<NodeId> = {
+            let ledger = core.ledger.read();
+            let gone = ledger.security().removed();
+            membership
+                .nodes()
+                .map(|(id, _)| *id)
+                .filter(|id| gone.contains_key(id))
+                .collect()
+        };
+        for node in removed {
+            tracing::info!("taking removed node {node} out of the membership");
+            if let Err(e) = remove_member(writer, node).await {
+                tracing::warn!("removing {node}: {e:?}");
+            }
+        }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if voters.len() >= target {
             continue;

@@ -75,6 +75,10 @@ pub struct NodeArgs {
     /// address (writes still need it)
     #[arg(long)]
     pub public_dashboard: bool,
+    /// A host name a public dashboard answers to besides its IP addresses, localhost and this
+    /// host's name (repeatable; guards against DNS rebinding)
+    #[arg(long = "allow-host")]
+    pub allow_host: Vec<String>,
     /// Simulated GPUs instead of NVML, COUNTxMODEL:MEMORY (e.g. "2xSim A100:40GiB"); for tests
     /// and demos on hosts without NVIDIA GPUs
     #[arg(long, hide = true, value_parser = parse_simulated_gpus)]
@@ -98,6 +102,16 @@ pub struct NodeArgs {
     /// Below this much free space in the data dir the node refuses new tasks [default: 256MiB]
     #[arg(long, value_parser = units::parse_size)]
     pub min_free_disk: Option<Bytes>,
+    /// Join token (`testmesh token create --join`) that admits this node to an existing
+    /// cluster; without one, a node that joins after the founding window waits for
+    /// `testmesh nodes approve`
+    #[arg(long, env = "TESTMESH_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// For how long after a new cluster is founded nodes holding the swarm key are admitted
+    /// without a join token (trust on first use); 0s admits only by token or approval
+    /// [default: 60s]
+    #[arg(long, value_parser = units::parse_duration_or_zero)]
+    pub founding_window: Option<std::time::Duration>,
 }
 
 /// `--retention`: the live ledger's policy and the size of each replica's archive.
@@ -214,6 +228,7 @@ pub(crate) struct FileConfig {
     retention: Option<String>,
     max_log_size: Option<String>,
     min_free_disk: Option<String>,
+    founding_window: Option<String>,
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
@@ -305,10 +320,14 @@ pub struct NodeConfig {
     pub catalogue: Vec<InstanceType>,
     pub providers: Vec<crate::config::providers::FileProvider>,
     pub public_dashboard: bool,
+    pub allowed_hosts: Vec<String>,
     pub dashboard_interval: std::time::Duration,
     pub retention: Retention,
     pub max_log_size: Bytes,
     pub min_free_disk: Bytes,
+    /// A join token (`tmj_…`) presented when joining.
+    pub join_token: Option<String>,
+    pub founding_window: std::time::Duration,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -493,12 +512,35 @@ impl NodeConfig {
             "min_free_disk",
             256 << 20,
         )?;
+        let join_token = match &args.join_token {
+            Some(t)
+                if crate::core::tokens::parse(t)
+                    .is_none_or(|p| p.kind != crate::core::tokens::Kind::Join) =>
+            {
+                return Err(Error::Config(
+                    "--join-token is not a join token: it looks like tmj_<8 hex>_<32 hex>, as \
+                     printed by `testmesh token create --join`"
+                        .into(),
+                ));
+            }
+            t => t.clone(),
+        };
+        let founding_window = match (args.founding_window, &file.founding_window) {
+            (Some(d), _) => d,
+            (None, Some(s)) => {
+                units::parse_duration_or_zero(s).map_err(|e| in_file("founding_window", e))?
+            }
+            _ => std::time::Duration::from_secs(60),
+        };
         Ok(NodeConfig {
+            join_token,
+            founding_window,
             retention,
             max_log_size,
             min_free_disk,
             dashboard_interval,
             public_dashboard: args.public_dashboard || file.public_dashboard.unwrap_or(false),
+            allowed_hosts: args.allow_host.clone(),
             providers: file.providers,
             catalogue,
             stats_interval,

@@ -28,6 +28,7 @@ pub mod stats;
 pub mod submit;
 #[cfg(test)]
 pub mod testing;
+pub mod tokens;
 pub mod writer;
 
 use std::path::PathBuf;

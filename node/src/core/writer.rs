@@ -320,8 +320,14 @@ impl Writer {
     }
 
     /// Asks the leader to add `node` as a learner.
-    pub async fn forward_join(&self, node: NodeId, addr: String) -> Result<(), WriteError> {
-        self.forward_membership(Request::Join { node, addr }).await
+    pub async fn forward_join(
+        &self,
+        node: NodeId,
+        addr: String,
+        token: Option<String>,
+    ) -> Result<(), WriteError> {
+        self.forward_membership(Request::Join { node, addr, token })
+            .await
     }
 
     /// Asks the leader to remove `node` from the membership.

@@ -1,6 +1,6 @@
-//! What nodes ask each other over `/testmesh/rpc/3` (2: the log stream became an enum; 3: `Hello`
-//! says whether the node may start a cluster): Raft RPCs, forwarded writes, joins, and
-//! cluster status for formation. Encoded with bincode through a size-limited codec.
+//! What nodes ask each other over `/testmesh/rpc/4` (2: the log stream became an enum; 3: `Hello`
+//! says whether the node may start a cluster; 4: a join carries a join token): Raft RPCs,
+//! forwarded writes, joins, and cluster status for formation. Encoded with bincode through a size-limited codec.
 
 use std::io;
 
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use testmesh_consensus::raft::TypeConfig;
 use testmesh_consensus::{Applied, Command, NodeId, Rejected, codec};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/3");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/4");
 /// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
 const MAX_FRAME: u64 = 64 << 20;
 
@@ -49,10 +49,13 @@ pub enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write forwarded to the leader.
     Write(Command),
-    /// Add a node to the cluster (as a learner); `addr` is its member address.
+    /// Add a node to the cluster (as a learner); `addr` is its member address. A node that is
+    /// not admitted yet is admitted by a valid join token, the founding window, or an
+    /// operator's approval; otherwise it is recorded as pending.
     Join {
         node: NodeId,
         addr: String,
+        token: Option<String>,
     },
     /// Leader: confirm leadership with a quorum and return the index a linearizable read must
     /// wait for.
