@@ -178,14 +178,26 @@ async fn beyond_loopback_reads_need_the_token_unless_public() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
+    assert!(
+        !cookie.contains(&node.token),
+        "the cookie is a read-only session, not the token: {cookie}"
+    );
     let pair = cookie.split(';').next().unwrap().to_string();
     let r = http
         .get(format!("{}/", node.url))
-        .header("cookie", pair)
+        .header("cookie", pair.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let r = http
+        .post(format!("{}/api/v1/tasks", node.url))
+        .header("cookie", pair)
+        .json(&json!({"tasks": [{"command": ["true"]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a session cookie cannot change anything");
     // The CLI sends the token on reads too.
     let o = node.cli(&["status"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -202,4 +214,16 @@ async fn beyond_loopback_reads_need_the_token_unless_public() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "writes still need the token");
+    // DNS rebinding: a page on another site whose name resolves here sends its own Host.
+    let r = http
+        .get(format!("{}/api/v1/status", public.url))
+        .header("host", "evil.example:7070")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "a public dashboard answers to its own names only"
+    );
 }

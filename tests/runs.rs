@@ -340,9 +340,11 @@ async fn a_worker_failing_every_task_is_quarantined_and_the_run_completes_on_the
     let join = first.mesh_addr();
     let args = ["--swarm-key", key.to_str().unwrap(), "--join", &join];
     let second = TestNode::start(&args).await;
-    // Every task this node runs fails: its environment breaks them. Each task takes a whole
-    // worker (two cores), so every worker gets some.
-    let broken = TestNode::start_env(&args, &[("TESTMESH_TEST_BROKEN", "1")]).await;
+    // Every task this node runs fails: its environment (passed on to tasks) breaks them. Each
+    // task takes a whole worker (two cores), so every worker gets some.
+    let mut broken_args = args.to_vec();
+    broken_args.extend(["--pass-env", "TESTMESH_TEST_BROKEN"]);
+    let broken = TestNode::start_env(&broken_args, &[("TESTMESH_TEST_BROKEN", "1")]).await;
     let nodes = [first, second, broken];
     for n in &nodes {
         support::wait_workers(n, 3).await;

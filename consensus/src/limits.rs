@@ -46,9 +46,9 @@ pub fn command_bytes(cmd: &crate::command::Command) -> usize {
     }
 }
 
-fn check_map<'a>(
+fn check_map<'a, V: AsRef<str> + 'a>(
     what: &str,
-    entries: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    entries: impl ExactSizeIterator<Item = (&'a String, V)>,
     max_entries: usize,
     max_key: usize,
     max_value: usize,
@@ -62,6 +62,7 @@ fn check_map<'a>(
     }
     let mut total = 0;
     for (k, v) in entries {
+        let v = v.as_ref();
         if k.is_empty() || k.len() > max_key {
             return Err(format!(
                 "{what} key {:?}: keys need 1 to {max_key} bytes",
@@ -107,6 +108,19 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
         MAX_ENV_BYTES,
         MAX_ENV_BYTES,
     )?;
+    check_map(
+        "secret_env",
+        spec.secret_env.iter().map(|(k, v)| (k, v.expose())),
+        MAX_ENV_VARS,
+        MAX_ENV_BYTES,
+        MAX_ENV_BYTES,
+        MAX_ENV_BYTES,
+    )?;
+    if let Some(k) = spec.secret_env.keys().find(|k| spec.env.contains_key(*k)) {
+        return Err(format!(
+            "{k} is in both env and secret_env; give it in one of them"
+        ));
+    }
     check_labels(&spec.labels)?;
     check_map(
         "constraint",
@@ -153,6 +167,11 @@ pub fn spec_bytes(spec: &TaskSpec) -> usize {
     64 + spec.name.len()
         + spec.argv.iter().map(|a| a.len() + 1).sum::<usize>()
         + strings(&spec.env)
+        + spec
+            .secret_env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
         + strings(&spec.labels)
         + strings(&spec.requirements.constraints)
         + spec.requirements.gpu_model.as_ref().map_or(0, String::len)

@@ -32,6 +32,63 @@ pub struct TaskSpec {
     pub retries: u32,
     /// Higher runs first.
     pub priority: i32,
+    /// Variables whose values no read returns (see [`Secret`]); set for the task like `env`.
+    /// (Never skipped when empty: the binary encoding is positional.)
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, Secret>,
+}
+
+/// What every human-readable form of a secret value shows.
+pub const REDACTED: &str = "<redacted>";
+
+/// A value that is never shown. It is encoded as itself where the ledger stores and replicates
+/// it (the binary codec: the Raft log, snapshots, the archive, mesh messages), and as
+/// [`REDACTED`] in every human-readable form — JSON (the API, exports, reports, the dashboard)
+/// and `Debug` (logs). The rule sits in the type, so no read path can forget it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The value, for the one place that needs it: the environment of the task's process.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(REDACTED)
+        } else {
+            s.serialize_str(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Read back from an API answer (JSON), the value is [`REDACTED`]: the real one was never
+    /// in it. Submits take plain strings (`TaskRequest::secret_env`), never this type.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -327,5 +384,34 @@ mod metric_tests {
                 .unwrap()
                 .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_itself_in_the_log_and_redacted_everywhere_people_read() {
+        let mut spec = TaskSpec {
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
+        spec.secret_env
+            .insert("TOKEN".into(), Secret::new("s3cr3t".into()));
+        let bytes = crate::codec::encode(&spec).unwrap();
+        let back: TaskSpec = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(back.secret_env["TOKEN"].expose(), "s3cr3t");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(
+            !json.contains("s3cr3t") && json.contains(REDACTED),
+            "{json}"
+        );
+        let debug = format!("{spec:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        // An empty map is encoded too (the binary encoding is positional).
+        let plain = TaskSpec::default();
+        let back: TaskSpec = crate::codec::decode(&crate::codec::encode(&plain).unwrap()).unwrap();
+        assert_eq!(back, plain);
     }
 }

@@ -271,6 +271,10 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
             .with_boot_id(boot_id)
             .with_gpu_memory(gpu_peaks)
             .with_max_log_size(cfg.max_log_size.0)
+            .with_base_env(crate::agent::env::for_tasks(
+                std::env::vars(),
+                &cfg.pass_env,
+            ))
             .run(s)
     });
     c.start("disk", |s| {

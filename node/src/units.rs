@@ -96,6 +96,21 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--secret-env KEY=VALUE`, or `--secret-env KEY` to take the value from this process's
+/// environment (the way CI systems hand out secrets: the value never appears on a command line).
+pub fn parse_secret_env(s: &str) -> Result<(String, String), String> {
+    if s.contains('=') {
+        return parse_key_value(s);
+    }
+    let k = s.trim();
+    if k.is_empty() {
+        return Err("expected KEY=VALUE or the name of a variable set here".into());
+    }
+    std::env::var(k).map(|v| (k.to_string(), v)).map_err(|_| {
+        format!("{k} is not set in this environment; give KEY=VALUE or export {k} first")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

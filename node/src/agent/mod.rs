@@ -10,6 +10,7 @@
 //! Processes are reached through the [`Processes`] trait: [`SystemProcesses`] in a node, a
 //! scripted fake in the unit tests (the real-process behaviour is tested end to end).
 
+pub mod env;
 mod lease;
 mod output;
 mod sys;
@@ -100,6 +101,7 @@ impl Processes for SystemProcesses {
     fn spawn(&mut self, l: Launch<'_>) -> Result<u32, SpawnError> {
         let mut cmd = std::process::Command::new(&l.argv[0]);
         cmd.args(&l.argv[1..])
+            .env_clear()
             .envs(l.env)
             .stdin(Stdio::null())
             .stdout(l.stdout)
@@ -168,6 +170,8 @@ pub struct Agent<P: Processes> {
     gpu_memory: GpuMemoryPeaks,
     /// Most bytes kept of each output stream of an attempt.
     max_log_size: u64,
+    /// The node's variables every task gets (see [`env`]).
+    base_env: Vec<(String, String)>,
     /// Whether this node is in good standing with the leader (fencing), and the bound.
     standing: Option<(watch::Receiver<bool>, Duration)>,
     /// When the standing was last confirmed, and the watchdog's lease.
@@ -187,6 +191,7 @@ impl<P: Processes> Agent<P> {
             reported: HashMap::new(),
             gpu_memory: GpuMemoryPeaks::default(),
             max_log_size: 64 << 20,
+            base_env: Vec::new(),
             standing: None,
             lease: None,
             boot_id: None,
@@ -234,6 +239,12 @@ impl<P: Processes> Agent<P> {
         for pid in pids {
             self.processes.signal(pid, Signal::Kill);
         }
+    }
+
+    /// The node's own variables that tasks get (`env::for_tasks`).
+    pub fn with_base_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.base_env = env;
+        self
     }
 
     /// Caps each output stream of an attempt (the tail is kept).
@@ -453,12 +464,16 @@ impl<P: Processes> Agent<P> {
         let stderr = output::capture(err_r, path(Stream::Stderr), self.max_log_size)
             .map_err(SpawnError::Pipe)?;
         let indices: Vec<String> = s.gpus.iter().map(u32::to_string).collect();
-        let mut env: Vec<(String, String)> = s
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // The node's own environment only as far as `--pass-env` allows (cloud credentials in
+        // it must not reach every task), then the task's variables, its secrets, and ours.
+        let mut env: Vec<(String, String)> = self.base_env.clone();
+        env.extend(s.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(
+            s.spec
+                .secret_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_string())),
+        );
         env.extend([
             ("TESTMESH_TASK_ID".to_string(), s.task.to_string()),
             ("TESTMESH_ATTEMPT".to_string(), s.attempt.to_string()),

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Environment variable for every task, KEY=VALUE (repeatable)
     #[arg(long = "env", value_parser = units::parse_key_value)]
     pub env: Vec<(String, String)>,
+    /// Secret environment variable for every task (also with a run file): KEY=VALUE, or KEY to
+    /// take the value from this environment; no read, export, report or page shows it
+    #[arg(long = "secret-env", value_parser = units::parse_secret_env)]
+    pub secret_env: Vec<(String, String)>,
     /// Queue tasks that no current worker could ever run
     #[arg(long)]
     pub allow_unschedulable: bool,
@@ -84,6 +88,9 @@ fn plan(a: &RunArgs) -> anyhow::Result<runfile::RunPlan> {
     };
     if let Some(n) = &a.name {
         plan.name = n.clone();
+    }
+    for t in &mut plan.tasks {
+        t.secret_env.extend(a.secret_env.iter().cloned());
     }
     plan.metadata.extend(a.metadata.iter().cloned());
     testmesh_consensus::runs::validate(&plan.name, &plan.metadata).map_err(anyhow::Error::msg)?;

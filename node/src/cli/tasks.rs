@@ -91,6 +91,10 @@ pub struct SubmitArgs {
     /// Environment variable for the task, KEY=VALUE (repeatable)
     #[arg(long = "env", value_parser = units::parse_key_value)]
     pub env: Vec<(String, String)>,
+    /// Environment variable whose value no read, export, report or page shows: KEY=VALUE, or
+    /// KEY to take the value from this environment (repeatable)
+    #[arg(long = "secret-env", value_parser = units::parse_secret_env)]
+    pub secret_env: Vec<(String, String)>,
     /// Working directory of the task on the worker
     #[arg(long)]
     pub workdir: Option<String>,
@@ -109,6 +113,7 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut req = a.req.to_request(a.name, a.command);
     req.labels = a.labels.into_iter().collect();
     req.env = a.env.into_iter().collect();
+    req.secret_env = a.secret_env.into_iter().collect();
     req.workdir = a.workdir;
     // Same validation as the server: bad input fails here, before anything is sent.
     to_spec(&req).map_err(anyhow::Error::msg)?;

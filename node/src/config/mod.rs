@@ -112,6 +112,11 @@ pub struct NodeArgs {
     /// [default: 60s]
     #[arg(long, value_parser = units::parse_duration_or_zero)]
     pub founding_window: Option<std::time::Duration>,
+    /// A variable of the node's environment that tasks get too: a name (CUDA_HOME) or a prefix
+    /// ending in * (NCCL_*); repeatable. Besides these, tasks see only PATH, HOME, USER,
+    /// LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TERM and TMPDIR of the node's environment
+    #[arg(long = "pass-env")]
+    pub pass_env: Vec<String>,
 }
 
 /// `--retention`: the live ledger's policy and the size of each replica's archive.
@@ -229,6 +234,8 @@ pub(crate) struct FileConfig {
     max_log_size: Option<String>,
     min_free_disk: Option<String>,
     founding_window: Option<String>,
+    #[serde(default)]
+    pass_env: Vec<String>,
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
@@ -328,6 +335,8 @@ pub struct NodeConfig {
     /// A join token (`tmj_…`) presented when joining.
     pub join_token: Option<String>,
     pub founding_window: std::time::Duration,
+    /// The node's variables passed to tasks besides the usual ones (`--pass-env`).
+    pub pass_env: Vec<String>,
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -532,7 +541,16 @@ impl NodeConfig {
             }
             _ => std::time::Duration::from_secs(60),
         };
+        let pass_env = if args.pass_env.is_empty() {
+            file.pass_env
+        } else {
+            args.pass_env.clone()
+        };
+        for p in &pass_env {
+            crate::agent::env::check_pattern(p).map_err(Error::Config)?;
+        }
         Ok(NodeConfig {
+            pass_env,
             join_token,
             founding_window,
             retention,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::resources::{GpuRequest, Requirements};
-use testmesh_consensus::task::TaskSpec;
+use testmesh_consensus::task::{Secret, TaskSpec};
 use testmesh_consensus::{Bytes, MilliCpu};
 use thiserror::Error;
 
@@ -42,6 +42,9 @@ pub struct TaskRequest {
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Like `env`, but no read, export, report, log or dashboard page ever shows the values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
     /// Cores (`2`, `0.5`) or millicores (`"500m"`); default 1.
@@ -159,6 +162,9 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
     for k in r.env.keys() {
         check_key("env", k)?;
     }
+    for k in r.secret_env.keys() {
+        check_key("secret_env", k)?;
+    }
     for k in r.labels.keys() {
         check_key("label", k)?;
     }
@@ -197,6 +203,11 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
         timeout_ms,
         retries: r.retries,
         priority: r.priority,
+        secret_env: r
+            .secret_env
+            .iter()
+            .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+            .collect(),
     };
     // Sizes: argv, env, labels, constraints (see `limits`).
     testmesh_consensus::limits::check_spec(&spec)?;

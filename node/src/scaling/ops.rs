@@ -74,6 +74,12 @@ async fn launch(this: &Scaler, intent: u64) {
         ))
         .await;
     };
+    let token = match join_token_for(this, &inst).await {
+        Ok(t) => t,
+        Err(e) => return fail(format!("cannot make its join token: {e}")).await,
+    };
+    let mut node_args = node_args(this, &inst, t);
+    node_args.extend(["--join-token".to_string(), token]);
     let spec = LaunchSpec {
         cluster_id: cluster,
         intent,
@@ -83,7 +89,7 @@ async fn launch(this: &Scaler, intent: u64) {
         gpus: t.gpus,
         gpu_model: t.gpu_model.clone(),
         gpu_memory_bytes: t.gpu_memory.0,
-        node_args: node_args(this, &inst, t),
+        node_args,
         swarm_key: this.swarm_key.clone(),
     };
     match tokio::time::timeout(LAUNCH_TIMEOUT, provider.launch(&spec)).await {
@@ -111,6 +117,35 @@ async fn launch(this: &Scaler, intent: u64) {
             ))
             .await;
         }
+    }
+}
+
+/// A join token for the instance of one launch intent: one use, expiring at its registration
+/// deadline, so a copy of the launch data read after the instance joined (or after the deadline)
+/// admits nobody.
+async fn join_token_for(this: &Scaler, inst: &CloudInstance) -> Result<String, String> {
+    use testmesh_consensus::security::{JoinToken, SecurityCommand};
+    let deadline = this
+        .core
+        .ledger
+        .read()
+        .scaling()
+        .policy()
+        .registration_deadline_ms;
+    let m = crate::core::tokens::mint(crate::core::tokens::Kind::Join);
+    let at = this.core.now();
+    let cmd = SecurityCommand::CreateJoinToken(JoinToken {
+        id: m.id,
+        hash: m.hash,
+        created_at: at,
+        expires_at: UnixMillis(inst.requested_at.0.max(at.0) + deadline),
+        uses_left: 1,
+        note: format!("instance of launch intent {}", inst.intent),
+    });
+    match this.core.writer.write(Command::Security { cmd, at }).await {
+        Ok(Ok(_)) => Ok(m.token),
+        Ok(Err(r)) => Err(r.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
