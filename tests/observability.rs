@@ -149,7 +149,7 @@ async fn loopback_refuses_foreign_hosts_and_cross_site_writes() {
 
 #[tokio::test]
 async fn beyond_loopback_reads_need_the_token_unless_public() {
-    let node = TestNode::start(&["--http", "0.0.0.0:0"]).await;
+    let node = TestNode::start(&["--http", "0.0.0.0:0", "--insecure-http"]).await;
     let http = reqwest::Client::new();
     let get = |path: &str, token: Option<&str>| {
         let mut r = http.get(format!("{}{path}", node.url));
@@ -202,7 +202,13 @@ async fn beyond_loopback_reads_need_the_token_unless_public() {
     let o = node.cli(&["status"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let public = TestNode::start(&["--http", "0.0.0.0:0", "--public-dashboard"]).await;
+    let public = TestNode::start(&[
+        "--http",
+        "0.0.0.0:0",
+        "--insecure-http",
+        "--public-dashboard",
+    ])
+    .await;
     let r = reqwest::get(format!("{}/api/v1/status", public.url))
         .await
         .unwrap();

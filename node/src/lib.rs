@@ -25,6 +25,7 @@ pub mod runfile;
 pub mod runtime;
 pub mod scaling;
 pub mod stats;
+pub mod tls;
 pub mod units;
 
 pub use error::Error;

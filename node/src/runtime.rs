@@ -190,6 +190,26 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         source,
     })?;
     let app = http_app(&cfg, &core, id.token, host_rx, local);
+    let tls = match &cfg.tls {
+        crate::config::Tls::Off => None,
+        crate::config::Tls::SelfSigned => Some(crate::tls::identity(
+            None,
+            &cfg.data_dir,
+            crate::tls::names_for(local),
+        )?),
+        crate::config::Tls::Files { cert, key } => Some(crate::tls::identity(
+            Some((cert, key)),
+            &cfg.data_dir,
+            vec![],
+        )?),
+    };
+    let tls_config = tls.as_ref().map(crate::tls::server_config).transpose()?;
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP on {local} (--insecure-http): API tokens and task data cross the \
+             network in clear; prefer HTTPS (drop --insecure-http, or give --tls-cert/--tls-key)"
+        );
+    }
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut c = Components {
@@ -332,23 +352,45 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         swarm_key: swarm_key_text,
     };
     c.start("scaler", |s| scaler.run(s));
-    c.start("http", |s| serve_http(listener, app, s));
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    c.start("http", |s| serve_http(listener, app, tls_config, s));
+    // The fingerprint and the URL first: scripts wait for http.addr, then read them.
+    let fp_file = dir.join(crate::tls::FINGERPRINT_FILE);
+    match &tls {
+        Some(t) => write_file(&fp_file, &t.fingerprint)?,
+        None => {
+            let _ = std::fs::remove_file(&fp_file);
+        }
+    }
+    write_file(&dir.join("http.url"), &format!("{scheme}://{local}"))?;
     write_file(&dir.join("http.addr"), &local.to_string())?;
     write_file(&dir.join("node.id"), &node.to_string())?;
     println!(
-        "testmesh node {node} serving http://{local} (dashboard at /, API at /api/v1); API token in {}",
+        "testmesh node {node} serving {scheme}://{local} (dashboard at /, API at /api/v1); API token in {}",
         dir.join("api-token").display()
     );
+    if let Some(t) = &tls {
+        println!(
+            "TLS certificate {}{}: clients pin it with --tls-fingerprint {} (TESTMESH_TLS_FINGERPRINT)",
+            t.fingerprint,
+            if t.self_signed { " (self-signed)" } else { "" },
+            t.fingerprint
+        );
+    }
     println!(
-        "other hosts on this LAN join with: testmesh node --swarm-key <copy of {}>{} --join-token \
-         <from `testmesh token create --join`> (without a token they wait for `testmesh nodes \
-         approve`, unless they start within the founding window of a new cluster)",
+        "other hosts join with: testmesh node --swarm-key <copy of {}> --join-token <from \
+         `testmesh token create --join`>{} (within a new cluster's founding window the key alone \
+         admits them; later, without a token, they wait for `testmesh nodes approve`)",
         id.swarm_key_path.display(),
         mesh_addrs
             .iter()
             .find(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
             .or(mesh_addrs.first())
-            .map(|a| format!(" (without multicast, add --join {a})"))
+            .map(|a| format!(" [--join {a} where multicast does not reach]"))
             .unwrap_or_default()
     );
 
@@ -438,17 +480,29 @@ fn http_app(
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Small request/response pairs: do not let Nagle's algorithm hold them back.
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stop = async move {
         let _ = shutdown.changed().await;
-    });
-    if let Err(e) = server.await {
+    };
+    let served = match tls {
+        Some(config) => match crate::tls::TlsListener::new(listener, config) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+            Err(e) => Err(e),
+        },
+        None => {
+            // Small request/response pairs: do not let Nagle's algorithm hold them back.
+            use axum::serve::ListenerExt;
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!("http server: {e}");
     }
 }

@@ -112,6 +112,7 @@ impl TestNode {
     pub async fn spawn(&mut self) {
         let data = self.data_dir();
         let _ = std::fs::remove_file(data.join("http.addr"));
+        let _ = std::fs::remove_file(data.join("http.url"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,7 +145,16 @@ impl TestNode {
         })
         .await
         .unwrap_or_else(|| panic!("node did not start; log:\n{}", self.log()));
-        self.url = format!("http://{addr}");
+        self.url = std::fs::read_to_string(data.join("http.url"))
+            .map(|u| u.trim().to_string())
+            .unwrap_or_else(|_| format!("http://{addr}"));
+        if let Some(fp) = self.tls_fingerprint() {
+            let tls = testmesh::tls::client_config(Some(&fp), None).unwrap();
+            self.http = reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .build()
+                .unwrap();
+        }
         self.token = std::fs::read_to_string(data.join("api-token"))
             .unwrap()
             .trim()
@@ -185,6 +195,13 @@ impl TestNode {
                 self.log()
             );
         }
+    }
+
+    /// The fingerprint of the node's HTTPS certificate, when it serves HTTPS.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("tls.fingerprint"))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// This node's id, as the API shows it.
@@ -419,12 +436,14 @@ impl TestNode {
 
     /// Runs the CLI against this node.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
-            .args(args)
+        let mut c = Command::new(BIN);
+        c.args(args)
             .env("TESTMESH_SERVER", &self.url)
-            .env("TESTMESH_TOKEN", &self.token)
-            .output()
-            .expect("run testmesh cli")
+            .env("TESTMESH_TOKEN", &self.token);
+        if let Some(fp) = self.tls_fingerprint() {
+            c.env("TESTMESH_TLS_FINGERPRINT", fp);
+        }
+        c.output().expect("run testmesh cli")
     }
 }
 

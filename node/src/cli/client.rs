@@ -35,6 +35,13 @@ pub struct ClientArgs {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// Trust the node's HTTPS certificate with this SHA-256 (as the node prints it), e.g. its
+    /// self-signed one [default: read from <data-dir>/tls.fingerprint when there]
+    #[arg(long, env = "TESTMESH_TLS_FINGERPRINT", global = true)]
+    pub tls_fingerprint: Option<String>,
+    /// Trust HTTPS certificates issued by this CA (PEM) instead of the system's roots
+    #[arg(long, env = "TESTMESH_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -51,7 +58,7 @@ impl Client {
         let base = args.server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!(
-                "--server {base:?} must start with http:// (e.g. http://127.0.0.1:7070)"
+                "--server {base:?} must start with http:// or https:// (e.g. http://127.0.0.1:7070)"
             ));
         }
         let token_file = args.data_dir.join("api-token");
@@ -60,11 +67,24 @@ impl Client {
                 .ok()
                 .map(|s| s.trim().to_string())
         });
+        let mut builder = reqwest::Client::builder().pool_max_idle_per_host(64);
+        if base.starts_with("https://") {
+            // An empty value (a CI secret that is not set) means none.
+            let given = args
+                .tls_fingerprint
+                .clone()
+                .filter(|s| !s.trim().is_empty());
+            let pin = given.or_else(|| {
+                std::fs::read_to_string(args.data_dir.join(crate::tls::FINGERPRINT_FILE))
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            });
+            let tls = crate::tls::client_config(pin.as_deref(), args.ca_cert.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
         Ok(Client {
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .context("building the HTTP client")?,
+            http: builder.build().context("building the HTTP client")?,
             base,
             token,
             token_hint: token_file.display().to_string(),
@@ -110,7 +130,18 @@ impl Client {
             }
         };
         let resp = resp.map_err(|e| {
-            if e.is_connect() {
+            let chain = format!("{e:?}");
+            if chain.contains("certificate") || chain.contains("Certificate") {
+                // The innermost cause says what was wrong with the certificate.
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                anyhow!(
+                    "the HTTPS certificate of {} is not trusted ({cause}): pin the node's certificate with --tls-fingerprint sha256:… (TESTMESH_TLS_FINGERPRINT; the node prints it at start and keeps it in <data-dir>/tls.fingerprint), or give its CA with --ca-cert",
+                    self.base
+                )
+            } else if e.is_connect() {
                 anyhow!("cannot reach testmesh at {}: is `testmesh node` running there? (set --server or TESTMESH_SERVER)", self.base)
             } else {
                 anyhow!("request to {} failed: {e}", self.base)

@@ -148,6 +148,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&ClientArgs {
         server: format!("http://{addr}"),
         token: None,
+        tls_fingerprint: None,
+        ca_cert: None,
         data_dir: data.clone(),
     })?;
     for _ in 0..100 {
@@ -224,6 +226,8 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         client: ClientArgs {
             server: format!("http://{addr}"),
             token: None,
+            tls_fingerprint: None,
+            ca_cert: None,
             data_dir: data.clone(),
         },
         out: report.clone(),

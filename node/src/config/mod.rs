@@ -117,6 +117,16 @@ pub struct NodeArgs {
     /// LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TERM and TMPDIR of the node's environment
     #[arg(long = "pass-env")]
     pub pass_env: Vec<String>,
+    /// PEM certificate (chain) for HTTPS on the API and dashboard; with --tls-key
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback --http address (tokens and task data then cross the
+    /// network in clear); without it such a node serves HTTPS with its self-signed certificate
+    #[arg(long)]
+    pub insecure_http: bool,
 }
 
 /// `--retention`: the live ledger's policy and the size of each replica's archive.
@@ -236,6 +246,9 @@ pub(crate) struct FileConfig {
     founding_window: Option<String>,
     #[serde(default)]
     pass_env: Vec<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_http: Option<bool>,
     /// The instance catalogue (recommendations, autoscaling); the built-in one when absent.
     #[serde(default)]
     instance_types: Vec<FileInstanceType>,
@@ -337,6 +350,18 @@ pub struct NodeConfig {
     pub founding_window: std::time::Duration,
     /// The node's variables passed to tasks besides the usual ones (`--pass-env`).
     pub pass_env: Vec<String>,
+    pub tls: Tls,
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP: loopback without a certificate, or `--insecure-http`.
+    Off,
+    /// HTTPS with the data dir's self-signed certificate (made at first start).
+    SelfSigned,
+    /// HTTPS with the given certificate and key.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 fn multiaddrs(flag: &str, v: &[String]) -> Result<Vec<libp2p::Multiaddr>, Error> {
@@ -549,7 +574,28 @@ impl NodeConfig {
         for p in &pass_env {
             crate::agent::env::check_pattern(p).map_err(Error::Config)?;
         }
+        let insecure = args.insecure_http || file.insecure_http.unwrap_or(false);
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) if !insecure => Tls::Files { cert, key },
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "--insecure-http and --tls-cert contradict each other; give one".into(),
+                ));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::Config(
+                    "--tls-cert and --tls-key go together (tls_cert and tls_key in the file)"
+                        .into(),
+                ));
+            }
+            (None, None) if http.ip().is_loopback() || insecure => Tls::Off,
+            (None, None) => Tls::SelfSigned,
+        };
         Ok(NodeConfig {
+            tls,
             pass_env,
             join_token,
             founding_window,
