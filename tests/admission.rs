@@ -310,3 +310,77 @@ async fn joining_needs_a_token_or_approval_and_removal_revokes() {
     drop(late);
     drop(waiting);
 }
+
+/// An instance launched with only a join token enrols: it gets the swarm key from a member's API
+/// and joins. The same launch payload used again (stolen from the instance's metadata after it
+/// registered) gets nothing.
+#[tokio::test]
+async fn a_node_enrols_with_a_join_token_and_a_stolen_payload_is_useless_afterwards() {
+    let seed = TestNode::start(&["--founding-window", "0s"]).await;
+    let out = seed.cli(&["token", "create", "--join", "--ttl", "5m", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let token: CreatedToken = parse_output(&out);
+    // No --swarm-key and no --join: the enrolment answer brings both.
+    let payload = [
+        "--enrol",
+        seed.url.as_str(),
+        "--join-token",
+        token.token.as_str(),
+    ];
+    let enrolled = TestNode::start(&payload).await;
+    wait_workers(&seed, 2).await;
+    assert_eq!(
+        std::fs::read(enrolled.data_dir().join("swarm.key")).unwrap(),
+        std::fs::read(seed.data_dir().join("swarm.key")).unwrap(),
+        "the enrolled node holds the cluster's key"
+    );
+
+    // Replayed through the API by someone else: refused, and no key in the answer.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v1/enrol", seed.url))
+        .json(&serde_json::json!({"token": token.token, "node": "00000000000000aa"}))
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("used up") && !body.contains("base16"),
+        "{body}"
+    );
+    // Replayed by starting a node with the same launch arguments: it never gets the key.
+    let thief = TestNode::unstarted(&payload);
+    let o = std::process::Command::new(support::BIN)
+        .arg("node")
+        .arg("--data-dir")
+        .arg(thief.data_dir())
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+        ])
+        .args(payload)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("enrolment") && err.contains("used up"),
+        "{err}"
+    );
+    assert!(!thief.data_dir().join("swarm.key").exists());
+
+    // A node serving plain HTTP beyond loopback does not hand the key out.
+    let plain = TestNode::start(&["--http", "0.0.0.0:0", "--insecure-http"]).await;
+    let r = http
+        .post(format!("{}/api/v1/enrol", plain.url))
+        .json(&serde_json::json!({"token": token.token, "node": "00000000000000aa"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}

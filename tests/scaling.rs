@@ -116,6 +116,11 @@ async fn a_backlog_scales_out_onto_joining_workers_and_idle_ones_scale_in() {
             i.worker.is_some() || i.state != InstanceState::Joined,
             "{i:?}"
         );
+        // Launched without the swarm key: it enrolled with its single-use join token.
+        if let (InstanceState::Joined, Some(name)) = (i.state, &i.provider_id) {
+            let log = support::read(&cfg_dir.path().join("sim").join(name).join("node.log"));
+            assert!(log.contains("enrolled through"), "{log}");
+        }
     }
 
     // Idle for 3 s: drained, terminated, gone.
@@ -158,9 +163,17 @@ async fn a_backlog_scales_out_onto_joining_workers_and_idle_ones_scale_in() {
 async fn a_worker_that_never_joins_is_terminated_at_its_deadline() {
     let cfg_dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(cfg_dir.path().to_path_buf());
-    // Nothing listens at this join address: the worker starts but never joins.
+    // Nothing listens where the worker is told to enrol and join: it starts but never joins.
     let cfg = config(cfg_dir.path(), "join = [\"/ip4/127.0.0.1/tcp/9\"]");
-    let node = TestNode::start(&["--config", cfg.to_str().unwrap(), "--cpus", "1"]).await;
+    let node = TestNode::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--cpus",
+        "1",
+        "--advertise-http",
+        "http://127.0.0.1:9",
+    ])
+    .await;
     let (code, v) = node
         .put(
             "/api/v1/policy",

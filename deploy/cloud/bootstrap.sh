@@ -1,17 +1,16 @@
 #!/bin/bash
 # testmesh worker bootstrap: the EC2 user data (run by cloud-init) and the GCE startup script
 # that the aws and gcp providers give every instance they launch. The provider fills in the
-# three placeholders: the cluster's swarm key, the `testmesh node` arguments (join addresses and
-# the labels that tie the worker to its launch intent) and where to get the binary.
+# placeholders: the `testmesh node` arguments (where to enrol, a join token that is used up at
+# registration, join addresses and the labels that tie the worker to its launch intent), where to
+# get the binary, and — only when the instance cannot enrol — the swarm key.
 # Runs as root at first boot; safe to run again (GCE runs startup scripts at every boot).
 set -euo pipefail
 
 install -d -m 0755 /etc/testmesh /var/lib/testmesh
-umask 077
-cat > /etc/testmesh/swarm.key <<'TESTMESH_SWARM_KEY'
-{{SWARM_KEY}}
-TESTMESH_SWARM_KEY
-umask 022
+# Normally empty: the node enrols with its single-use join token (--enrol in its arguments) and
+# writes the swarm key itself. Only a leader whose API the instance cannot reach puts the key here.
+{{SWARM_KEY_BLOCK}}
 
 # The image may already carry the binary (the fastest boot); otherwise fetch it.
 if ! command -v testmesh >/dev/null 2>&1; then

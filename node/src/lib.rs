@@ -15,6 +15,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod dashboard;
+pub mod enrol;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

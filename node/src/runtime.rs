@@ -56,7 +56,8 @@ fn prepare_data_dir(cfg: &NodeConfig) -> Result<Identity, Error> {
         Some(p) => p.clone(),
         None => {
             let p = dir.join("swarm.key");
-            if !p.exists() {
+            // A node that enrols gets the cluster's key instead of making one.
+            if !p.exists() && cfg.enrol.is_none() {
                 key::write_new_swarm_key(&p)?;
                 tracing::info!("generated a new swarm key in {}", p.display());
             }
@@ -122,7 +123,23 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     let id = prepare_data_dir(&cfg)?;
     let peer = id.keypair.public().to_peer_id();
     let node = key::node_id_of(&peer);
+    let mut join = cfg.join.clone();
+    if let (Some(e), false) = (&cfg.enrol, id.swarm_key_path.exists()) {
+        let token = cfg.join_token.as_deref().unwrap_or_default();
+        join.extend(
+            crate::enrol::enrol(
+                &e.url,
+                token,
+                e.fingerprint.as_deref(),
+                node,
+                &id.swarm_key_path,
+            )
+            .await?,
+        );
+    }
     let swarm_key = key::read_swarm_key(&id.swarm_key_path)?;
+    let swarm_key_text = std::fs::read_to_string(&id.swarm_key_path)
+        .map_err(|e| Error::io("cannot read the swarm key", &id.swarm_key_path, e))?;
     tracing::info!(%node, %peer, data_dir = %dir.display(), "starting testmesh node");
     let orphans = agent::kill_orphans(&node.to_string());
     if orphans > 0 {
@@ -141,7 +158,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         keypair: id.keypair,
         swarm_key,
         listen: cfg.listen.clone(),
-        join: cfg.join.clone(),
+        join: join.clone(),
         mdns: cfg.mdns,
     })?;
     let (log_store, state_machine, ledger) =
@@ -189,7 +206,6 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         addr: cfg.http.to_string(),
         source,
     })?;
-    let app = http_app(&cfg, &core, id.token, host_rx, local);
     let tls = match &cfg.tls {
         crate::config::Tls::Off => None,
         crate::config::Tls::SelfSigned => Some(crate::tls::identity(
@@ -204,6 +220,14 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         )?),
     };
     let tls_config = tls.as_ref().map(crate::tls::server_config).transpose()?;
+    let app = http_app(
+        &cfg,
+        &core,
+        (id.token, swarm_key_text.clone()),
+        host_rx,
+        local,
+        tls.is_some(),
+    );
     if tls.is_none() && !local.ip().is_loopback() {
         tracing::warn!(
             "serving plain HTTP on {local} (--insecure-http): API tokens and task data cross the \
@@ -221,7 +245,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("batcher", |s| batcher.run(s));
     // A node given --join seeds joins a cluster and never starts its own (unless it was told
     // to bootstrap with N others).
-    let may_initialise = cfg.join.is_empty() || cfg.bootstrap_expect.is_some();
+    let may_initialise = (join.is_empty() && cfg.enrol.is_none()) || cfg.bootstrap_expect.is_some();
     c.start("cluster rpc", |s| {
         cluster::serve(inbound, core.clone(), mesh.clone(), may_initialise, s)
     });
@@ -344,12 +368,20 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         .map(|a| format!("{a}/p2p/{peer}"))
         .collect();
     write_file(&dir.join("mesh.addr"), &(mesh_addrs.join("\n") + "\n"))?;
-    let swarm_key_text = std::fs::read_to_string(&id.swarm_key_path)
-        .map_err(|e| Error::io("cannot read the swarm key", &id.swarm_key_path, e))?;
+    let scheme = if tls_config.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let scaler = crate::scaling::Scaler {
         core: core.clone(),
         own_addrs: mesh_addrs.clone(),
         swarm_key: swarm_key_text,
+        enrol: crate::scaling::EnrolPoint {
+            bound: format!("{scheme}://{local}"),
+            advertised: cfg.advertise_http.clone(),
+            fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
+        },
     };
     c.start("scaler", |s| scaler.run(s));
     let scheme = if tls_config.is_some() {
@@ -447,13 +479,16 @@ fn registration_of(cfg: &NodeConfig, monitor: &Monitor, node: NodeId) -> WorkerR
 fn http_app(
     cfg: &NodeConfig,
     core: &Core,
-    token: String,
+    (token, swarm_key): (String, String),
     host: watch::Receiver<crate::monitor::HostSample>,
     local: std::net::SocketAddr,
+    tls: bool,
 ) -> axum::Router {
     let state = Arc::new(api::Inner {
         core: core.clone(),
         token,
+        swarm_key,
+        enrol_allowed: tls || local.ip().is_loopback(),
         started: core.clock.instant(),
         host,
     });

@@ -54,8 +54,15 @@ pub fn bootstrap_script(spec: &LaunchSpec, install_url: Option<&str>) -> Result<
     if key.lines().any(|l| l == "TESTMESH_SWARM_KEY") {
         return Err("the swarm key file is malformed".into());
     }
+    let key_block = if key.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "umask 077\ncat > /etc/testmesh/swarm.key <<'TESTMESH_SWARM_KEY'\n{key}\nTESTMESH_SWARM_KEY\numask 022"
+        )
+    };
     Ok(BOOTSTRAP
-        .replace("{{SWARM_KEY}}", key)
+        .replace("{{SWARM_KEY_BLOCK}}", &key_block)
         .replace("{{NODE_ARGS}}", &shell_words(&spec.node_args))
         .replace("{{INSTALL_URL}}", &shell_words(&[url.to_string()])))
 }
@@ -293,5 +300,15 @@ mod tests {
         let s = bootstrap_script(&evil, None).unwrap();
         assert!(s.contains(r"'$(reboot) `reboot` '\''q'\'''"), "{s}");
         assert!(s.contains("<<'TESTMESH_RUN'") && s.contains("<<'UNIT'"));
+        // An instance that enrols gets no swarm key in its launch data.
+        let mut enrolling = spec.clone();
+        enrolling.swarm_key = String::new();
+        enrolling.node_args = vec!["--enrol".into(), "https://10.0.0.1:7070".into()];
+        let s = bootstrap_script(&enrolling, None).unwrap();
+        assert!(
+            !s.contains("TESTMESH_SWARM_KEY") && !s.contains("/base16/"),
+            "{s}"
+        );
+        assert!(s.contains("'--enrol' 'https://10.0.0.1:7070'"), "{s}");
     }
 }

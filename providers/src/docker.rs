@@ -122,15 +122,18 @@ impl DockerProvider {
             }
             Err(e) => return Err(self.err("create container", e)),
         };
-        let archive = Self::key_archive(&spec.swarm_key)
-            .map_err(|e| Error::api(&self.config.name, format!("key archive: {e}"), false))?;
-        let upload = UploadToContainerOptionsBuilder::default()
-            .path("/etc")
-            .build();
-        self.docker
-            .upload_to_container(&id, Some(upload), bollard::body_full(archive.into()))
-            .await
-            .map_err(|e| self.err("copy the swarm key in", e))?;
+        // Without a key the node enrols (`--enrol` in its arguments) and writes it there itself.
+        if !spec.swarm_key.is_empty() {
+            let archive = Self::key_archive(&spec.swarm_key)
+                .map_err(|e| Error::api(&self.config.name, format!("key archive: {e}"), false))?;
+            let upload = UploadToContainerOptionsBuilder::default()
+                .path("/etc")
+                .build();
+            self.docker
+                .upload_to_container(&id, Some(upload), bollard::body_full(archive.into()))
+                .await
+                .map_err(|e| self.err("copy the swarm key in", e))?;
+        }
         match self.docker.start_container(&id, None).await {
             Ok(()) => Ok(id),
             // Already started.

@@ -64,7 +64,10 @@ impl SimProvider {
         }
         std::fs::create_dir_all(&dir).map_err(|e| self.io("create the instance dir", e))?;
         let key = dir.join("swarm.key");
-        write_private(&key, &spec.swarm_key).map_err(|e| self.io("write the swarm key", e))?;
+        // Without a key the node enrols (`--enrol` in its arguments) and writes it there itself.
+        if !spec.swarm_key.is_empty() {
+            write_private(&key, &spec.swarm_key).map_err(|e| self.io("write the swarm key", e))?;
+        }
         let tags =
             serde_json::json!({CLUSTER_TAG: spec.cluster_id, INTENT_TAG: spec.intent.to_string()});
         std::fs::write(dir.join("tags.json"), tags.to_string())

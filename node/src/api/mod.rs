@@ -35,6 +35,10 @@ pub const MAX_BODY: usize = 16 << 20;
 pub struct Inner {
     pub core: Core,
     pub token: String,
+    /// The swarm key file's text, for enrolment.
+    pub swarm_key: String,
+    /// Whether enrolment is served (HTTPS or loopback: its answer is the swarm key).
+    pub enrol_allowed: bool,
     pub started: Instant,
     pub host: watch::Receiver<HostSample>,
 }
@@ -211,6 +215,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{id}/approve", post(security::approve))
         .route("/api/v1/nodes/{id}/remove", post(security::remove))
         .route("/api/v1/audit", get(security::audit))
+        .route("/api/v1/enrol", post(security::enrol))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

@@ -399,3 +399,58 @@ pub async fn audit(
             .collect(),
     )
 }
+
+/// `POST /api/v1/enrol` (no API token: the join token is the credential): admits the node the
+/// request names with a join token, using the token up, and answers with the swarm key and the
+/// members' mesh addresses. Served only over HTTPS or on loopback: the answer is the cluster's
+/// key.
+pub async fn enrol(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<crate::enrol::EnrolRequest>,
+) -> Result<Json<crate::enrol::Enrolled>, ApiError> {
+    if !st.enrol_allowed {
+        return Err(ApiError::Forbidden(
+            "enrolment hands out the swarm key, so this node serves it only over HTTPS or on \
+             loopback (it runs with --insecure-http)"
+                .into(),
+        ));
+    }
+    let node = node_id(&req.node)?;
+    let p = tokens::parse(&req.token)
+        .filter(|p| p.kind == tokens::Kind::Join)
+        .ok_or_else(|| ApiError::BadRequest("token: not a join token (tmj_…)".into()))?;
+    let refused = |why: String| ApiError::Unauthorized(format!("enrolment refused: {why}"));
+    {
+        let now = st.core.now();
+        let ledger = st.core.ledger.read();
+        let sec = ledger.security();
+        let t = sec.join_token_usable(&p.id, now).map_err(refused)?;
+        if !tokens::matches(&p.secret, &t.hash) {
+            return Err(refused(format!("wrong secret for join token {}", p.id)));
+        }
+    }
+    // The ledger re-checks expiry and uses, so two racing enrolments cannot both use the last.
+    let at = st.core.now();
+    let cmd = SecurityCommand::Admit {
+        node,
+        via: AdmittedVia::Token(p.id.clone()),
+    };
+    match st.core.writer.write(Command::Security { cmd, at }).await? {
+        Ok(_) => {}
+        Err(r) => return Err(refused(r.to_string())),
+    }
+    let members: Vec<String> = st
+        .core
+        .leadership
+        .metrics()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, n)| n.addr.clone())
+        .collect();
+    tracing::info!("enrolled node {node} with join token {}", p.id);
+    Ok(Json(crate::enrol::Enrolled {
+        swarm_key: st.swarm_key.clone(),
+        join: crate::enrol::dial_addrs(members),
+    }))
+}

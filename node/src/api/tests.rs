@@ -18,6 +18,8 @@ fn app(node: &TestNode) -> Router {
     router(Arc::new(Inner {
         core: node.core.clone(),
         token: TOKEN.into(),
+        swarm_key: String::new(),
+        enrol_allowed: true,
         started: node.core.clock.instant(),
         host: watch::channel(HostSample::default()).1,
     }))

@@ -118,6 +118,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     let _ = std::fs::remove_file(data.join("http.addr"));
+    let _ = std::fs::remove_file(data.join("http.url"));
     let config = a.dir.join("demo.toml");
     std::fs::write(&config, CONFIG)?;
     let log = std::fs::File::create(a.dir.join("node.log"))?;
@@ -145,8 +146,12 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         dir: a.dir.clone(),
     };
     let addr = wait_file(&data.join("http.addr"), 30)?;
+    // https:// when --http is beyond loopback; the client then pins the data dir's fingerprint.
+    let url = std::fs::read_to_string(data.join("http.url"))
+        .map(|u| u.trim().to_string())
+        .unwrap_or_else(|_| format!("http://{addr}"));
     let client = Client::new(&ClientArgs {
-        server: format!("http://{addr}"),
+        server: url.clone(),
         token: None,
         tls_fingerprint: None,
         ca_cert: None,
@@ -171,7 +176,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
     outln!(
-        "testmesh demo: dashboard at http://{addr}/ (API token in {})",
+        "testmesh demo: dashboard at {url}/ (API token in {})",
         data.join("api-token").display()
     );
     outln!(
@@ -224,7 +229,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let report = a.dir.join("report.html");
     super::report::run(super::report::ReportArgs {
         client: ClientArgs {
-            server: format!("http://{addr}"),
+            server: url.clone(),
             token: None,
             tls_fingerprint: None,
             ca_cert: None,

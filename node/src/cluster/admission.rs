@@ -127,7 +127,13 @@ pub async fn join(
     }
     if !core.leadership.is_member(node) {
         let now = core.now();
-        let checked = token.as_deref().map(|t| check_token(core, t));
+        // An admitted node (one that enrolled with its token, say) needs no token any more,
+        // even one used up and since dropped from the ledger.
+        let admitted = core.ledger.read().security().is_admitted(node);
+        let checked = token
+            .as_deref()
+            .filter(|_| !admitted)
+            .map(|t| check_token(core, t));
         let verdict = {
             let ledger = core.ledger.read();
             let sec = ledger.security();

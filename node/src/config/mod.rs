@@ -127,6 +127,17 @@ pub struct NodeArgs {
     /// network in clear); without it such a node serves HTTPS with its self-signed certificate
     #[arg(long)]
     pub insecure_http: bool,
+    /// Get the swarm key from this member's API with the --join-token (how autoscaled
+    /// instances join: their launch data holds no swarm key), e.g. https://10.0.0.5:7070
+    #[arg(long, env = "TESTMESH_ENROL", requires = "join_token")]
+    pub enrol: Option<String>,
+    /// The --enrol member's certificate fingerprint (sha256:…), for its self-signed certificate
+    #[arg(long, requires = "enrol")]
+    pub enrol_fingerprint: Option<String>,
+    /// The URL other hosts reach this node's API at, given to instances the autoscaler
+    /// launches to enrol through [default: derived from --http and the mesh addresses]
+    #[arg(long)]
+    pub advertise_http: Option<String>,
 }
 
 /// `--retention`: the live ledger's policy and the size of each replica's archive.
@@ -351,6 +362,15 @@ pub struct NodeConfig {
     /// The node's variables passed to tasks besides the usual ones (`--pass-env`).
     pub pass_env: Vec<String>,
     pub tls: Tls,
+    pub enrol: Option<Enrol>,
+    pub advertise_http: Option<String>,
+}
+
+/// `--enrol`: where and with which pinned certificate this node gets the swarm key.
+#[derive(Debug, Clone)]
+pub struct Enrol {
+    pub url: String,
+    pub fingerprint: Option<String>,
 }
 
 /// How the API is served.
@@ -594,7 +614,33 @@ impl NodeConfig {
             (None, None) if http.ip().is_loopback() || insecure => Tls::Off,
             (None, None) => Tls::SelfSigned,
         };
+        let enrol = match &args.enrol {
+            Some(url) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(Error::Config(format!(
+                        "--enrol {url:?}: give a member's API URL, e.g. https://10.0.0.5:7070"
+                    )));
+                }
+                if let Some(fp) = &args.enrol_fingerprint {
+                    crate::tls::parse_fingerprint(fp).map_err(Error::Config)?;
+                }
+                Some(Enrol {
+                    url: url.clone(),
+                    fingerprint: args.enrol_fingerprint.clone(),
+                })
+            }
+            None => None,
+        };
+        if let Some(a) = &args.advertise_http
+            && !(a.starts_with("https://") || a.starts_with("http://"))
+        {
+            return Err(Error::Config(format!(
+                "--advertise-http {a:?}: give a URL, e.g. https://10.0.0.5:7070"
+            )));
+        }
         Ok(NodeConfig {
+            enrol,
+            advertise_http: args.advertise_http.clone(),
             tls,
             pass_env,
             join_token,

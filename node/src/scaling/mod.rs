@@ -51,7 +51,51 @@ pub struct Scaler {
     pub core: Core,
     /// This node's mesh addresses (with `/p2p/ID`), the default join addresses.
     pub own_addrs: Vec<String>,
+    /// Given to new instances only when they cannot enrol (no API address they can reach).
     pub swarm_key: String,
+    /// Where new instances enrol (`--enrol`): this node's API as they can reach it, and its
+    /// certificate's fingerprint when it serves HTTPS.
+    pub enrol: EnrolPoint,
+}
+
+/// This node's API as new instances would reach it (see [`EnrolPoint::url_for`]).
+#[derive(Debug, Clone, Default)]
+pub struct EnrolPoint {
+    /// `http(s)://ADDR:PORT` as bound (may be 0.0.0.0 or loopback).
+    pub bound: String,
+    /// `--advertise-http`: the URL others reach this node's API at.
+    pub advertised: Option<String>,
+    pub fingerprint: Option<String>,
+}
+
+impl EnrolPoint {
+    /// The URL an instance of a local (same host) or remote provider can enrol at, if any: the
+    /// advertised one; else the bound one when it is a routable address, or the address of this
+    /// node's first routable mesh address when bound to every address; a loopback API serves
+    /// only instances on this host. `None`: the instance must be given the swarm key instead.
+    pub fn url_for(&self, local: bool, own_addrs: &[String]) -> Option<String> {
+        if let Some(a) = &self.advertised {
+            return Some(a.clone());
+        }
+        let (scheme, rest) = self.bound.split_once("://")?;
+        let addr: std::net::SocketAddr = rest.parse().ok()?;
+        let ip = addr.ip();
+        if ip.is_loopback() {
+            return local.then(|| self.bound.clone());
+        }
+        if !ip.is_unspecified() {
+            return Some(self.bound.clone());
+        }
+        own_addrs.iter().find_map(|a| {
+            let m: libp2p::Multiaddr = a.parse().ok()?;
+            m.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(v4) if !v4.is_loopback() => {
+                    Some(format!("{scheme}://{v4}:{}", addr.port()))
+                }
+                _ => None,
+            })
+        })
+    }
 }
 
 impl Scaler {

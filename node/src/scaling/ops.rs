@@ -80,6 +80,29 @@ async fn launch(this: &Scaler, intent: u64) {
     };
     let mut node_args = node_args(this, &inst, t);
     node_args.extend(["--join-token".to_string(), token]);
+    // Enrolment when the instance can reach this node's API: then the launch data carries no
+    // swarm key, only the single-use token.
+    let local = lock(&this.core.scaler)
+        .providers
+        .get(&inst.provider)
+        .is_some_and(|p| p.spec.is_local());
+    let swarm_key = match this.enrol.url_for(local, &this.own_addrs) {
+        Some(url) => {
+            node_args.extend(["--enrol".to_string(), url]);
+            if let Some(fp) = &this.enrol.fingerprint {
+                node_args.extend(["--enrol-fingerprint".to_string(), fp.clone()]);
+            }
+            String::new()
+        }
+        None => {
+            tracing::warn!(
+                "intent {intent}: no API address the instance can reach (this node serves \
+                 loopback only; bind --http beyond loopback or set --advertise-http), so its \
+                 launch data carries the swarm key"
+            );
+            this.swarm_key.clone()
+        }
+    };
     let spec = LaunchSpec {
         cluster_id: cluster,
         intent,
@@ -90,7 +113,7 @@ async fn launch(this: &Scaler, intent: u64) {
         gpu_model: t.gpu_model.clone(),
         gpu_memory_bytes: t.gpu_memory.0,
         node_args,
-        swarm_key: this.swarm_key.clone(),
+        swarm_key,
     };
     match tokio::time::timeout(LAUNCH_TIMEOUT, provider.launch(&spec)).await {
         Ok(Ok(provider_id)) => {

@@ -93,6 +93,7 @@ fn scaler(node: &TestNode, fake: Arc<FakeProvider>) -> Arc<Scaler> {
         core,
         own_addrs: vec!["/ip4/10.0.0.1/tcp/7071/p2p/12D3KooWtest".into()],
         swarm_key: "the swarm key".into(),
+        enrol: Default::default(),
     })
 }
 

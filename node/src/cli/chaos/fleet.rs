@@ -291,6 +291,9 @@ impl Fleet {
             .arg("--data-dir")
             .arg(n.data_dir())
             .args(["--http", &format!("{}:{}", n.ip, n.http_port)])
+            // The harness's own nodes on private addresses (its namespaces or loopback): plain
+            // HTTP keeps its client simple; TLS is tested on its own (tests/tls.rs).
+            .arg("--insecure-http")
             .args(["--listen", &n.mesh_addr(), "--no-mdns"])
             .arg("--swarm-key")
             .arg(&self.key)
