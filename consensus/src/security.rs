@@ -485,6 +485,15 @@ mod tests {
 
     const H: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+    /// Founds the cluster with node 1, the founding window open until 1,000 ms.
+    fn found_with_node_1(s: &mut Security) {
+        let found = SecurityCommand::Found {
+            members: vec![NodeId(1)],
+            open_until: T(1_000),
+        };
+        s.apply(&found, T(0)).unwrap();
+    }
+
     fn join_token(id: &str, expires_at: UnixMillis, uses: u32) -> SecurityCommand {
         SecurityCommand::CreateJoinToken(JoinToken {
             id: id.into(),
@@ -500,14 +509,7 @@ mod tests {
     fn founding_window_then_pending_then_approval() {
         let mut s = Security::default();
         assert_eq!(s.judge_join(NodeId(9), None, T(0)), JoinVerdict::Pending);
-        s.apply(
-            &SecurityCommand::Found {
-                members: vec![NodeId(1)],
-                open_until: T(1_000),
-            },
-            T(0),
-        )
-        .unwrap();
+        found_with_node_1(&mut s);
         assert_eq!(
             s.judge_join(NodeId(1), None, T(5_000)),
             JoinVerdict::Admitted
@@ -595,6 +597,48 @@ mod tests {
             s.judge_join(NodeId(9), Some(Ok("b2")), T(1)),
             JoinVerdict::Refused(m) if m.contains("unknown")
         ));
+    }
+
+    /// Fuzzed join requests: whatever node id and presented token, after the founding window a
+    /// join is admitted only by a usable join token or an earlier admission.
+    #[test]
+    fn no_join_is_admitted_without_a_token_or_an_earlier_admission() {
+        // A small deterministic generator (xorshift): the same cases every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |lo: u64, hi: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            lo + x % (hi - lo)
+        };
+        let mut s = Security::default();
+        found_with_node_1(&mut s);
+        s.apply(&join_token("a1", T(50_000), 1), T(0)).unwrap();
+        for _ in 0..5_000 {
+            let node = NodeId(next(2, u64::MAX));
+            let now = T(next(1_000, 100_000));
+            let len = next(0, 12);
+            let id: String = (0..len)
+                .map(|_| ['a', '1', 'f', '0', 'z', '_'][next(0, 6) as usize])
+                .collect();
+            let presented = match next(0, 3) {
+                0 => None,
+                1 => Some(Ok(id.as_str())),
+                _ => Some(Err(format!("bad token {id}"))),
+            };
+            let verdict = s.judge_join(node, presented.clone(), now);
+            match verdict {
+                JoinVerdict::Admit(AdmittedVia::Token(t)) => {
+                    assert_eq!(t, "a1", "only a usable token admits");
+                    assert!(now < T(50_000));
+                    assert!(matches!(presented, Some(Ok("a1"))));
+                }
+                JoinVerdict::Admit(other) => panic!("admitted {node} by {other:?} at {now:?}"),
+                JoinVerdict::Admitted => panic!("{node} was never admitted"),
+                JoinVerdict::Pending => assert!(presented.is_none()),
+                JoinVerdict::Refused(_) => assert!(presented.is_some()),
+            }
+        }
     }
 
     #[test]

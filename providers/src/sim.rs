@@ -245,7 +245,15 @@ mod tests {
             id,
             "same intent, same instance"
         );
-        let l = p.list("c").await.unwrap();
+        // Alive once the child has exec'd (until then its command line is still ours).
+        let mut l = p.list("c").await.unwrap();
+        for _ in 0..100 {
+            if l.first().is_some_and(|i| i.alive) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            l = p.list("c").await.unwrap();
+        }
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].intent, Some(1));
         assert!(l[0].alive);
