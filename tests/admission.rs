@@ -232,28 +232,17 @@ async fn joining_needs_a_token_or_approval_and_removal_revokes() {
     let out = seed.cli(&["token", "create", "--join", "--ttl", "15m", "--json"]);
     assert!(out.status.success(), "{out:?}");
     let token: CreatedToken = parse_output(&out);
-    let with_token = TestNode::start(&[
+    let token_args = [
         "--swarm-key",
         key,
         "--join",
         &addr,
         "--join-token",
         &token.token,
-    ])
-    .await;
+    ];
+    let with_token = TestNode::start(&token_args).await;
     wait_workers(&seed, 3).await;
-    let late = TestNode::start_with(
-        &[
-            "--swarm-key",
-            key,
-            "--join",
-            &addr,
-            "--join-token",
-            &token.token,
-        ],
-        false,
-    )
-    .await;
+    let late = TestNode::start_with(&token_args, false).await;
     let l = &late;
     wait_for(Duration::from_secs(30), async || {
         l.log().contains("used up").then_some(())

@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use support::{TaskViewExt, TestNode, show};
+use support::{TaskViewExt, TestNode, show, text};
 use testmesh::core::dto::RunView;
 use testmesh::results::{RunResults, TaskResult};
 use testmesh_consensus::NodeId;
@@ -29,14 +29,6 @@ fn cases(out: &str) -> BTreeSet<String> {
         .filter(|l| l.starts_with("PASS ") || l.starts_with("FAIL "))
         .map(str::to_string)
         .collect()
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[tokio::test]

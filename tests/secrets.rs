@@ -6,18 +6,10 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, TestNode};
+use support::{BIN, TestNode, text};
 
 const SECRET: &str = "hunter2-0a9f3c-do-not-print";
 const NODE_CREDENTIAL: &str = "node-cloud-credential-77e1";
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 #[tokio::test]
 async fn secret_values_reach_the_task_and_no_read_path() {

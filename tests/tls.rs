@@ -6,15 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{BIN, TestNode};
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use support::{BIN, TestNode, text};
 
 /// The CLI against `url` with `token`, and the given extra environment.
 fn cli(url: &str, token: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {

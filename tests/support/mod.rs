@@ -572,6 +572,15 @@ pub fn alive(pid: u64) -> bool {
     }
 }
 
+/// A command's stdout and stderr together, for assertions and their messages.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }

@@ -72,6 +72,12 @@ async fn handle(
 ) -> Response {
     let (raft, writer, leadership) = (core.writer.raft(), &core.writer, &core.leadership);
     let sender = node_id_of(&from);
+    if let Some(claimed) = raft_claim(&req)
+        && let Err(e) = admission::raft_allowed(core, sender, claimed.unwrap_or(sender))
+    {
+        note_refusal(core, refusals, sender, &e);
+        return raft_refused(&req, e);
+    }
     match req {
         Request::Hello => {
             let m = leadership.metrics();
@@ -95,36 +101,10 @@ async fn handle(
             })
         }
         Request::AppendEntries(rpc) => {
-            if let Err(e) = admission::raft_allowed(
-                core,
-                sender,
-                rpc.vote.leader_id().voted_for().unwrap_or(sender),
-            ) {
-                note_refusal(core, refusals, sender, &e);
-                return Response::AppendEntries(Err(e));
-            }
             Response::AppendEntries(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
         }
-        Request::Vote(rpc) => {
-            if let Err(e) = admission::raft_allowed(
-                core,
-                sender,
-                rpc.vote.leader_id().voted_for().unwrap_or(sender),
-            ) {
-                note_refusal(core, refusals, sender, &e);
-                return Response::Vote(Err(e));
-            }
-            Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
-        }
+        Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await.map_err(|e| e.to_string())),
         Request::InstallSnapshot(rpc) => {
-            if let Err(e) = admission::raft_allowed(
-                core,
-                sender,
-                rpc.vote.leader_id().voted_for().unwrap_or(sender),
-            ) {
-                note_refusal(core, refusals, sender, &e);
-                return Response::InstallSnapshot(Err(e));
-            }
             Response::InstallSnapshot(raft.install_snapshot(rpc).await.map_err(|e| e.to_string()))
         }
         Request::Write(cmd) => {
@@ -194,6 +174,25 @@ async fn handle(
                     .map_err(|e| e.to_string()),
             )
         }
+    }
+}
+
+/// The node a Raft RPC (append, vote, snapshot) says it comes from; `None` for other requests.
+fn raft_claim(req: &Request) -> Option<Option<NodeId>> {
+    match req {
+        Request::AppendEntries(r) => Some(r.vote.leader_id().voted_for()),
+        Request::Vote(r) => Some(r.vote.leader_id().voted_for()),
+        Request::InstallSnapshot(r) => Some(r.vote.leader_id().voted_for()),
+        _ => None,
+    }
+}
+
+/// The refusal of a Raft RPC, in its own answer type.
+fn raft_refused(req: &Request, e: String) -> Response {
+    match req {
+        Request::Vote(_) => Response::Vote(Err(e)),
+        Request::InstallSnapshot(_) => Response::InstallSnapshot(Err(e)),
+        _ => Response::AppendEntries(Err(e)),
     }
 }
 
