@@ -39,6 +39,22 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
     }
 }
 
+/// Where `program` is found on `path` (a `PATH` value), when it is a bare name: the first
+/// directory holding an executable file of that name. A name with a `/` is used as it is.
+pub fn find_program(program: &str, path: Option<&str>) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    path?
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +91,22 @@ mod tests {
         );
         assert!(check_pattern("NCCL_*").is_ok() && check_pattern("A-B").is_err());
         assert!(check_pattern("").is_err() && check_pattern("*").is_ok());
+    }
+
+    #[test]
+    fn programs_are_found_on_the_tasks_path() {
+        let sh = find_program("sh", Some("/nonexistent:/usr/bin:/bin")).unwrap();
+        assert!(sh.ends_with("sh") && sh.is_absolute());
+        assert_eq!(
+            find_program("./x", Some("/bin")),
+            None,
+            "a path is used as given"
+        );
+        assert_eq!(
+            find_program("surely-not-a-program", Some("/usr/bin:/bin")),
+            None
+        );
+        assert_eq!(find_program("sh", None), None);
+        assert_eq!(find_program("sh", Some("relative/dir")), None);
     }
 }
