@@ -23,6 +23,7 @@ pub mod runs;
 pub mod scaling;
 pub mod security;
 pub mod store;
+pub mod suite;
 pub mod task;
 
 pub use command::{Applied, Assignment, Command, Rejected};

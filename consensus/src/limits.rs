@@ -143,7 +143,7 @@ pub fn check_spec(spec: &TaskSpec) -> Result<(), String> {
     if spec.workdir.as_ref().is_some_and(|w| w.len() > MAX_WORKDIR) {
         return Err(format!("the workdir is longer than {MAX_WORKDIR} bytes"));
     }
-    Ok(())
+    crate::suite::check(spec)
 }
 
 /// Checks labels (of a task or a worker) against the caps above.
@@ -176,6 +176,14 @@ pub fn spec_bytes(spec: &TaskSpec) -> usize {
         + strings(&spec.requirements.constraints)
         + spec.requirements.gpu_model.as_ref().map_or(0, String::len)
         + spec.workdir.as_ref().map_or(0, String::len)
+        + spec.code.as_ref().map_or(0, |c| 80 + c.hash.len())
+        + spec
+            .files
+            .iter()
+            .map(|f| 8 + f.path.len() + f.content.len())
+            .sum::<usize>()
+        + spec.artifacts.iter().map(|g| 4 + g.len()).sum::<usize>()
+        + spec.junit_from.as_ref().map_or(0, String::len)
 }
 
 /// About how many bytes an outcome takes in a log entry.
@@ -186,6 +194,13 @@ pub fn outcome_bytes(o: &Outcome) -> usize {
         + o.metrics
             .iter()
             .map(|m| 16 + m.name.len() + m.unit.len())
+            .sum::<usize>()
+        + o.artifacts.iter().map(|a| 12 + a.path.len()).sum::<usize>()
+        + o.tests
+            .iter()
+            .map(|t| {
+                24 + t.classname.len() + t.name.len() + t.message.as_ref().map_or(0, String::len)
+            })
             .sum::<usize>()
 }
 
@@ -225,6 +240,7 @@ impl Outcome {
         self.metrics.truncate(MAX_METRICS);
         self.metrics
             .retain(|m| m.name.len() <= 128 && m.unit.len() <= 32 && m.value.is_finite());
+        crate::suite::clamp(&mut self.artifacts, &mut self.tests);
     }
 }
 

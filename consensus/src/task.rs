@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Bytes, NodeId, TaskId, UnixMillis};
 use crate::resources::{GpuGrant, Requirements};
+use crate::suite::{ArtifactFile, CodeRef, InputFile, TestCase};
 
 /// What the user asked to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,18 @@ pub struct TaskSpec {
     /// (Never skipped when empty: the binary encoding is positional.)
     #[serde(default)]
     pub secret_env: BTreeMap<String, Secret>,
+    /// The working tree shipped with the task (`--workdir`); it runs in its own unpacked copy.
+    #[serde(default)]
+    pub code: Option<CodeRef>,
+    /// Small files written into the task's directory before it starts (a shard's test list).
+    #[serde(default)]
+    pub files: Vec<InputFile>,
+    /// Globs (relative to the task's directory) of files kept after each attempt.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// Glob of the JUnit XML files among them whose test cases become the attempt's results.
+    #[serde(default)]
+    pub junit_from: Option<String>,
 }
 
 /// What every human-readable form of a secret value shows.
@@ -183,6 +196,12 @@ pub struct Outcome {
     pub stderr_tail: String,
     /// What the task reported on its output as `TESTMESH_METRIC name=value unit` lines.
     pub metrics: Vec<BenchMetric>,
+    /// Files kept on the worker that matched the task's artifact globs.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactFile>,
+    /// Test cases read from the attempt's JUnit XML (`junit_from`).
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
 }
 
 /// One figure a benchmark reported, e.g. `TESTMESH_METRIC throughput=1532.5 samples/s`.
@@ -285,6 +304,20 @@ impl Outcome {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             metrics: Vec::new(),
+            artifacts: Vec::new(),
+            tests: Vec::new(),
+        }
+    }
+
+    /// What ended the attempt, for retries and flakiness: `lost` is the infrastructure's doing
+    /// (a worker lost or leaving, a fenced worker, code that could not be fetched) and never
+    /// uses a retry or makes a task flaky; `failed` and `timed_out` are the test's.
+    pub fn kind(&self) -> &'static str {
+        match self.state {
+            TaskState::Lost => "infrastructure",
+            TaskState::Failed | TaskState::TimedOut => "test",
+            TaskState::Cancelled => "cancelled",
+            _ => "none",
         }
     }
 

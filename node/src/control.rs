@@ -395,6 +395,9 @@ impl Control {
     }
 }
 
+/// Extra time an attempt with shipped code may stay unstarted (its worker fetches the code).
+pub const CODE_FETCH_MS: u64 = 120_000;
+
 /// Attempts assigned at least `bound` before `now` and still not started (at most
 /// [`MAX_GIVE_BACK`]). A pure function of the ledger.
 pub fn unstarted_for(
@@ -407,7 +410,16 @@ pub fn unstarted_for(
         .filter(|r| now.0.saturating_sub(r.since.0) >= bound)
         .filter(|r| {
             l.task(r.task).is_some_and(|t| {
-                t.state == testmesh_consensus::task::TaskState::Assigned && t.attempt == r.attempt
+                // Shipped code is fetched before the start: it gets longer.
+                let bound = bound
+                    + if t.spec.code.is_some() {
+                        CODE_FETCH_MS
+                    } else {
+                        0
+                    };
+                t.state == testmesh_consensus::task::TaskState::Assigned
+                    && t.attempt == r.attempt
+                    && now.0.saturating_sub(r.since.0) >= bound
             })
         })
         .map(|r| (r.task, r.attempt))

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod mesh;
 pub mod monitor;
+pub mod pack;
 pub mod results;
 pub mod runfile;
 pub mod runtime;

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 use testmesh_consensus::runs::{Run, RunSummary, is_flaky, summarise};
+use testmesh_consensus::suite::{MergedTest, TestCounts, TestResult, merge};
 use testmesh_consensus::task::{BenchMetric, Provenance, Task, TaskState};
 
 /// One attempt as the results show it.
@@ -21,6 +22,14 @@ pub struct AttemptResult {
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// What ended it: `test` (failed or timed out: uses a retry, can make a test flaky),
+    /// `infrastructure` (worker lost or leaving, code fetch failed: retried without using a
+    /// retry, never flaky), `cancelled`, or `none` (passed or not ended).
+    #[serde(default)]
+    pub kind: String,
+    /// Files it kept (`--artifacts`, `--junit-from`).
+    #[serde(default)]
+    pub artifacts: usize,
 }
 
 /// One task of a run.
@@ -50,6 +59,14 @@ pub struct RunResults {
     pub created_at: u64,
     pub summary: RunSummary,
     pub tasks: Vec<TaskResult>,
+    /// Every test case the tasks' JUnit XML reported, failures first (see `suite::merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<MergedTest>,
+    #[serde(default)]
+    pub test_counts: TestCounts,
+    /// Slowest task's run time over the mean (how even the shards were); None until done.
+    #[serde(default)]
+    pub shard_balance: Option<f64>,
 }
 
 fn attempt_result(a: &testmesh_consensus::task::Attempt) -> AttemptResult {
@@ -67,6 +84,8 @@ fn attempt_result(a: &testmesh_consensus::task::Attempt) -> AttemptResult {
             (Some(s), Some(f)) => Some(f.0.saturating_sub(s.0)),
             _ => None,
         },
+        kind: o.map_or("none", |o| o.kind()).to_string(),
+        artifacts: o.map_or(0, |o| o.artifacts.len()),
     }
 }
 
@@ -90,13 +109,23 @@ pub fn task_result(t: &Task) -> TaskResult {
 }
 
 pub fn results(run: &Run, tasks: &[&Task]) -> RunResults {
+    let summary = summarise(tasks.iter().copied());
+    let tasks_out: Vec<TaskResult> = tasks.iter().map(|t| task_result(t)).collect();
+    let (tests, test_counts) = merge(tasks.iter().copied());
+    let shard_balance = (summary.done && tasks_out.len() > 1).then(|| {
+        let times: Vec<u64> = tasks_out.iter().filter_map(|t| t.duration_ms).collect();
+        testmesh_planner::split::balance(&times)
+    });
     RunResults {
         run: run.id,
         name: run.name.clone(),
         metadata: run.metadata.clone(),
         created_at: run.created_at.0,
-        summary: summarise(tasks.iter().copied()),
-        tasks: tasks.iter().map(|t| task_result(t)).collect(),
+        summary,
+        tasks: tasks_out,
+        tests,
+        test_counts,
+        shard_balance,
     }
 }
 
@@ -163,30 +192,52 @@ fn provenance_lines(a: &AttemptResult) -> String {
     )
 }
 
-/// The run as JUnit XML: one testsuite, one testcase per task. A failed or timed-out task is a
-/// `failure` or an `error`; a flaky one passes with its failed attempts as `flakyFailure`
-/// (Surefire's convention); a cancelled or never-run one is `skipped`.
+/// The run as JUnit XML. Without per-test results: one testsuite, one testcase per task. A
+/// failed or timed-out task is a `failure` or an `error`; a flaky one passes with its failed
+/// attempts as `flakyFailure` (Surefire's convention); a cancelled or never-run one is
+/// `skipped`. With them (`--junit-from`): every test case the shards reported, each with its
+/// shard, worker and attempt in `system-out`; a task that failed without a failing test (it
+/// crashed, or wrote no JUnit) is a testcase of its own.
 pub fn junit(r: &RunResults) -> String {
-    let s = &r.summary;
-    let count = |f: &dyn Fn(&TaskResult) -> bool| r.tasks.iter().filter(|t| f(t)).count();
-    let failures = count(&|t| t.state == TaskState::Failed);
-    let errors = count(&|t| matches!(t.state, TaskState::TimedOut | TaskState::Lost));
-    let skipped = count(&|t| !t.state.is_final() || t.state == TaskState::Cancelled);
+    let mut cases = String::new();
+    let (mut total, mut failures, mut errors, mut skipped) = (0usize, 0usize, 0usize, 0usize);
+    for t in &r.tasks {
+        let tests: Vec<&MergedTest> = r.tests.iter().filter(|m| m.task == t.task).collect();
+        for m in &tests {
+            total += 1;
+            match m.result {
+                TestResult::Failed => failures += 1,
+                TestResult::Error => errors += 1,
+                TestResult::Skipped => skipped += 1,
+                TestResult::Passed => {}
+            }
+            test_case(&mut cases, m);
+        }
+        let failing_test = tests.iter().any(|m| m.result.is_failure());
+        if tests.is_empty() || (t.state != TaskState::Succeeded && !failing_test) {
+            total += 1;
+            match t.state {
+                TaskState::Failed => failures += 1,
+                TaskState::TimedOut | TaskState::Lost => errors += 1,
+                TaskState::Succeeded => {}
+                _ => skipped += 1,
+            }
+            task_case(&mut cases, r, t);
+        }
+    }
     let time: u64 = r.tasks.iter().filter_map(|t| t.duration_ms).sum();
     let mut h = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         h,
-        "<testsuites name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{}\">",
+        "<testsuites name=\"{}\" tests=\"{total}\" failures=\"{failures}\" errors=\"{errors}\" time=\"{}\">",
         x(&r.name),
-        s.total,
         secs(Some(time))
     );
     let _ = writeln!(
         h,
-        "  <testsuite name=\"{}\" id=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{}\" timestamp=\"{}\" hostname=\"testmesh\">",
+        "  <testsuite name=\"{}\" id=\"{}\" tests=\"{total}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{}\" timestamp=\"{}\" hostname=\"testmesh\">",
         x(&r.name),
         r.run,
-        s.total,
         secs(Some(time)),
         iso8601(r.created_at)
     );
@@ -200,64 +251,112 @@ pub fn junit(r: &RunResults) -> String {
         let _ = writeln!(h, "      <property name=\"{}\" value=\"{}\"/>", x(k), x(v));
     }
     h.push_str("    </properties>\n");
-    for t in &r.tasks {
-        let _ = write!(
-            h,
-            "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\">",
-            x(&t.name),
-            x(&r.name),
-            secs(t.duration_ms)
-        );
-        let last = t.attempts.last();
-        let why = last
-            .and_then(|a| a.message.clone())
-            .unwrap_or_else(|| t.state.to_string());
-        match t.state {
-            TaskState::Succeeded => {
-                for a in t
-                    .attempts
-                    .iter()
-                    .filter(|a| matches!(a.state, Some(TaskState::Failed | TaskState::TimedOut)))
-                {
-                    let _ = write!(
-                        h,
-                        "<flakyFailure type=\"{}\" message=\"{}\"/>",
-                        a.state.map_or("failed".into(), |s| s.to_string()),
-                        x(a.message.as_deref().unwrap_or("failed"))
-                    );
-                }
-            }
-            TaskState::Failed => {
-                let _ = write!(
-                    h,
-                    "<failure type=\"failed\" message=\"{}\">{}</failure>",
-                    x(&why),
-                    x(&t.stderr_tail)
-                );
-            }
-            TaskState::TimedOut | TaskState::Lost => {
-                let _ = write!(h, "<error type=\"{}\" message=\"{}\"/>", t.state, x(&why));
-            }
-            _ => {
-                let _ = write!(h, "<skipped message=\"{}\"/>", x(&why));
-            }
-        }
-        let mut out: String = t.attempts.iter().map(provenance_lines).collect();
-        if t.flaky {
-            out.push_str("flaky: failed, then passed on a retry\n");
-        }
-        for m in &t.metrics {
-            let _ = writeln!(out, "metric {}={} {}", m.name, m.value, m.unit);
-        }
-        out.push_str(&t.stdout_tail);
-        let _ = write!(h, "<system-out>{}</system-out>", x(&out));
-        if !t.stderr_tail.is_empty() {
-            let _ = write!(h, "<system-err>{}</system-err>", x(&t.stderr_tail));
-        }
-        h.push_str("</testcase>\n");
-    }
+    h.push_str(&cases);
     h.push_str("  </testsuite>\n</testsuites>\n");
     h
+}
+
+/// One test case a shard reported.
+fn test_case(h: &mut String, m: &MergedTest) {
+    let _ = write!(
+        h,
+        "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\">",
+        x(&m.name),
+        x(&m.classname),
+        secs(Some(m.time_ms))
+    );
+    let why = m.message.as_deref().unwrap_or("");
+    match m.result {
+        TestResult::Failed => {
+            let _ = write!(h, "<failure message=\"{}\"/>", x(why));
+        }
+        TestResult::Error => {
+            let _ = write!(h, "<error message=\"{}\"/>", x(why));
+        }
+        TestResult::Skipped => {
+            let _ = write!(h, "<skipped message=\"{}\"/>", x(why));
+        }
+        TestResult::Passed => {
+            for f in &m.earlier_failures {
+                let _ = write!(h, "<flakyFailure type=\"failed\" message=\"{}\"/>", x(f));
+            }
+        }
+    }
+    let _ = write!(
+        h,
+        "<system-out>{}</system-out></testcase>\n",
+        x(&format!(
+            "shard {:?} (task {}), attempt {} on worker {} ({}){}\n",
+            m.shard,
+            m.task,
+            m.attempt,
+            m.worker,
+            m.hostname,
+            if m.flaky {
+                "; flaky: failed in an earlier attempt, passed on a retry"
+            } else {
+                ""
+            }
+        ))
+    );
+}
+
+/// A task as one test case (runs without per-test results, or a task that failed by itself).
+fn task_case(h: &mut String, r: &RunResults, t: &TaskResult) {
+    let _ = write!(
+        h,
+        "    <testcase name=\"{}\" classname=\"{}\" time=\"{}\">",
+        x(&t.name),
+        x(&r.name),
+        secs(t.duration_ms)
+    );
+    let last = t.attempts.last();
+    let why = last
+        .and_then(|a| a.message.clone())
+        .unwrap_or_else(|| t.state.to_string());
+    match t.state {
+        TaskState::Succeeded => {
+            for a in t
+                .attempts
+                .iter()
+                .filter(|a| matches!(a.state, Some(TaskState::Failed | TaskState::TimedOut)))
+            {
+                let _ = write!(
+                    h,
+                    "<flakyFailure type=\"{}\" message=\"{}\"/>",
+                    a.state.map_or("failed".into(), |s| s.to_string()),
+                    x(a.message.as_deref().unwrap_or("failed"))
+                );
+            }
+        }
+        TaskState::Failed => {
+            let _ = write!(
+                h,
+                "<failure type=\"failed\" message=\"{}\">{}</failure>",
+                x(&why),
+                x(&t.stderr_tail)
+            );
+        }
+        TaskState::TimedOut | TaskState::Lost => {
+            let _ = write!(h, "<error type=\"{}\" message=\"{}\"/>", t.state, x(&why));
+        }
+        _ => {
+            let _ = write!(h, "<skipped message=\"{}\"/>", x(&why));
+        }
+    }
+    let mut out: String = t.attempts.iter().map(provenance_lines).collect();
+    if t.flaky {
+        out.push_str("flaky: failed, then passed on a retry\n");
+    }
+    for m in &t.metrics {
+        let _ = writeln!(out, "metric {}={} {}", m.name, m.value, m.unit);
+    }
+    out.push_str(&t.stdout_tail);
+    let _ = write!(h, "<system-out>{}</system-out>", x(&out));
+    if !t.stderr_tail.is_empty() {
+        let _ = write!(h, "<system-err>{}</system-err>", x(&t.stderr_tail));
+    }
+    h.push_str("</testcase>\n");
 }
 
 /// A shields-style SVG badge: "testmesh | passed" (green), "failed 3/40" (red), "running 5/40".

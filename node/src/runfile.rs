@@ -29,6 +29,9 @@ use serde::Deserialize;
 
 use crate::core::submit::{TaskRequest, to_spec};
 
+/// Where a shard's test list is written, relative to the task's directory (`{tests_file}`).
+pub const TESTS_FILE: &str = ".testmesh/tests.txt";
+
 /// Default cap on the tasks one run file may expand to.
 pub const DEFAULT_MAX_TASKS: usize = 1000;
 /// The most any run may have (one ledger command).
@@ -41,6 +44,8 @@ struct RunFile {
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     max_tasks: Option<usize>,
+    /// A directory to ship with the run (relative to the run file), as `--workdir` does.
+    workdir: Option<String>,
     #[serde(default)]
     matrix: BTreeMap<String, Vec<toml::Value>>,
     #[serde(default)]
@@ -54,6 +59,8 @@ pub struct RunPlan {
     pub name: String,
     pub metadata: BTreeMap<String, String>,
     pub tasks: Vec<TaskRequest>,
+    /// The run file's `workdir`: the tree to ship.
+    pub ship: Option<String>,
 }
 
 fn line_of(src: &str, offset: usize) -> usize {
@@ -277,6 +284,7 @@ pub fn parse(src: &str, file: &str) -> Result<RunPlan, String> {
         name: f.name,
         metadata: f.metadata,
         tasks,
+        ship: f.workdir,
     })
 }
 
@@ -290,7 +298,14 @@ fn shard_env(req: &mut TaskRequest, shard: usize, shards: usize) {
 }
 
 /// `testmesh run --shards N -- CMD`: one task per shard, placeholders filled in each argument.
-pub fn shards(base: &TaskRequest, shards: usize) -> Result<Vec<TaskRequest>, String> {
+///
+/// With `lists` (a timing split), shard i gets `lists[i]` as the file `{tests_file}` names, one
+/// test id per line; without, `{tests_file}` is an error.
+pub fn shards(
+    base: &TaskRequest,
+    shards: usize,
+    lists: Option<&[Vec<String>]>,
+) -> Result<Vec<TaskRequest>, String> {
     if shards == 0 {
         return Err("--shards must be at least 1 (0 shards would run nothing)".into());
     }
@@ -307,15 +322,22 @@ pub fn shards(base: &TaskRequest, shards: usize) -> Result<Vec<TaskRequest>, Str
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
+            .chain(lists.map(|_| ("tests_file".to_string(), TESTS_FILE.to_string())))
             .collect();
             let mut req = base.clone();
+            if let Some(lists) = lists {
+                let list = lists.get(shard).map(|l| l.join("\n") + "\n").unwrap_or_default();
+                req.files.insert(TESTS_FILE.to_string(), list);
+                req.env
+                    .insert("TESTMESH_TESTS_FILE".into(), TESTS_FILE.to_string());
+            }
             req.command = base
                 .command
                 .iter()
                 .map(|a| {
                     fill(a, &values).map_err(|p| {
                         format!(
-                            "{a:?}: unknown placeholder {{{p}}}; known: {{shard}} (0-based), {{shard1}} (1-based), {{shards}}, {{index}} (write {{{{ for a brace)"
+                            "{a:?}: unknown placeholder {{{p}}}; known: {{shard}} (0-based), {{shard1}} (1-based), {{shards}}, {{index}}, and {{tests_file}} with --split-by timings (write {{{{ for a brace)"
                         )
                     })
                 })
@@ -384,16 +406,16 @@ env = { BATCH = "{batch}" }
             ],
             ..Default::default()
         };
-        let t = shards(&base, 3).unwrap();
+        let t = shards(&base, 3, None).unwrap();
         assert_eq!(t[2].command, ["pytest", "--shard-id=2", "--num-shards=3"]);
         assert_eq!(t[2].env["TESTMESH_SHARD_COUNT"], "3");
-        assert!(shards(&base, 0).unwrap_err().contains("at least 1"));
+        assert!(shards(&base, 0, None).unwrap_err().contains("at least 1"));
         let bad = TaskRequest {
             command: vec!["x".into(), "{shrad}".into()],
             ..Default::default()
         };
         assert!(
-            shards(&bad, 2)
+            shards(&bad, 2, None)
                 .unwrap_err()
                 .contains("unknown placeholder {shrad}")
         );

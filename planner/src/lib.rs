@@ -17,6 +17,7 @@ pub mod quarantine;
 pub mod replay;
 pub mod replay_scaling;
 pub mod scheduler;
+pub mod split;
 pub mod view;
 
 pub use error::Error;

@@ -163,6 +163,26 @@ struct Running {
     ending: Option<Ending>,
     /// The copies of stdout and stderr into their files.
     output: [JoinHandle<u64>; 2],
+    /// Artifacts to keep and the attempt's own directory to remove once it has ended.
+    after: After,
+}
+
+/// What happens in an attempt's directory after it ends.
+#[derive(Debug, Clone, Default)]
+struct After {
+    /// Where the task ran (artifact globs are relative to it).
+    dir: Option<std::path::PathBuf>,
+    globs: Vec<String>,
+    junit_from: Option<String>,
+    /// The attempt's own copy of the shipped code (or scratch directory), removed at the end.
+    remove: Option<std::path::PathBuf>,
+}
+
+/// An attempt whose code was fetched and unpacked (or could not be).
+struct Prepared {
+    task: TaskId,
+    attempt: u32,
+    result: Result<std::path::PathBuf, String>,
 }
 
 /// What the agent needs to start one attempt, copied out of the ledger.
@@ -173,6 +193,8 @@ struct Start {
     /// NVML indices of the granted GPUs, and what CUDA is to see of them.
     gpus: Vec<u32>,
     visible: Vec<String>,
+    /// The attempt's own directory (unpacked code, input files), once prepared.
+    dir: Option<std::path::PathBuf>,
 }
 
 pub struct Agent<P: Processes> {
@@ -194,6 +216,12 @@ pub struct Agent<P: Processes> {
     lease: Option<(LeaseView, Duration)>,
     /// This boot's registration: nothing starts before the ledger shows it.
     boot_id: Option<u64>,
+    /// Attempts whose code is being fetched and unpacked, and where they report back.
+    preparing: HashMap<TaskId, Start>,
+    prepared: (
+        tokio::sync::mpsc::Sender<Prepared>,
+        tokio::sync::mpsc::Receiver<Prepared>,
+    ),
 }
 
 impl<P: Processes> Agent<P> {
@@ -211,6 +239,8 @@ impl<P: Processes> Agent<P> {
             standing: None,
             lease: None,
             boot_id: None,
+            preparing: HashMap::new(),
+            prepared: tokio::sync::mpsc::channel(256),
         }
     }
 
@@ -308,6 +338,7 @@ impl<P: Processes> Agent<P> {
                     self.sync().await;
                 }
                 Some(exit) = exits.recv() => self.on_exit(exit).await,
+                Some(p) = self.prepared.1.recv() => self.on_prepared(p).await,
                 r = async {
                     match standing.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -356,6 +387,13 @@ impl<P: Processes> Agent<P> {
                 if self.reported.get(&t.id) == Some(&t.attempt) {
                     continue;
                 }
+                if self
+                    .preparing
+                    .get(&t.id)
+                    .is_some_and(|p| p.attempt == t.attempt)
+                {
+                    continue;
+                }
                 match self.running.get(&t.id) {
                     Some(r)
                         if r.attempt == t.attempt && t.cancel_requested && r.ending.is_none() =>
@@ -377,6 +415,7 @@ impl<P: Processes> Agent<P> {
                             spec: t.spec.clone(),
                             visible: visible_devices(inventory, &gpus),
                             gpus,
+                            dir: None,
                         })
                     }
                     // Running in the ledger but not here: a previous boot ran it. The worker
@@ -413,11 +452,120 @@ impl<P: Processes> Agent<P> {
                 message: Some("cancelled before it started".into()),
                 ..Outcome::bare(TaskState::Cancelled)
             };
-            self.reporter().end(task, attempt, outcome, None).await;
+            self.reporter()
+                .end(task, attempt, outcome, None, After::default())
+                .await;
         }
         for s in starts {
-            self.start(s).await;
+            if s.spec.code.is_some() || !s.spec.files.is_empty() {
+                self.prepare(s);
+            } else {
+                self.start(s).await;
+            }
         }
+    }
+
+    /// Fetches and unpacks the attempt's code and writes its input files, off the loop; the
+    /// attempt starts when that is done (see [`Agent::on_prepared`]).
+    fn prepare(&mut self, s: Start) {
+        let (task, attempt) = (s.task, s.attempt);
+        let dir = self
+            .core
+            .data_dir
+            .join("work")
+            .join(format!("{}.{attempt}", task.0));
+        let code = s.spec.code.clone();
+        let files = s.spec.files.clone();
+        let store = self.core.code.clone();
+        let tx = self.prepared.0.clone();
+        self.preparing.insert(task, s);
+        tokio::spawn(async move {
+            let result = async {
+                let archive = match &code {
+                    Some(c) => Some(store.ensure(c).await.map_err(|e| e.to_string())?),
+                    None => None,
+                };
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(&d);
+                    match archive {
+                        Some(a) => crate::core::code::unpack(&a, &d).map_err(|e| e.to_string())?,
+                        None => std::fs::create_dir_all(&d).map_err(|e| e.to_string())?,
+                    }
+                    for f in &files {
+                        let p = d.join(&f.path);
+                        if let Some(parent) = p.parent() {
+                            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                        }
+                        std::fs::write(&p, &f.content)
+                            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+                    }
+                    Ok::<_, String>(d)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            }
+            .await;
+            let _ = tx
+                .send(Prepared {
+                    task,
+                    attempt,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    /// Starts a prepared attempt if it is still this worker's to run; a failed preparation
+    /// (the code could not be fetched) is the infrastructure's failure: reported lost, so it
+    /// runs again without using a retry.
+    async fn on_prepared(&mut self, p: Prepared) {
+        let Some(mut s) = self.preparing.remove(&p.task) else {
+            return;
+        };
+        let (still_ours, cancelled) = {
+            let l = self.core.ledger.read();
+            l.task(p.task).map_or((false, false), |t| {
+                (
+                    t.attempt == p.attempt
+                        && t.state == TaskState::Assigned
+                        && t.current_attempt()
+                            .is_some_and(|a| a.worker == self.core.node),
+                    t.cancel_requested,
+                )
+            })
+        };
+        let dir = match p.result {
+            Ok(d) => d,
+            Err(why) => {
+                if still_ours {
+                    self.reported.insert(p.task, p.attempt);
+                    let outcome =
+                        Outcome::lost(format!("could not prepare the task's directory: {why}"));
+                    tracing::warn!("task {} attempt {}: {why}", p.task, p.attempt);
+                    self.reporter()
+                        .end(p.task, p.attempt, outcome, None, After::default())
+                        .await;
+                }
+                return;
+            }
+        };
+        if !still_ours || cancelled || !self.in_good_standing() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            if still_ours && cancelled {
+                self.reported.insert(p.task, p.attempt);
+                let outcome = Outcome {
+                    message: Some("cancelled before it started".into()),
+                    ..Outcome::bare(TaskState::Cancelled)
+                };
+                self.reporter()
+                    .end(p.task, p.attempt, outcome, None, After::default())
+                    .await;
+            }
+            return;
+        }
+        s.dir = Some(dir);
+        self.start(s).await;
     }
 
     async fn start(&mut self, s: Start) {
@@ -433,6 +581,7 @@ impl<P: Processes> Agent<P> {
                         kill_at: None,
                         ending: None,
                         output,
+                        after: after_of(&s),
                     },
                 );
                 self.by_pid.insert(pid, s.task);
@@ -457,7 +606,14 @@ impl<P: Processes> Agent<P> {
                     message: Some(message),
                     ..Outcome::bare(TaskState::Failed)
                 };
-                self.reporter().end(s.task, s.attempt, outcome, None).await;
+                let after = After {
+                    globs: Vec::new(),
+                    junit_from: None,
+                    ..after_of(&s)
+                };
+                self.reporter()
+                    .end(s.task, s.attempt, outcome, None, after)
+                    .await;
             }
         }
     }
@@ -502,10 +658,14 @@ impl<P: Processes> Agent<P> {
             ("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string()),
             ("TESTMESH_GPU_INDICES".to_string(), indices.join(",")),
         ]);
+        let cwd = cwd_of(s);
+        if let Some(d) = &s.dir {
+            env.push(("TESTMESH_TASK_DIR".to_string(), d.display().to_string()));
+        }
         let pid = self.processes.spawn(Launch {
             argv: &s.spec.argv,
             env,
-            workdir: s.spec.workdir.as_deref(),
+            workdir: cwd.as_deref().and_then(|p| p.to_str()),
             stdout: out_w.into(),
             stderr: err_w.into(),
         })?;
@@ -559,12 +719,15 @@ impl<P: Processes> Agent<P> {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             metrics: Vec::new(),
+            artifacts: Vec::new(),
+            tests: Vec::new(),
         };
         // The report waits for the output pipes to drain: off the agent's loop, so a process
         // that left the group holding a pipe delays only this report.
         let reporter = self.reporter();
         let [stdout, stderr] = run.output;
         let attempt = run.attempt;
+        let after = run.after;
         tokio::spawn(async move {
             let paths = reporter.paths(task, attempt);
             // Both at once: the drain bound holds for the pair, not for each in turn.
@@ -573,7 +736,9 @@ impl<P: Processes> Agent<P> {
                 output::finished(stderr, &paths[1])
             );
             let lens = [out, err];
-            reporter.end(task, attempt, outcome, Some(lens)).await;
+            reporter
+                .end(task, attempt, outcome, Some(lens), after)
+                .await;
         });
     }
 
@@ -598,6 +763,25 @@ impl<P: Processes> Agent<P> {
     }
 }
 
+/// Where an attempt runs: its own directory (joined with the spec's relative `workdir` when
+/// the code was shipped), else the spec's `workdir`, else the node's.
+fn cwd_of(s: &Start) -> Option<std::path::PathBuf> {
+    match (&s.dir, &s.spec.workdir) {
+        (Some(d), Some(w)) if s.spec.code.is_some() => Some(d.join(w)),
+        (Some(d), _) => Some(d.clone()),
+        (None, w) => w.as_ref().map(std::path::PathBuf::from),
+    }
+}
+
+fn after_of(s: &Start) -> After {
+    After {
+        dir: cwd_of(s),
+        globs: s.spec.artifacts.clone(),
+        junit_from: s.spec.junit_from.clone(),
+        remove: s.dir.clone(),
+    }
+}
+
 /// What `CUDA_VISIBLE_DEVICES` lists for the granted GPUs: each one's UUID from the worker's
 /// inventory (the index when the inventory has no UUID for it).
 fn visible_devices(inventory: &[testmesh_consensus::model::GpuInfo], gpus: &[u32]) -> Vec<String> {
@@ -617,14 +801,74 @@ struct Reporter {
 }
 
 impl Reporter {
+    /// Keeps the attempt's artifacts and test results, then removes its own directory.
+    async fn keep_artifacts(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        outcome: &mut Outcome,
+        after: After,
+    ) {
+        if after.globs.is_empty() && after.junit_from.is_none() && after.remove.is_none() {
+            return;
+        }
+        let dest = crate::core::artifacts::dir_of(&self.core.data_dir, task, attempt);
+        let collected = tokio::task::spawn_blocking(move || {
+            let c = match &after.dir {
+                Some(d) if !after.globs.is_empty() || after.junit_from.is_some() => {
+                    crate::core::artifacts::collect(
+                        d,
+                        &after.globs,
+                        after.junit_from.as_deref(),
+                        &dest,
+                    )
+                }
+                None if !after.globs.is_empty() || after.junit_from.is_some() => {
+                    let cwd = std::env::current_dir().unwrap_or_default();
+                    crate::core::artifacts::collect(
+                        &cwd,
+                        &after.globs,
+                        after.junit_from.as_deref(),
+                        &dest,
+                    )
+                }
+                _ => Default::default(),
+            };
+            if let Some(r) = &after.remove {
+                let _ = std::fs::remove_dir_all(r);
+            }
+            c
+        })
+        .await
+        .unwrap_or_default();
+        outcome.artifacts = collected.files;
+        outcome.tests = collected.tests;
+        if !collected.notes.is_empty() {
+            let note = collected.notes.join("; ");
+            outcome.message = Some(match outcome.message.take() {
+                Some(m) => format!("{m}; {note}"),
+                None => note,
+            });
+        }
+    }
+
     fn paths(&self, task: TaskId, attempt: u32) -> [std::path::PathBuf; 2] {
         [Stream::Stdout, Stream::Stderr].map(|s| self.core.logs.path(task, attempt, s))
     }
 
     /// Reports how an attempt ended, with the tails of its output for the ledger. `lens`: the
     /// bytes in each output file when known (0: no file), else they are looked up.
-    async fn end(&self, task: TaskId, attempt: u32, mut outcome: Outcome, lens: Option<[u64; 2]>) {
+    async fn end(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        mut outcome: Outcome,
+        lens: Option<[u64; 2]>,
+        after: After,
+    ) {
         let paths = self.paths(task, attempt);
+        self.keep_artifacts(task, attempt, &mut outcome, after)
+            .await;
         let lens = lens.unwrap_or_else(|| {
             paths
                 .clone()

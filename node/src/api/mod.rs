@@ -2,6 +2,7 @@
 //! through Raft and need `Authorization: Bearer <token>`.
 
 pub mod access;
+pub mod code;
 mod error;
 pub(crate) mod insights;
 mod metrics;
@@ -216,6 +217,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/nodes/{id}/remove", post(security::remove))
         .route("/api/v1/audit", get(security::audit))
         .route("/api/v1/enrol", post(security::enrol))
+        .route("/api/v1/code/{hash}", get(code::head).put(code::upload))
+        .route("/api/v1/tasks/{id}/artifacts", get(code::task_list))
+        .route(
+            "/api/v1/tasks/{id}/artifacts/{attempt}/{*path}",
+            get(code::download),
+        )
+        .route("/api/v1/runs/{id}/artifacts", get(code::run_list))
+        .route("/api/v1/tests/durations", get(code::durations))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

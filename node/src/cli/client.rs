@@ -195,6 +195,34 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        let token = self.write_token().await?;
+        self.send(
+            self.http
+                .request(method, format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+
+    /// PUT of raw bytes (an archive).
+    pub async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        let token = self.write_token().await?;
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+                .body(body),
+        )
+        .await
+    }
+
+    async fn write_token(&self) -> anyhow::Result<String> {
         let token = match &self.token {
             Some(t) => t.clone(),
             // A local node that is starting writes its token before it serves: once it
@@ -211,12 +239,6 @@ impl Client {
                     })?
             }
         };
-        self.send(
-            self.http
-                .request(method, format!("{}{path}", self.base))
-                .bearer_auth(token)
-                .json(body),
-        )
-        .await
+        Ok(token)
     }
 }

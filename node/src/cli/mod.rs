@@ -25,6 +25,7 @@ mod report;
 mod run;
 mod scaling;
 mod security;
+mod ship;
 mod tasks;
 
 use std::process::ExitCode;

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use testmesh_consensus::task::TaskState;
 
 use super::client::{Client, ClientArgs};
+use super::ship;
 use super::tasks::RequirementArgs;
 use crate::core::dto::{RunCreated, RunView};
 use crate::core::submit::RunRequest;
@@ -51,6 +52,15 @@ pub struct RunArgs {
     pub detach: bool,
     #[command(flatten)]
     pub export: ExportArgs,
+    #[command(flatten)]
+    pub ship: ship::ShipArgs,
+    /// How --shards divides the suite
+    #[arg(long, value_enum, default_value = "name", requires = "shards")]
+    pub split_by: ship::SplitBy,
+    /// With --split-by timings: the command that lists the suite's test ids, run here in
+    /// --workdir (e.g. 'pytest --collect-only -q')
+    #[arg(long, value_name = "CMD")]
+    pub tests_from: Option<String>,
     /// The command and its arguments (after --), with --shards or alone
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -66,7 +76,7 @@ pub struct ExportArgs {
     pub json: Option<PathBuf>,
 }
 
-fn plan(a: &RunArgs) -> anyhow::Result<runfile::RunPlan> {
+fn plan(a: &RunArgs, lists: Option<&[Vec<String>]>) -> anyhow::Result<runfile::RunPlan> {
     let mut plan = if let Some(f) = &a.file {
         let src = std::fs::read_to_string(f)
             .with_context(|| format!("cannot read the run file {}", f.display()))?;
@@ -79,11 +89,13 @@ fn plan(a: &RunArgs) -> anyhow::Result<runfile::RunPlan> {
         }
         let mut base = a.req.to_request(None, a.command.clone());
         base.env = a.env.iter().cloned().collect();
-        let tasks = runfile::shards(&base, a.shards.unwrap_or(1)).map_err(anyhow::Error::msg)?;
+        let n = lists.map_or(a.shards.unwrap_or(1), <[_]>::len);
+        let tasks = runfile::shards(&base, n, lists).map_err(anyhow::Error::msg)?;
         runfile::RunPlan {
             name: testmesh_consensus::history::program_of(&a.command),
             metadata: BTreeMap::new(),
             tasks,
+            ship: None,
         }
     };
     if let Some(n) = &a.name {
@@ -97,9 +109,52 @@ fn plan(a: &RunArgs) -> anyhow::Result<runfile::RunPlan> {
     Ok(plan)
 }
 
+/// Name of a run before it is planned (the timing split reads earlier runs of that name).
+fn run_name(a: &RunArgs) -> String {
+    a.name
+        .clone()
+        .unwrap_or_else(|| testmesh_consensus::history::program_of(&a.command))
+}
+
 pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
-    let plan = plan(&a)?;
     let client = Client::new(&a.client)?;
+    let mut split_meta = BTreeMap::new();
+    let lists = if a.split_by == ship::SplitBy::Timings {
+        let Some(cmd) = &a.tests_from else {
+            bail!(
+                "--split-by timings needs --tests-from CMD, the command that lists the test ids (e.g. 'pytest --collect-only -q')"
+            );
+        };
+        if !a.command.iter().any(|c| c.contains("{tests_file}")) {
+            bail!(
+                "--split-by timings hands each shard its tests in a file: put {{tests_file}} in the command, e.g. -- sh -c 'pytest $(cat {{tests_file}})'"
+            );
+        }
+        let dir = a.ship.workdir.clone().unwrap_or_else(|| PathBuf::from("."));
+        let c = cmd.clone();
+        let tests = tokio::task::spawn_blocking(move || ship::collect_tests(&dir, &c)).await??;
+        let shards = a.shards.unwrap_or(1).min(tests.len());
+        let (split, runs) = ship::split_by_timings(&client, &run_name(&a), &tests, shards).await?;
+        let (line, meta) = ship::describe(&split, &runs, tests.len());
+        eprintln!("{line}");
+        split_meta = meta;
+        Some(split.shards)
+    } else {
+        if a.tests_from.is_some() {
+            bail!("--tests-from is for --split-by timings");
+        }
+        None
+    };
+    let mut plan = plan(&a, lists.as_deref())?;
+    plan.metadata.extend(split_meta);
+    let mut shipping = a.ship.clone();
+    if shipping.workdir.is_none()
+        && let (Some(w), Some(f)) = (&plan.ship, &a.file)
+    {
+        // A run file's `workdir` is relative to the file.
+        shipping.workdir = Some(f.parent().unwrap_or(std::path::Path::new(".")).join(w));
+    }
+    ship::apply(&client, &shipping, &mut plan.tasks).await?;
     let n = plan.tasks.len();
     let body = RunRequest {
         name: plan.name.clone(),
@@ -233,6 +288,7 @@ fn print_summary(r: &RunResults) {
             if t.flaky { "  flaky" } else { "" }
         );
     }
+    print_tests(r);
     let counts: Vec<String> = s.by_state.iter().map(|(k, v)| format!("{v} {k}")).collect();
     outln!(
         "run {} ({}): {} tasks, {}{}; {}",
@@ -246,6 +302,64 @@ fn print_summary(r: &RunResults) {
             String::new()
         },
         if s.passed { "PASSED" } else { "FAILED" }
+    );
+}
+
+/// Per-test results (with --junit-from): counts, then the failing and flaky tests.
+fn print_tests(r: &RunResults) {
+    let n = &r.test_counts;
+    if n.total == 0 {
+        return;
+    }
+    const SHOWN: usize = 50;
+    let notable: Vec<_> = r
+        .tests
+        .iter()
+        .filter(|t| t.result.is_failure() || t.flaky)
+        .collect();
+    if !notable.is_empty() {
+        outln!(
+            "{:<8} {:<64} {:<24} {:>8}",
+            "result",
+            "test",
+            "shard",
+            "time"
+        );
+    }
+    for t in notable.iter().take(SHOWN) {
+        let result = if t.flaky {
+            "flaky".to_string()
+        } else {
+            format!("{:?}", t.result).to_lowercase()
+        };
+        let id: String = t.id.chars().take(64).collect();
+        let shard: String = t.shard.chars().take(24).collect();
+        outln!(
+            "{result:<8} {id:<64} {shard:<24} {:>8}",
+            secs(Some(t.time_ms))
+        );
+        if let Some(m) = t.message.as_ref().filter(|_| t.result.is_failure()) {
+            let m: String = m.lines().next().unwrap_or("").chars().take(120).collect();
+            outln!("         {m}");
+        }
+    }
+    if notable.len() > SHOWN {
+        outln!(
+            "… and {} more (see --junit or --json)",
+            notable.len() - SHOWN
+        );
+    }
+    outln!(
+        "tests: {} total, {} passed, {} failed, {} errors, {} skipped, {} flaky{}",
+        n.total,
+        n.passed,
+        n.failed,
+        n.errors,
+        n.skipped,
+        n.flaky,
+        r.shard_balance
+            .map(|b| format!("; slowest shard / mean {b:.2}"))
+            .unwrap_or_default()
     );
 }
 
@@ -282,6 +396,12 @@ pub enum RunsCmd {
     },
     /// Cancel every unfinished task of a run
     Cancel { id: u64 },
+    /// Download the files a run's tasks kept (--artifacts, --junit-from) into OUT/<task>-<name>/
+    Artifacts {
+        id: u64,
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Compare two runs: each metric and run time of the same task name side by side
     Compare {
         /// The baseline run
@@ -407,6 +527,10 @@ pub async fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
             let ra: RunResults = client.get(&format!("/api/v1/runs/{a}")).await?;
             let rb: RunResults = client.get(&format!("/api/v1/runs/{b}")).await?;
             compare(&ra, &rb);
+            Ok(ExitCode::SUCCESS)
+        }
+        RunsCmd::Artifacts { id, out } => {
+            ship::download(&client, id, &out).await?;
             Ok(ExitCode::SUCCESS)
         }
         RunsCmd::Cancel { id } => {

@@ -95,9 +95,17 @@ pub struct SubmitArgs {
     /// KEY to take the value from this environment (repeatable)
     #[arg(long = "secret-env", value_parser = units::parse_secret_env)]
     pub secret_env: Vec<(String, String)>,
-    /// Working directory of the task on the worker
+    /// Working directory of the task on the worker (with --upload: a directory inside the
+    /// uploaded tree)
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Ship this directory with the task (as `testmesh run --workdir` does): it runs in its
+    /// own unpacked copy on the worker
+    #[arg(long, value_name = "DIR")]
+    pub upload: Option<std::path::PathBuf>,
+    /// Keep files matching GLOB after each attempt (repeatable)
+    #[arg(long = "artifacts", value_name = "GLOB")]
+    pub artifacts: Vec<String>,
     /// Queue it even if no current worker could ever run it
     #[arg(long)]
     pub allow_unschedulable: bool,
@@ -115,9 +123,17 @@ pub async fn submit(a: SubmitArgs) -> anyhow::Result<ExitCode> {
     req.env = a.env.into_iter().collect();
     req.secret_env = a.secret_env.into_iter().collect();
     req.workdir = a.workdir;
+    req.artifacts = a.artifacts;
+    if a.upload.is_some() {
+        // Checked with a placeholder hash; the real one comes from the upload.
+        req.code = Some("0".repeat(64));
+    }
     // Same validation as the server: bad input fails here, before anything is sent.
     to_spec(&req).map_err(anyhow::Error::msg)?;
     let client = Client::new(&a.client)?;
+    if let Some(dir) = &a.upload {
+        req.code = Some(super::ship::upload(&client, dir, super::ship::DEFAULT_MAX_CODE).await?);
+    }
     let body = SubmitRequest {
         request_id: Some(hex::encode(rand::random::<[u8; 16]>())),
         tasks: vec![req],

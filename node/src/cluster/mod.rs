@@ -174,6 +174,40 @@ async fn handle(
                     .map_err(|e| e.to_string()),
             )
         }
+        Request::Code {
+            hash,
+            offset,
+            limit,
+        } => {
+            if let Err(e) = admission::member_only(core, sender, "fetching code") {
+                return Response::Code(Err(e));
+            }
+            let code = core.code.clone();
+            Response::Code(
+                tokio::task::spawn_blocking(move || code.read_local(&hash, offset, limit))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string())),
+            )
+        }
+        Request::Artifact {
+            task,
+            attempt,
+            path,
+            offset,
+            limit,
+        } => {
+            if let Err(e) = admission::member_only(core, sender, "fetching artifacts") {
+                return Response::Artifact(Err(e));
+            }
+            Response::Artifact(crate::core::artifacts::read_local(
+                &core.data_dir,
+                TaskId(task),
+                attempt,
+                &path,
+                offset,
+                limit.min(crate::core::code::CHUNK),
+            ))
+        }
     }
 }
 

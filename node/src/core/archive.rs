@@ -66,6 +66,18 @@ pub fn task(ledger: &LedgerReader, id: TaskId) -> Result<Task, Gone> {
     }
 }
 
+/// A run and its tasks, live or archived.
+pub fn run_any(ledger: &LedgerReader, id: u64) -> Result<(Run, Vec<Task>), Gone> {
+    {
+        let l = ledger.read();
+        if let Some(r) = l.run(id) {
+            let tasks = r.tasks.iter().filter_map(|t| l.task(*t).cloned()).collect();
+            return Ok((r.clone(), tasks));
+        }
+    }
+    run(ledger, id)
+}
+
 /// An archived run with the tasks of it this node still has.
 pub fn run(ledger: &LedgerReader, id: u64) -> Result<(Run, Vec<Task>), Gone> {
     let newest = ledger.read().newest_run().unwrap_or(0);

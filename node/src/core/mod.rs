@@ -14,7 +14,9 @@
 //! - the [`Clock`](clock::Clock) every loop reads time from.
 
 pub mod archive;
+pub mod artifacts;
 pub mod clock;
+pub mod code;
 pub mod disk;
 pub mod dto;
 pub mod insights;
@@ -62,6 +64,8 @@ pub struct Core {
     pub stats: Stats,
     pub models: Models,
     pub logs: Logs,
+    /// Shipped working trees (see [`code`]).
+    pub code: code::CodeStore,
     pub scaler: scaler::SharedScaler,
     pub data_dir: PathBuf,
     /// Instance types the recommendations and the autoscaler choose from.
@@ -97,9 +101,11 @@ impl Core {
             p.data_dir.clone(),
             p.ledger.clone(),
             writer.clone(),
-            p.mesh,
+            p.mesh.clone(),
         );
+        let code = code::CodeStore::new(&p.data_dir, writer.clone(), p.mesh, p.clock.clone());
         let core = Core {
+            code,
             node: p.node,
             clock: p.clock,
             models: Models::new(p.ledger.clone()),
@@ -144,7 +150,22 @@ impl Core {
         allow_unschedulable: bool,
     ) -> Result<Vec<TaskSpec>, submit::SubmitError> {
         self.disk.check(&self.data_dir)?;
-        submit::prepare(&self.ledger, &self.models, tasks, allow_unschedulable).await
+        let mut specs =
+            submit::prepare(&self.ledger, &self.models, tasks, allow_unschedulable).await?;
+        // Shipped code: this node must hold the archive; workers fetch it from here.
+        for (i, s) in specs.iter_mut().enumerate() {
+            if let Some(c) = &mut s.code {
+                let Some(size) = self.code.has(&c.hash) else {
+                    return Err(submit::SubmitError::Invalid(format!(
+                        "task #{i}: code {} is not on this node: upload it first (PUT /api/v1/code/{}); `testmesh run --workdir` does it for you",
+                        c.hash, c.hash
+                    )));
+                };
+                c.size = size;
+                c.origin = self.node;
+            }
+        }
+        Ok(specs)
     }
 }
 

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::resources::{GpuRequest, Requirements};
+use testmesh_consensus::suite::{CodeRef, InputFile};
 use testmesh_consensus::task::{Secret, TaskSpec};
-use testmesh_consensus::{Bytes, MilliCpu};
+use testmesh_consensus::{Bytes, MilliCpu, NodeId};
 use thiserror::Error;
 
 use crate::units;
@@ -75,6 +76,20 @@ pub struct TaskRequest {
     pub retries: u32,
     #[serde(default)]
     pub priority: i32,
+    /// SHA-256 of a working-tree archive uploaded to the node that takes the submit
+    /// (`PUT /api/v1/code/HASH`; `testmesh run --workdir` does both): the task runs in its own
+    /// unpacked copy, `workdir` then being relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Small files (path relative to the task's directory → content) written before it starts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Globs of files to keep after each attempt, relative to the task's directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+    /// Glob of the JUnit XML files (kept as artifacts too) whose test cases are the results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit_from: Option<String>,
 }
 
 /// `POST /api/v1/tasks`.
@@ -208,7 +223,37 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
             .iter()
             .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
             .collect(),
+        // Size and origin are filled in by the node that takes the submit (it must hold it).
+        code: r.code.as_ref().map(|hash| CodeRef {
+            hash: hash.clone(),
+            size: 0,
+            origin: NodeId(0),
+        }),
+        files: r
+            .files
+            .iter()
+            .map(|(path, content)| InputFile {
+                path: path.clone(),
+                content: content.clone(),
+            })
+            .collect(),
+        artifacts: r.artifacts.clone(),
+        junit_from: r.junit_from.clone(),
     };
+    if spec.code.is_none() && !spec.files.is_empty() && spec.workdir.is_some() {
+        return Err("files: without shipped code the files go into a fresh directory where the task runs; drop workdir, or ship the tree with code".into());
+    }
+    if spec.code.is_some()
+        && spec
+            .workdir
+            .as_deref()
+            .is_some_and(|w| testmesh_consensus::suite::check_relative("workdir", w).is_err())
+    {
+        return Err(
+            "workdir: with shipped code it is a directory inside the checkout (relative, no ..)"
+                .into(),
+        );
+    }
     // Sizes: argv, env, labels, constraints (see `limits`).
     testmesh_consensus::limits::check_spec(&spec)?;
     Ok(spec)

@@ -1,5 +1,6 @@
 //! What nodes ask each other over `/testmesh/rpc/4` (2: the log stream became an enum; 3: `Hello`
-//! says whether the node may start a cluster; 4: a join carries a join token): Raft RPCs,
+//! says whether the node may start a cluster; 4: a join carries a join token; 5: code and artifact
+//! fetches): Raft RPCs,
 //! forwarded writes, joins, and cluster status for formation. Encoded with bincode through a size-limited codec.
 
 use std::io;
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use testmesh_consensus::raft::TypeConfig;
 use testmesh_consensus::{Applied, Command, NodeId, Rejected, codec};
 
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/4");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/testmesh/rpc/5");
 /// Largest frame read; snapshot chunks are far smaller (openraft sends 3 MiB chunks).
 const MAX_FRAME: u64 = 64 << 20;
 
@@ -75,6 +76,20 @@ pub enum Request {
     /// Leader: does a quorum still follow you, and am I (the asking worker) still in good
     /// standing? A worker that cannot get `Good` in time stops its attempts (fencing).
     Standing,
+    /// Part of a shipped working tree (see `core::code`) this node holds.
+    Code {
+        hash: String,
+        offset: u64,
+        limit: u64,
+    },
+    /// Part of an artifact of an attempt this node ran.
+    Artifact {
+        task: u64,
+        attempt: u32,
+        path: String,
+        offset: u64,
+        limit: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,6 +105,9 @@ pub enum Response {
     ReadIndex(Result<u64, WriteFailure>),
     Leave(Result<(), WriteFailure>),
     Standing(Standing),
+    /// The bytes and the whole file's length.
+    Code(Result<(Vec<u8>, u64), String>),
+    Artifact(Result<(Vec<u8>, u64), String>),
 }
 
 /// A leader's answer to [`Request::Standing`].

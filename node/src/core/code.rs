@@ -1,0 +1,394 @@
+//! Shipped working trees (`testmesh run --workdir`): gzipped tar archives named by the SHA-256
+//! of their bytes, in `<data-dir>/code/`. The node a submitter uploads to keeps the archive;
+//! a worker fetches it from there over the mesh in chunks (resuming a partial download from
+//! its `.part` file), checks the hash, keeps it in a cache bounded by `--code-cache-size`
+//! (least recently used goes first) and unpacks a copy per attempt. The same archive is
+//! fetched once per worker however many tasks use it.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use testmesh_consensus::NodeId;
+use testmesh_consensus::suite::CodeRef;
+
+use super::clock::SharedClock;
+use super::writer::Writer;
+use crate::mesh::MeshClient;
+use crate::mesh::rpc::{Request, Response};
+
+/// Bytes one mesh request carries (well inside a frame).
+pub const CHUNK: u64 = 4 << 20;
+/// Tries per chunk before the fetch is given up (each resumes where the last stopped).
+const TRIES: u32 = 5;
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest upload.
+pub const DEFAULT_MAX_UPLOAD: u64 = 256 << 20;
+/// Default bound of the cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    #[error("{0}")]
+    Io(String),
+    #[error("the archive's SHA-256 is {got}, not {want}: it was damaged on the way; nothing kept")]
+    HashMismatch { want: String, got: String },
+    #[error("the archive is over the {max}-byte limit of this node (--max-code-size)")]
+    TooLarge { max: u64 },
+    #[error("cannot fetch the code {hash} from node {origin}: {why}")]
+    Fetch {
+        hash: String,
+        origin: NodeId,
+        why: String,
+    },
+}
+
+fn io(what: &str, p: &Path, e: std::io::Error) -> CodeError {
+    CodeError::Io(format!("{what} {}: {e}", p.display()))
+}
+
+/// The archive store of a node; cheap to clone.
+#[derive(Clone)]
+pub struct CodeStore {
+    dir: PathBuf,
+    max_bytes: Arc<AtomicU64>,
+    max_upload: Arc<AtomicU64>,
+    /// One fetch per archive at a time: tasks of one run on one worker wait for the same fetch.
+    fetching: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Bytes fetched from other nodes since start (for the metrics and the tests).
+    pub fetched_bytes: Arc<AtomicU64>,
+    writer: Writer,
+    mesh: Option<MeshClient>,
+    clock: SharedClock,
+}
+
+impl CodeStore {
+    pub fn new(
+        data_dir: &Path,
+        writer: Writer,
+        mesh: Option<MeshClient>,
+        clock: SharedClock,
+    ) -> Self {
+        CodeStore {
+            dir: data_dir.join("code"),
+            max_bytes: Arc::new(AtomicU64::new(DEFAULT_CACHE_BYTES)),
+            max_upload: Arc::new(AtomicU64::new(DEFAULT_MAX_UPLOAD)),
+            fetching: Default::default(),
+            fetched_bytes: Default::default(),
+            writer,
+            mesh,
+            clock,
+        }
+    }
+
+    pub fn set_max_bytes(&self, bytes: u64) {
+        self.max_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Largest archive an upload may bring (`--max-code-size`).
+    pub fn max_upload(&self) -> u64 {
+        self.max_upload.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_upload(&self, bytes: u64) {
+        self.max_upload.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}.tar.gz"))
+    }
+
+    /// The archive's size when this node holds it.
+    pub fn has(&self, hash: &str) -> Option<u64> {
+        valid_hash(hash).ok()?;
+        std::fs::metadata(self.path(hash)).ok().map(|m| m.len())
+    }
+
+    /// Stores an uploaded archive from `body` (blocking reads), checking its hash and size.
+    pub fn put(&self, hash: &str, body: &mut dyn Read, max: u64) -> Result<u64, CodeError> {
+        valid_hash(hash).map_err(CodeError::Io)?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| io("cannot create", &self.dir, e))?;
+        let tmp = self.dir.join(format!(
+            "{hash}.upload-{}",
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 << 10];
+            let mut n = 0u64;
+            loop {
+                let k = body
+                    .read(&mut buf)
+                    .map_err(|e| CodeError::Io(format!("reading the upload: {e}")))?;
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+                if n > max {
+                    return Err(CodeError::TooLarge { max });
+                }
+                h.update(&buf[..k]);
+                f.write_all(&buf[..k])
+                    .map_err(|e| io("cannot write", &tmp, e))?;
+            }
+            let got = hex::encode(h.finalize());
+            if got != hash {
+                return Err(CodeError::HashMismatch {
+                    want: hash.to_string(),
+                    got,
+                });
+            }
+            f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
+            std::fs::rename(&tmp, self.path(hash)).map_err(|e| io("cannot rename", &tmp, e))?;
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let n = result?;
+        self.evict(Some(hash));
+        Ok(n)
+    }
+
+    /// Part of an archive this node holds (what another node asks for over the mesh).
+    pub fn read_local(
+        &self,
+        hash: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<u8>, u64), String> {
+        valid_hash(hash)?;
+        let p = self.path(hash);
+        let mut f = std::fs::File::open(&p)
+            .map_err(|_| format!("this node does not hold the code {hash}"))?;
+        let len = f.metadata().map_err(|e| e.to_string())?.len();
+        f.seek(SeekFrom::Start(offset.min(len)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        f.take(limit.min(CHUNK))
+            .read_to_end(&mut buf)
+            .map_err(|e| e.to_string())?;
+        Ok((buf, len))
+    }
+
+    /// The archive of `code`, fetched from its origin unless this node holds it already.
+    pub async fn ensure(&self, code: &CodeRef) -> Result<PathBuf, CodeError> {
+        let lock = {
+            let mut m = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(code.hash.clone()).or_default().clone()
+        };
+        let _one = lock.lock().await;
+        let path = self.path(&code.hash);
+        if path.exists() {
+            touch(&path, self.clock.now());
+            return Ok(path);
+        }
+        let r = self.fetch(code).await;
+        self.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&code.hash);
+        r?;
+        self.evict(Some(&code.hash));
+        Ok(path)
+    }
+
+    async fn fetch(&self, code: &CodeRef) -> Result<(), CodeError> {
+        let fail = |why: String| CodeError::Fetch {
+            hash: code.hash.clone(),
+            origin: code.origin,
+            why,
+        };
+        let (Some(mesh), Some(peer)) = (&self.mesh, self.writer.peer_of(code.origin)) else {
+            return Err(fail(
+                "that node is not in the cluster (or not reachable)".into(),
+            ));
+        };
+        std::fs::create_dir_all(&self.dir).map_err(|e| io("cannot create", &self.dir, e))?;
+        let part = self.dir.join(format!("{}.part", code.hash));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&part)
+            .map_err(|e| io("cannot open", &part, e))?;
+        // Resume: what an earlier, interrupted fetch wrote is kept.
+        let mut have = f.metadata().map_err(|e| io("cannot stat", &part, e))?.len();
+        if have > code.size {
+            f.set_len(0).map_err(|e| io("cannot truncate", &part, e))?;
+            have = 0;
+        }
+        while have < code.size {
+            let mut tries = 0;
+            let (bytes, total) = loop {
+                let req = Request::Code {
+                    hash: code.hash.clone(),
+                    offset: have,
+                    limit: CHUNK,
+                };
+                match mesh.request(peer, req, CHUNK_TIMEOUT).await {
+                    Ok(Response::Code(Ok(r))) => break r,
+                    Ok(Response::Code(Err(e))) => return Err(fail(e)),
+                    Ok(_) => return Err(fail("unexpected answer".into())),
+                    Err(e) if tries + 1 < TRIES => {
+                        tries += 1;
+                        tracing::debug!("fetching {} at {have}: {e}; trying again", code.hash);
+                        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+                    }
+                    Err(e) => {
+                        return Err(fail(format!(
+                            "{e} (after {TRIES} tries; {have} of {} bytes kept for the next try)",
+                            code.size
+                        )));
+                    }
+                }
+            };
+            if total != code.size || bytes.is_empty() {
+                return Err(fail(format!(
+                    "it holds {total} bytes where the task says {}",
+                    code.size
+                )));
+            }
+            f.write_all(&bytes)
+                .map_err(|e| io("cannot write", &part, e))?;
+            have += bytes.len() as u64;
+            self.fetched_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        drop(f);
+        let got = {
+            let p = part.clone();
+            tokio::task::spawn_blocking(move || hash_file(&p))
+                .await
+                .map_err(|e| CodeError::Io(e.to_string()))?
+                .map_err(|e| io("cannot read", &part, e))?
+        };
+        if got != code.hash {
+            let _ = std::fs::remove_file(&part);
+            return Err(CodeError::HashMismatch {
+                want: code.hash.clone(),
+                got,
+            });
+        }
+        std::fs::rename(&part, self.path(&code.hash)).map_err(|e| io("cannot rename", &part, e))
+    }
+
+    /// The whole of an artifact kept by another worker, fetched over the mesh in chunks.
+    pub async fn fetch_artifact(
+        &self,
+        worker: NodeId,
+        task: testmesh_consensus::TaskId,
+        attempt: u32,
+        path: &str,
+    ) -> Result<Vec<u8>, String> {
+        let (Some(mesh), Some(peer)) = (&self.mesh, self.writer.peer_of(worker)) else {
+            return Err(format!(
+                "worker {worker} that keeps this artifact is not reachable; its artifacts come back with it"
+            ));
+        };
+        let mut out = Vec::new();
+        loop {
+            let req = Request::Artifact {
+                task: task.0,
+                attempt,
+                path: path.to_string(),
+                offset: out.len() as u64,
+                limit: CHUNK,
+            };
+            match mesh.request(peer, req, CHUNK_TIMEOUT).await {
+                Ok(Response::Artifact(Ok((bytes, len)))) => {
+                    let done = bytes.is_empty();
+                    out.extend_from_slice(&bytes);
+                    if done || out.len() as u64 >= len {
+                        return Ok(out);
+                    }
+                }
+                Ok(Response::Artifact(Err(e))) => return Err(format!("worker {worker}: {e}")),
+                Ok(_) => return Err(format!("worker {worker} gave an unexpected answer")),
+                Err(e) => {
+                    return Err(format!(
+                        "cannot fetch the artifact from worker {worker}: {e}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Removes the least recently used archives until the cache is within its bound
+    /// (`keep` stays whatever its size).
+    pub fn evict(&self, keep: Option<&str>) {
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, len, p) in files {
+            if total <= max {
+                break;
+            }
+            if keep.is_some_and(|k| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(k))
+            }) {
+                continue;
+            }
+            if std::fs::remove_file(&p).is_ok() {
+                tracing::debug!("code cache: evicted {}", p.display());
+                total -= len;
+            }
+        }
+    }
+}
+
+/// Marks an archive used (the cache evicts by modification time).
+fn touch(p: &Path, now: testmesh_consensus::UnixMillis) {
+    if let Ok(f) = std::fs::File::options().append(true).open(p) {
+        let _ = f.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(now.0));
+    }
+}
+
+pub fn valid_hash(h: &str) -> Result<(), String> {
+    if h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a code hash (64 lowercase hex digits of a SHA-256)",
+            testmesh_consensus::limits::cut(h, 80)
+        ))
+    }
+}
+
+pub fn hash_file(p: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Unpacks an archive into `dest` (created); entries that would land outside it are refused
+/// by the tar reader.
+pub fn unpack(archive: &Path, dest: &Path) -> Result<(), CodeError> {
+    std::fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
+    let f = std::fs::File::open(archive).map_err(|e| io("cannot open", archive, e))?;
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    a.set_preserve_permissions(true);
+    a.set_preserve_mtime(true);
+    a.unpack(dest)
+        .map_err(|e| CodeError::Io(format!("cannot unpack {}: {e}", archive.display())))
+}
