@@ -192,6 +192,8 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         catalogue: cfg.catalogue.clone(),
     });
     core.disk.set_min_free(cfg.min_free_disk.0);
+    core.code.set_max_upload(cfg.max_code_size.0);
+    core.code.set_max_bytes(cfg.code_cache_size.0);
     let mut monitor = monitor_of(&cfg, node);
     let registration = registration_of(&cfg, &monitor, node);
     let gpu_peaks = monitor.gpu_memory_peaks();

@@ -37,6 +37,9 @@ pub struct TestNode {
     pub wait_ready: bool,
     /// Extra environment of the node process.
     pub env: Vec<(String, String)>,
+    /// A command the node is started through (e.g. `unshare` into a mount namespace), the
+    /// node's own command line following it.
+    pub wrap: Vec<String>,
 }
 
 impl TestNode {
@@ -59,6 +62,7 @@ impl TestNode {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrap: Vec::new(),
         };
         n.spawn().await;
         n
@@ -75,6 +79,7 @@ impl TestNode {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http: reqwest::Client::new(),
             env: Vec::new(),
+            wrap: Vec::new(),
         };
         n.spawn().await;
         n
@@ -91,6 +96,7 @@ impl TestNode {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             http: reqwest::Client::new(),
             env: Vec::new(),
+            wrap: Vec::new(),
         }
     }
 
@@ -118,7 +124,15 @@ impl TestNode {
             .append(true)
             .open(self.dir.path().join("node.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("node")
             .arg("--data-dir")
             .arg(&data)

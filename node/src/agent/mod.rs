@@ -311,6 +311,8 @@ impl<P: Processes> Agent<P> {
         if let Err(e) = std::fs::create_dir_all(&logs) {
             tracing::error!("cannot create {}: {e}", logs.display());
         }
+        // No attempt outlives its agent: the directories of a previous boot's are garbage.
+        let _ = std::fs::remove_dir_all(self.core.data_dir.join("work"));
         let mut exits = self.processes.exits();
         let mut applied = self.core.ledger.watch();
         let mut standing = self.standing.as_ref().map(|(rx, _)| rx.clone());

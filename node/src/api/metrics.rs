@@ -170,6 +170,14 @@ pub fn render(
             d.snapshot_bytes,
         ),
         (
+            "testmesh_code_fetched_bytes",
+            "Bytes of shipped working trees this node fetched from others since it started",
+            st.core
+                .code
+                .fetched_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
             "testmesh_archived_tasks",
             "Finished tasks in this node's archive",
             d.archived_tasks,

@@ -102,6 +102,14 @@ pub struct NodeArgs {
     /// Below this much free space in the data dir the node refuses new tasks [default: 256MiB]
     #[arg(long, value_parser = units::parse_size)]
     pub min_free_disk: Option<Bytes>,
+    /// Largest working-tree archive this node takes from `testmesh run --workdir` [default:
+    /// 256MiB]
+    #[arg(long, value_parser = units::parse_size)]
+    pub max_code_size: Option<Bytes>,
+    /// Bound of the cache of shipped working trees (least recently used go first) [default:
+    /// 4GiB]
+    #[arg(long, value_parser = units::parse_size)]
+    pub code_cache_size: Option<Bytes>,
     /// Join token (`testmesh token create --join`) that admits this node to an existing
     /// cluster; without one, a node that joins after the founding window waits for
     /// `testmesh nodes approve`
@@ -254,6 +262,8 @@ pub(crate) struct FileConfig {
     retention: Option<String>,
     max_log_size: Option<String>,
     min_free_disk: Option<String>,
+    max_code_size: Option<String>,
+    code_cache_size: Option<String>,
     founding_window: Option<String>,
     #[serde(default)]
     pass_env: Vec<String>,
@@ -356,6 +366,8 @@ pub struct NodeConfig {
     pub retention: Retention,
     pub max_log_size: Bytes,
     pub min_free_disk: Bytes,
+    pub max_code_size: Bytes,
+    pub code_cache_size: Bytes,
     /// A join token (`tmj_…`) presented when joining.
     pub join_token: Option<String>,
     pub founding_window: std::time::Duration,
@@ -566,6 +578,18 @@ impl NodeConfig {
             "min_free_disk",
             256 << 20,
         )?;
+        let max_code_size = size(
+            args.max_code_size,
+            &file.max_code_size,
+            "max_code_size",
+            crate::core::code::DEFAULT_MAX_UPLOAD,
+        )?;
+        let code_cache_size = size(
+            args.code_cache_size,
+            &file.code_cache_size,
+            "code_cache_size",
+            crate::core::code::DEFAULT_CACHE_BYTES,
+        )?;
         let join_token = match &args.join_token {
             Some(t)
                 if crate::core::tokens::parse(t)
@@ -648,6 +672,8 @@ impl NodeConfig {
             retention,
             max_log_size,
             min_free_disk,
+            max_code_size,
+            code_cache_size,
             dashboard_interval,
             public_dashboard: args.public_dashboard || file.public_dashboard.unwrap_or(false),
             allowed_hosts: args.allow_host.clone(),

@@ -188,7 +188,17 @@ impl CodeStore {
             touch(&path, self.clock.now());
             return Ok(path);
         }
+        let started = self.clock.instant();
         let r = self.fetch(code).await;
+        if r.is_ok() {
+            tracing::info!(
+                "fetched code {} ({} bytes) from node {} in {:?}",
+                &code.hash[..12],
+                code.size,
+                code.origin,
+                self.clock.instant().duration_since(started)
+            );
+        }
         self.fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())

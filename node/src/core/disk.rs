@@ -105,6 +105,25 @@ impl Disk {
                 log_files += 1;
             }
         }
+        // Artifacts go with their task's output; shipped code is counted (its cache is
+        // bounded by --code-cache-size).
+        let mut kept_bytes = 0;
+        if let Ok(entries) = std::fs::read_dir(dir.join("artifacts")) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let task = name
+                    .to_str()
+                    .and_then(|n| n.split('.').next())
+                    .and_then(|t| t.parse::<u64>().ok());
+                if task.is_some_and(|t| t <= dropped_upto)
+                    && std::fs::remove_dir_all(e.path()).is_ok()
+                {
+                    continue;
+                }
+                kept_bytes += tree_bytes(&e.path());
+            }
+        }
+        kept_bytes += tree_bytes(&dir.join("code")) + tree_bytes(&dir.join("work"));
         let others: u64 = std::fs::read_dir(dir)
             .into_iter()
             .flatten()
@@ -116,7 +135,7 @@ impl Disk {
             .sum();
         let archived_tasks = ledger.archive().len().map_or(0, |(t, _)| t);
         let view = DiskView {
-            data_dir_bytes: ledger_bytes + logs_bytes + others,
+            data_dir_bytes: ledger_bytes + logs_bytes + others + kept_bytes,
             ledger_bytes,
             logs_bytes,
             log_files,
@@ -128,6 +147,17 @@ impl Disk {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
         self.sampled.store(true, Ordering::Relaxed);
     }
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Free space of the file system holding `dir`, for an unprivileged user.
