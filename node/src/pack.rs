@@ -137,15 +137,14 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, s).unwrap();
         };
-        for root in [a.path()] {
-            write(root, "src/test_a.py", "def test_a(): pass\n");
-            write(root, ".gitignore", "build/\n*.pyc\n");
-            write(root, IGNORE_FILE, "data/\n");
-            write(root, "build/out.bin", "x");
-            write(root, "src/__pycache__/a.pyc", "x");
-            write(root, "data/big.bin", "x");
-            write(root, ".git/HEAD", "ref");
-        }
+        let root = a.path();
+        write(root, "src/test_a.py", "def test_a(): pass\n");
+        write(root, ".gitignore", "build/\n*.pyc\n");
+        write(root, IGNORE_FILE, "data/\n");
+        write(root, "build/out.bin", "x");
+        write(root, "src/__pycache__/a.pyc", "x");
+        write(root, "data/big.bin", "x");
+        write(root, ".git/HEAD", "ref");
         let p1 = pack(a.path(), 1 << 20).unwrap();
         // Touching files (a fresh checkout) changes nothing.
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -282,9 +282,9 @@ fn test_case(h: &mut String, m: &MergedTest) {
             }
         }
     }
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<system-out>{}</system-out></testcase>\n",
+        "<system-out>{}</system-out></testcase>",
         x(&format!(
             "shard {:?} (task {}), attempt {} on worker {} ({}){}\n",
             m.shard,
