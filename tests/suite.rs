@@ -19,6 +19,10 @@ use testmesh::results::RunResults;
 use testmesh_consensus::suite::TestResult;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/pysuite");
+const XSD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/fixtures/junit-10.xsd"
+);
 /// The more-itertools release whose sdist is the larger suite (765 tests).
 const SDIST: &str = "more_itertools-11.2.1";
 
@@ -204,13 +208,21 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
     let out = tempfile::tempdir().unwrap();
     // First run: nothing known yet, the split is by count (and says so).
     let j1 = out.path().join("r1.json");
+    let junit = out.path().join("r1.xml");
     let (o, secs1) = run_suite(
         &nodes[0],
         &py,
         &checkout,
         "pysuite",
         &j1,
-        &["--env", "PYSUITE_FLAKY=1", "--retries", "1"],
+        &[
+            "--env",
+            "PYSUITE_FLAKY=1",
+            "--retries",
+            "1",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
     );
     let out1 = text(&o);
     eprintln!("run 1 ({secs1:.1} s):\n{out1}");
@@ -235,6 +247,21 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
         ["tests.test_flaky.test_fails_on_first_attempt_only"],
         "flaky at test level"
     );
+    // The merged JUnit: one testcase per test, valid against the JUnit schema.
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase ").count(), 29, "{xml}");
+    assert!(
+        xml.contains("<flakyFailure") && xml.contains("test_always_fails"),
+        "{xml}"
+    );
+    if support::tool_or_skip("xmllint", "libxml2-utils") {
+        let v = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", XSD])
+            .arg(&junit)
+            .output()
+            .unwrap();
+        assert!(v.status.success(), "{}\n{xml}", text(&v));
+    }
     let workers: std::collections::BTreeSet<_> = r1.tests.iter().map(|t| t.worker).collect();
     assert_eq!(workers.len(), 3, "every worker ran a shard");
     let shipped: u64 = {
