@@ -132,6 +132,13 @@ async fn fetched(n: &TestNode) -> u64 {
         .unwrap_or_else(|| panic!("no testmesh_code_fetched_bytes in /metrics:\n{m}")) as u64
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn results(path: &Path) -> RunResults {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -272,6 +279,29 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
         n
     };
     assert!(shipped > 0, "the workers fetched the code");
+
+    // The dashboard's runs pages: the run listed, its tests with the failure first.
+    let (code, list) = nodes[2].get_text("/dashboard/runs").await;
+    assert_eq!(code, 200, "{list}");
+    assert!(
+        list.contains("pysuite") && list.contains(&format!("/dashboard/runs/{}", r1.run)),
+        "{list}"
+    );
+    let (code, page) = nodes[2]
+        .get_text(&format!("/dashboard/runs/{}", r1.run))
+        .await;
+    assert_eq!(code, 200, "{page}");
+    let first_row = page
+        .find("<tr class=")
+        .and_then(|_| page.find("id=tests"))
+        .map(|i| &page[i..])
+        .unwrap_or("");
+    let failed_at = first_row.find("test_always_fails").unwrap_or(usize::MAX);
+    let passed_at = first_row.find("<tr class=passed>").unwrap_or(usize::MAX);
+    assert!(
+        failed_at < passed_at && passed_at < usize::MAX,
+        "failures first:\n{page}"
+    );
 
     // Artifacts come back.
     let art = out.path().join("art");
@@ -474,8 +504,10 @@ async fn a_pypi_sdist_suite_gives_the_local_results_on_three_nodes() {
     let out = tempfile::tempdir().unwrap();
     let mut secs = Vec::new();
     let mut balances = Vec::new();
+    let (mut first_start, mut shipped) = (Vec::new(), Vec::new());
     for i in 0..2 {
         let j = out.path().join(format!("r{i}.json"));
+        let before = unix_ms();
         let (o, s) = run_suite(&nodes[0], &py, &checkout, "more-itertools", &j, &[]);
         let r = results(&j);
         assert!(o.status.success(), "{}", text(&o));
@@ -486,13 +518,30 @@ async fn a_pypi_sdist_suite_gives_the_local_results_on_three_nodes() {
         );
         secs.push(s);
         balances.push(r.shard_balance.unwrap());
+        // From `testmesh run` to the first shard's process (packing, upload, split, fetch).
+        let first = r
+            .tasks
+            .iter()
+            .flat_map(|t| t.attempts.iter().filter_map(|a| a.started_at))
+            .min()
+            .unwrap();
+        first_start.push(first.saturating_sub(before) as f64 / 1000.0);
+        let mut b = 0;
+        for n in &nodes {
+            b += fetched(n).await;
+        }
+        shipped.push(b);
     }
+    assert_eq!(shipped[0], shipped[1], "the second run fetched nothing");
+    let bytes = shipped[0];
     eprintln!(
-        "more-itertools ({} tests): local {local_secs:.1} s; 3 nodes split by count {:.1} s (slowest/mean {:.2}); by timings {:.1} s (slowest/mean {:.2})",
+        "more-itertools ({} tests): local {local_secs:.1} s; 3 nodes split by count {:.1} s (slowest/mean {:.2}); by timings {:.1} s (slowest/mean {:.2}); code fetched by the workers {bytes} bytes in all (none on the second run); first shard started {:.2} s after `testmesh run` with no cache, {:.2} s with one",
         local.len(),
         secs[0],
         balances[0],
         secs[1],
-        balances[1]
+        balances[1],
+        first_start[0],
+        first_start[1]
     );
 }

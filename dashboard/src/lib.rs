@@ -11,6 +11,7 @@ pub mod doc;
 pub mod export;
 mod live;
 pub mod pdf;
+mod runs;
 pub mod sections;
 mod tasks;
 pub mod views;
@@ -61,6 +62,14 @@ pub trait Source: Send + Sync + 'static {
     fn task(&self, id: u64) -> Option<Task>;
     /// The planner's analysis of the last `window_ms`.
     fn analysis(&self, window_ms: u64) -> BoxFuture<'_, Analysis>;
+    /// The newest runs (at most `limit`), each with its tasks.
+    fn runs(&self, _limit: usize) -> Vec<(testmesh_consensus::runs::Run, Vec<Task>)> {
+        Vec::new()
+    }
+    /// One run with its tasks, live or archived.
+    fn run(&self, _id: u64) -> Option<(testmesh_consensus::runs::Run, Vec<Task>)> {
+        None
+    }
 }
 
 /// Charts available under `/dashboard/charts/NAME.svg` (and `.png`).
@@ -97,7 +106,7 @@ pub const WINDOW_MS: u64 = 3_600_000;
 const MAX_WINDOW_MS: u64 = 30 * 24 * 3_600_000;
 
 /// The pages, in the order of the navigation bar: path, label.
-const PAGES: [(&str, &str); 8] = [
+const PAGES: [(&str, &str); 9] = [
     ("/", "overview"),
     ("/dashboard/utilisation", "utilisation"),
     ("/dashboard/allocation", "allocation"),
@@ -105,6 +114,7 @@ const PAGES: [(&str, &str); 8] = [
     ("/dashboard/efficiency", "efficiency"),
     ("/dashboard/cost", "cost"),
     ("/dashboard/tasks", "tasks"),
+    ("/dashboard/runs", "runs"),
     ("/dashboard/insights", "insights"),
 ];
 
@@ -131,6 +141,8 @@ pub fn router(source: Src, interval: std::time::Duration) -> Router {
         .route("/dashboard/report.pdf", get(report_pdf))
         .route("/dashboard/tasks", get(tasks::list))
         .route("/dashboard/tasks/{id}", get(tasks::one))
+        .route("/dashboard/runs", get(runs::list))
+        .route("/dashboard/runs/{id}", get(runs::one))
         .with_state(source)
         .merge(live)
 }

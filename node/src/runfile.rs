@@ -29,6 +29,9 @@ use serde::Deserialize;
 
 use crate::core::submit::{TaskRequest, to_spec};
 
+/// Label of the shards of a timing split.
+pub const SPLIT_LABEL: &str = testmesh_planner::quarantine::SPLIT_LABEL;
+
 /// Where a shard's test list is written, relative to the task's directory (`{tests_file}`).
 pub const TESTS_FILE: &str = ".testmesh/tests.txt";
 
@@ -326,6 +329,10 @@ pub fn shards(
             .collect();
             let mut req = base.clone();
             if let Some(lists) = lists {
+                // A shard's tests change from run to run: its result says nothing of its
+                // worker next to other workers' runs of the "same" shard (see quarantine).
+                req.labels
+                    .insert(SPLIT_LABEL.to_string(), "timings".to_string());
                 let list = lists.get(shard).map(|l| l.join("\n") + "\n").unwrap_or_default();
                 req.files.insert(TESTS_FILE.to_string(), list);
                 req.env

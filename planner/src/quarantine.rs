@@ -11,6 +11,9 @@ use testmesh_consensus::history::HistoryRecord;
 use testmesh_consensus::model::{Worker, WorkerState};
 use testmesh_consensus::task::TaskState;
 
+/// Label of the shards of a timing split (`testmesh run --split-by timings`): not judged.
+pub const SPLIT_LABEL: &str = "testmesh.split";
+
 /// Failures a worker must have before it can be judged.
 pub const MIN_FAILURES: usize = 3;
 /// Its failure rate must be at least this…
@@ -44,6 +47,11 @@ pub fn decide(workers: &[&Worker], history: &[&HistoryRecord]) -> Vec<Verdict> {
     let mut by_name: BTreeMap<&str, BTreeMap<NodeId, (usize, usize)>> = BTreeMap::new();
     let mut by_worker: BTreeMap<NodeId, Vec<&HistoryRecord>> = BTreeMap::new();
     for r in history {
+        // Shards of a timing split hold different tests from run to run under the same name:
+        // comparing them across workers would blame a worker for a failing test.
+        if r.labels.iter().any(|(k, _)| k == SPLIT_LABEL) {
+            continue;
+        }
         by_worker.entry(r.worker).or_default().push(r);
         let e = by_name
             .entry(&*r.name)
@@ -208,6 +216,28 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].worker, NodeId(1));
         assert!(v[0].reason.contains("5 of its last 5"), "{}", v[0].reason);
+    }
+
+    #[test]
+    fn shards_of_a_timing_split_judge_nobody() {
+        // The failing test moved to whichever shard ran on worker 1: not the worker's fault.
+        let mut h = Vec::new();
+        for _ in 0..5 {
+            h.push(rec(1, "unit shard 1/3", TaskState::Failed));
+            h.push(rec(2, "unit shard 1/3", TaskState::Succeeded));
+            h.push(rec(3, "unit shard 1/3", TaskState::Succeeded));
+        }
+        for r in &mut h {
+            r.labels = vec![(SPLIT_LABEL.to_string(), "timings".to_string())];
+        }
+        let ws: Vec<Worker> = (1..=3).map(|i| worker(i, record_of(&h, i))).collect();
+        assert!(
+            decide(
+                &ws.iter().collect::<Vec<_>>(),
+                &h.iter().collect::<Vec<_>>()
+            )
+            .is_empty()
+        );
     }
 
     #[test]

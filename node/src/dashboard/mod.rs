@@ -126,6 +126,34 @@ impl testmesh_dashboard::Source for DashboardSource {
     ) -> futures::future::BoxFuture<'_, testmesh_dashboard::views::Analysis> {
         Box::pin(analysis::analysis(&self.0, window_ms))
     }
+
+    fn runs(
+        &self,
+        limit: usize,
+    ) -> Vec<(
+        testmesh_consensus::runs::Run,
+        Vec<testmesh_consensus::task::Task>,
+    )> {
+        let l = self.0.ledger.read();
+        l.runs()
+            .rev()
+            .take(limit)
+            .map(|r| {
+                let tasks = r.tasks.iter().filter_map(|t| l.task(*t).cloned()).collect();
+                (r.clone(), tasks)
+            })
+            .collect()
+    }
+
+    fn run(
+        &self,
+        id: u64,
+    ) -> Option<(
+        testmesh_consensus::runs::Run,
+        Vec<testmesh_consensus::task::Task>,
+    )> {
+        crate::core::archive::run_any(&self.0.ledger, id).ok()
+    }
 }
 
 impl DashboardSource {
