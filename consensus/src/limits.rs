@@ -176,14 +176,20 @@ pub fn spec_bytes(spec: &TaskSpec) -> usize {
         + strings(&spec.requirements.constraints)
         + spec.requirements.gpu_model.as_ref().map_or(0, String::len)
         + spec.workdir.as_ref().map_or(0, String::len)
-        + spec.code.as_ref().map_or(0, |c| 80 + c.hash.len())
+        + spec.suite().code.as_ref().map_or(0, |c| 80 + c.hash.len())
         + spec
+            .suite()
             .files
             .iter()
             .map(|f| 8 + f.path.len() + f.content.len())
             .sum::<usize>()
-        + spec.artifacts.iter().map(|g| 4 + g.len()).sum::<usize>()
-        + spec.junit_from.as_ref().map_or(0, String::len)
+        + spec
+            .suite()
+            .artifacts
+            .iter()
+            .map(|g| 4 + g.len())
+            .sum::<usize>()
+        + spec.suite().junit_from.as_ref().map_or(0, String::len)
 }
 
 /// About how many bytes an outcome takes in a log entry.
@@ -195,8 +201,11 @@ pub fn outcome_bytes(o: &Outcome) -> usize {
             .iter()
             .map(|m| 16 + m.name.len() + m.unit.len())
             .sum::<usize>()
-        + o.artifacts.iter().map(|a| 12 + a.path.len()).sum::<usize>()
-        + o.tests
+        + o.artifacts()
+            .iter()
+            .map(|a| 12 + a.path.len())
+            .sum::<usize>()
+        + o.tests()
             .iter()
             .map(|t| {
                 24 + t.classname.len() + t.name.len() + t.message.as_ref().map_or(0, String::len)
@@ -240,7 +249,9 @@ impl Outcome {
         self.metrics.truncate(MAX_METRICS);
         self.metrics
             .retain(|m| m.name.len() <= 128 && m.unit.len() <= 32 && m.value.is_finite());
-        crate::suite::clamp(&mut self.artifacts, &mut self.tests);
+        if let Some(k) = &mut self.kept {
+            crate::suite::clamp(&mut k.artifacts, &mut k.tests);
+        }
     }
 }
 

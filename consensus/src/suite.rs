@@ -20,6 +20,28 @@ pub struct CodeRef {
     pub origin: NodeId,
 }
 
+/// The parts of a task that run a suite from a checkout.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuiteSpec {
+    /// The working tree shipped with the task (`--workdir`); it runs in its own unpacked copy.
+    pub code: Option<CodeRef>,
+    /// Small files written into the task's directory before it starts (a shard's test list).
+    pub files: Vec<InputFile>,
+    /// Globs (relative to the task's directory) of files kept after each attempt.
+    pub artifacts: Vec<String>,
+    /// Glob of the JUnit XML files among them whose test cases become the attempt's results.
+    pub junit_from: Option<String>,
+}
+
+impl SuiteSpec {
+    pub fn is_empty(&self) -> bool {
+        self.code.is_none()
+            && self.files.is_empty()
+            && self.artifacts.is_empty()
+            && self.junit_from.is_none()
+    }
+}
+
 /// A small file written into the task's directory before it starts (e.g. `.testmesh/tests.txt`
 /// with a shard's test ids).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +142,7 @@ pub const MAX_TEST_NAME: usize = 1024;
 
 /// Checks the suite parts of a spec (code, input files, artifact globs).
 pub fn check(spec: &crate::task::TaskSpec) -> Result<(), String> {
+    let spec = spec.suite();
     if let Some(c) = &spec.code
         && (c.hash.len() != 64
             || !c
@@ -261,16 +284,16 @@ pub fn merge<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> (Vec<MergedTest>,
             .attempts
             .iter()
             .filter_map(|a| a.outcome.as_ref().map(|o| (a, o)))
-            .filter(|(_, o)| o.state != TaskState::Lost && !o.tests.is_empty())
+            .filter(|(_, o)| o.state != TaskState::Lost && !o.tests().is_empty())
             .collect();
         let Some(((last, outcome), earlier)) = with_tests.split_last() else {
             continue;
         };
-        for c in &outcome.tests {
+        for c in outcome.tests() {
             let id = c.id();
             let earlier_failures: Vec<String> = earlier
                 .iter()
-                .filter_map(|(_, o)| o.tests.iter().find(|e| e.id() == id))
+                .filter_map(|(_, o)| o.tests().iter().find(|e| e.id() == id))
                 .filter(|e| e.result.is_failure())
                 .map(|e| e.message.clone().unwrap_or_else(|| "failed".into()))
                 .collect();

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Bytes, NodeId, TaskId, UnixMillis};
 use crate::resources::{GpuGrant, Requirements};
-use crate::suite::{ArtifactFile, CodeRef, InputFile, TestCase};
+use crate::suite::{ArtifactFile, SuiteSpec, TestCase};
 
 /// What the user asked to run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,18 +37,24 @@ pub struct TaskSpec {
     /// (Never skipped when empty: the binary encoding is positional.)
     #[serde(default)]
     pub secret_env: BTreeMap<String, Secret>,
-    /// The working tree shipped with the task (`--workdir`); it runs in its own unpacked copy.
+    /// Shipped code, input files, artifacts, JUnit results (see [`SuiteSpec`]). Boxed: most
+    /// tasks have none, and every live task carries the field.
     #[serde(default)]
-    pub code: Option<CodeRef>,
-    /// Small files written into the task's directory before it starts (a shard's test list).
-    #[serde(default)]
-    pub files: Vec<InputFile>,
-    /// Globs (relative to the task's directory) of files kept after each attempt.
-    #[serde(default)]
-    pub artifacts: Vec<String>,
-    /// Glob of the JUnit XML files among them whose test cases become the attempt's results.
-    #[serde(default)]
-    pub junit_from: Option<String>,
+    pub suite: Option<Box<SuiteSpec>>,
+}
+
+static NO_SUITE: SuiteSpec = SuiteSpec {
+    code: None,
+    files: Vec::new(),
+    artifacts: Vec::new(),
+    junit_from: None,
+};
+
+impl TaskSpec {
+    /// The suite parts, empty when there are none.
+    pub fn suite(&self) -> &SuiteSpec {
+        self.suite.as_deref().unwrap_or(&NO_SUITE)
+    }
 }
 
 /// What every human-readable form of a secret value shows.
@@ -196,11 +202,17 @@ pub struct Outcome {
     pub stderr_tail: String,
     /// What the task reported on its output as `TESTMESH_METRIC name=value unit` lines.
     pub metrics: Vec<BenchMetric>,
-    /// Files kept on the worker that matched the task's artifact globs.
+    /// Artifacts and test cases the attempt left (see [`Kept`]); boxed, as most have none.
     #[serde(default)]
+    pub kept: Option<Box<Kept>>,
+}
+
+/// What an attempt of a suite task left behind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Files kept on the worker that matched the task's artifact globs.
     pub artifacts: Vec<ArtifactFile>,
     /// Test cases read from the attempt's JUnit XML (`junit_from`).
-    #[serde(default)]
     pub tests: Vec<TestCase>,
 }
 
@@ -304,9 +316,16 @@ impl Outcome {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             metrics: Vec::new(),
-            artifacts: Vec::new(),
-            tests: Vec::new(),
+            kept: None,
         }
+    }
+
+    pub fn artifacts(&self) -> &[ArtifactFile] {
+        self.kept.as_ref().map_or(&[], |k| &k.artifacts)
+    }
+
+    pub fn tests(&self) -> &[TestCase] {
+        self.kept.as_ref().map_or(&[], |k| &k.tests)
     }
 
     /// What ended the attempt, for retries and flakiness: `lost` is the infrastructure's doing

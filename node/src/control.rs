@@ -412,7 +412,7 @@ pub fn unstarted_for(
             l.task(r.task).is_some_and(|t| {
                 // Shipped code is fetched before the start: it gets longer.
                 let bound = bound
-                    + if t.spec.code.is_some() {
+                    + if t.spec.suite().code.is_some() {
                         CODE_FETCH_MS
                     } else {
                         0

@@ -85,7 +85,7 @@ fn attempt_result(a: &testmesh_consensus::task::Attempt) -> AttemptResult {
             _ => None,
         },
         kind: o.map_or("none", |o| o.kind()).to_string(),
-        artifacts: o.map_or(0, |o| o.artifacts.len()),
+        artifacts: o.map_or(0, |o| o.artifacts().len()),
     }
 }
 

@@ -459,7 +459,7 @@ impl<P: Processes> Agent<P> {
                 .await;
         }
         for s in starts {
-            if s.spec.code.is_some() || !s.spec.files.is_empty() {
+            if s.spec.suite().code.is_some() || !s.spec.suite().files.is_empty() {
                 self.prepare(s);
             } else {
                 self.start(s).await;
@@ -476,8 +476,8 @@ impl<P: Processes> Agent<P> {
             .data_dir
             .join("work")
             .join(format!("{}.{attempt}", task.0));
-        let code = s.spec.code.clone();
-        let files = s.spec.files.clone();
+        let code = s.spec.suite().code.clone();
+        let files = s.spec.suite().files.clone();
         let store = self.core.code.clone();
         let tx = self.prepared.0.clone();
         self.preparing.insert(task, s);
@@ -721,8 +721,7 @@ impl<P: Processes> Agent<P> {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             metrics: Vec::new(),
-            artifacts: Vec::new(),
-            tests: Vec::new(),
+            kept: None,
         };
         // The report waits for the output pipes to drain: off the agent's loop, so a process
         // that left the group holding a pipe delays only this report.
@@ -769,7 +768,7 @@ impl<P: Processes> Agent<P> {
 /// the code was shipped), else the spec's `workdir`, else the node's.
 fn cwd_of(s: &Start) -> Option<std::path::PathBuf> {
     match (&s.dir, &s.spec.workdir) {
-        (Some(d), Some(w)) if s.spec.code.is_some() => Some(d.join(w)),
+        (Some(d), Some(w)) if s.spec.suite().code.is_some() => Some(d.join(w)),
         (Some(d), _) => Some(d.clone()),
         (None, w) => w.as_ref().map(std::path::PathBuf::from),
     }
@@ -778,8 +777,8 @@ fn cwd_of(s: &Start) -> Option<std::path::PathBuf> {
 fn after_of(s: &Start) -> After {
     After {
         dir: cwd_of(s),
-        globs: s.spec.artifacts.clone(),
-        junit_from: s.spec.junit_from.clone(),
+        globs: s.spec.suite().artifacts.clone(),
+        junit_from: s.spec.suite().junit_from.clone(),
         remove: s.dir.clone(),
     }
 }
@@ -843,8 +842,12 @@ impl Reporter {
         })
         .await
         .unwrap_or_default();
-        outcome.artifacts = collected.files;
-        outcome.tests = collected.tests;
+        if !collected.files.is_empty() || !collected.tests.is_empty() {
+            outcome.kept = Some(Box::new(testmesh_consensus::task::Kept {
+                artifacts: collected.files,
+                tests: collected.tests,
+            }));
+        }
         if !collected.notes.is_empty() {
             let note = collected.notes.join("; ");
             outcome.message = Some(match outcome.message.take() {

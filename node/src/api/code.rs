@@ -89,7 +89,11 @@ fn artifacts_of(t: &testmesh_consensus::task::Task, all_attempts: bool) -> Vec<A
     let with: Vec<_> = t
         .attempts
         .iter()
-        .filter(|a| a.outcome.as_ref().is_some_and(|o| !o.artifacts.is_empty()))
+        .filter(|a| {
+            a.outcome
+                .as_ref()
+                .is_some_and(|o| !o.artifacts().is_empty())
+        })
         .collect();
     let chosen: Vec<_> = if all_attempts {
         with
@@ -101,7 +105,7 @@ fn artifacts_of(t: &testmesh_consensus::task::Task, all_attempts: bool) -> Vec<A
         .flat_map(|a| {
             a.outcome
                 .as_ref()
-                .map(|o| o.artifacts.as_slice())
+                .map(|o| o.artifacts())
                 .unwrap_or_default()
                 .iter()
                 .map(move |f| ArtifactView {
@@ -163,7 +167,7 @@ pub async fn download(
     let known = a
         .outcome
         .as_ref()
-        .is_some_and(|o| o.artifacts.iter().any(|f| f.path == path));
+        .is_some_and(|o| o.artifacts().iter().any(|f| f.path == path));
     if !known {
         return Err(ApiError::NotFound(format!(
             "attempt {attempt} of task {id} kept no artifact {path:?}; list them at /api/v1/tasks/{id}/artifacts"

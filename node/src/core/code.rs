@@ -64,6 +64,9 @@ pub struct CodeStore {
     writer: Writer,
     mesh: Option<MeshClient>,
     clock: SharedClock,
+    /// Who else may hold an archive (the workers), and this node.
+    ledger: Option<testmesh_consensus::store::LedgerReader>,
+    me: Option<NodeId>,
 }
 
 impl CodeStore {
@@ -82,7 +85,20 @@ impl CodeStore {
             writer,
             mesh,
             clock,
+            ledger: None,
+            me: None,
         }
+    }
+
+    /// Lets a fetch fall back on other workers when the origin cannot serve it.
+    pub fn with_peers(
+        mut self,
+        ledger: testmesh_consensus::store::LedgerReader,
+        me: NodeId,
+    ) -> Self {
+        self.ledger = Some(ledger);
+        self.me = Some(me);
+        self
     }
 
     pub fn set_max_bytes(&self, bytes: u64) {
@@ -110,47 +126,7 @@ impl CodeStore {
 
     /// Stores an uploaded archive from `body` (blocking reads), checking its hash and size.
     pub fn put(&self, hash: &str, body: &mut dyn Read, max: u64) -> Result<u64, CodeError> {
-        valid_hash(hash).map_err(CodeError::Io)?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("cannot create", &self.dir, e))?;
-        let tmp = self.dir.join(format!(
-            "{hash}.upload-{}",
-            hex::encode(rand::random::<[u8; 6]>())
-        ));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 << 10];
-            let mut n = 0u64;
-            loop {
-                let k = body
-                    .read(&mut buf)
-                    .map_err(|e| CodeError::Io(format!("reading the upload: {e}")))?;
-                if k == 0 {
-                    break;
-                }
-                n += k as u64;
-                if n > max {
-                    return Err(CodeError::TooLarge { max });
-                }
-                h.update(&buf[..k]);
-                f.write_all(&buf[..k])
-                    .map_err(|e| io("cannot write", &tmp, e))?;
-            }
-            let got = hex::encode(h.finalize());
-            if got != hash {
-                return Err(CodeError::HashMismatch {
-                    want: hash.to_string(),
-                    got,
-                });
-            }
-            f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
-            std::fs::rename(&tmp, self.path(hash)).map_err(|e| io("cannot rename", &tmp, e))?;
-            Ok(n)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        let n = result?;
+        let n = store(&self.dir, hash, body, max)?;
         self.evict(Some(hash));
         Ok(n)
     }
@@ -208,83 +184,71 @@ impl CodeStore {
         Ok(path)
     }
 
+    /// Fetches from the origin, else from any other worker (one that ran the same code keeps
+    /// it in its cache); each source resumes where the last one stopped.
     async fn fetch(&self, code: &CodeRef) -> Result<(), CodeError> {
         let fail = |why: String| CodeError::Fetch {
             hash: code.hash.clone(),
             origin: code.origin,
             why,
         };
-        let (Some(mesh), Some(peer)) = (&self.mesh, self.writer.peer_of(code.origin)) else {
-            return Err(fail(
-                "that node is not in the cluster (or not reachable)".into(),
-            ));
+        let Some(mesh) = &self.mesh else {
+            return Err(fail("this node has no mesh".into()));
         };
-        std::fs::create_dir_all(&self.dir).map_err(|e| io("cannot create", &self.dir, e))?;
-        let part = self.dir.join(format!("{}.part", code.hash));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&part)
-            .map_err(|e| io("cannot open", &part, e))?;
-        // Resume: what an earlier, interrupted fetch wrote is kept.
-        let mut have = f.metadata().map_err(|e| io("cannot stat", &part, e))?.len();
-        if have > code.size {
-            f.set_len(0).map_err(|e| io("cannot truncate", &part, e))?;
-            have = 0;
+        let mut sources = vec![code.origin];
+        if let Some(l) = &self.ledger {
+            let l = l.read();
+            sources.extend(
+                l.workers()
+                    .map(|w| w.id)
+                    .filter(|id| *id != code.origin && Some(*id) != self.me),
+            );
         }
-        while have < code.size {
-            let mut tries = 0;
-            let (bytes, total) = loop {
+        let mut why = Vec::new();
+        for source in sources {
+            let Some(peer) = self.writer.peer_of(source) else {
+                if source == code.origin {
+                    why.push(format!("node {source} is not reachable"));
+                }
+                continue;
+            };
+            let hash = code.hash.clone();
+            let r = download(&self.dir, code, &self.fetched_bytes, |offset| {
                 let req = Request::Code {
-                    hash: code.hash.clone(),
-                    offset: have,
+                    hash: hash.clone(),
+                    offset,
                     limit: CHUNK,
                 };
-                match mesh.request(peer, req, CHUNK_TIMEOUT).await {
-                    Ok(Response::Code(Ok(r))) => break r,
-                    Ok(Response::Code(Err(e))) => return Err(fail(e)),
-                    Ok(_) => return Err(fail("unexpected answer".into())),
-                    Err(e) if tries + 1 < TRIES => {
-                        tries += 1;
-                        tracing::debug!("fetching {} at {have}: {e}; trying again", code.hash);
-                        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
-                    }
-                    Err(e) => {
-                        return Err(fail(format!(
-                            "{e} (after {TRIES} tries; {have} of {} bytes kept for the next try)",
-                            code.size
-                        )));
+                async move {
+                    match mesh.request(peer, req, CHUNK_TIMEOUT).await {
+                        Ok(Response::Code(Ok(r))) => Ok(r),
+                        Ok(Response::Code(Err(e))) => Err(Chunk::Refused(e)),
+                        Ok(_) => Err(Chunk::Refused("unexpected answer".into())),
+                        Err(e) => Err(Chunk::Transient(e.to_string())),
                     }
                 }
-            };
-            if total != code.size || bytes.is_empty() {
-                return Err(fail(format!(
-                    "it holds {total} bytes where the task says {}",
-                    code.size
-                )));
+            })
+            .await;
+            match r {
+                Ok(()) => {
+                    if source != code.origin {
+                        tracing::info!("code {}: fetched from node {source}", &code.hash[..12]);
+                    }
+                    return Ok(());
+                }
+                Err(CodeError::Fetch { why: w, .. }) => {
+                    if source == code.origin {
+                        why.push(format!("node {source}: {w}"));
+                    }
+                }
+                Err(e) => return Err(e),
             }
-            f.write_all(&bytes)
-                .map_err(|e| io("cannot write", &part, e))?;
-            have += bytes.len() as u64;
-            self.fetched_bytes
-                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         }
-        drop(f);
-        let got = {
-            let p = part.clone();
-            tokio::task::spawn_blocking(move || hash_file(&p))
-                .await
-                .map_err(|e| CodeError::Io(e.to_string()))?
-                .map_err(|e| io("cannot read", &part, e))?
-        };
-        if got != code.hash {
-            let _ = std::fs::remove_file(&part);
-            return Err(CodeError::HashMismatch {
-                want: code.hash.clone(),
-                got,
-            });
-        }
-        std::fs::rename(&part, self.path(&code.hash)).map_err(|e| io("cannot rename", &part, e))
+        Err(fail(if why.is_empty() {
+            "no node holds it".into()
+        } else {
+            format!("{}; no other node holds it", why.join("; "))
+        }))
     }
 
     /// The whole of an artifact kept by another worker, fetched over the mesh in chunks.
@@ -331,36 +295,176 @@ impl CodeStore {
     /// Removes the least recently used archives until the cache is within its bound
     /// (`keep` stays whatever its size).
     pub fn evict(&self, keep: Option<&str>) {
-        let max = self.max_bytes.load(Ordering::Relaxed);
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort();
-        for (_, len, p) in files {
-            if total <= max {
+        evict_in(&self.dir, self.max_bytes.load(Ordering::Relaxed), keep);
+    }
+}
+
+/// Writes `body` to `<dir>/<hash>.tar.gz` if its SHA-256 is `hash` and it is at most `max`
+/// bytes; nothing is left behind otherwise.
+pub fn store(dir: &Path, hash: &str, body: &mut dyn Read, max: u64) -> Result<u64, CodeError> {
+    valid_hash(hash).map_err(CodeError::Io)?;
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    let tmp = dir.join(format!(
+        "{hash}.upload-{}",
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 << 10];
+        let mut n = 0u64;
+        loop {
+            let k = body
+                .read(&mut buf)
+                .map_err(|e| CodeError::Io(format!("reading the upload: {e}")))?;
+            if k == 0 {
                 break;
             }
-            if keep.is_some_and(|k| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(k))
-            }) {
-                continue;
+            n += k as u64;
+            if n > max {
+                return Err(CodeError::TooLarge { max });
             }
-            if std::fs::remove_file(&p).is_ok() {
-                tracing::debug!("code cache: evicted {}", p.display());
-                total -= len;
-            }
+            h.update(&buf[..k]);
+            f.write_all(&buf[..k])
+                .map_err(|e| io("cannot write", &tmp, e))?;
+        }
+        let got = hex::encode(h.finalize());
+        if got != hash {
+            return Err(CodeError::HashMismatch {
+                want: hash.to_string(),
+                got,
+            });
+        }
+        f.sync_all().map_err(|e| io("cannot sync", &tmp, e))?;
+        std::fs::rename(&tmp, dir.join(format!("{hash}.tar.gz")))
+            .map_err(|e| io("cannot rename", &tmp, e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes the least recently used archives of `dir` until they take at most `max` bytes.
+pub fn evict_in(dir: &Path, max: u64, keep: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    for (_, len, p) in files {
+        if total <= max {
+            break;
+        }
+        if keep.is_some_and(|k| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(k))
+        }) {
+            continue;
+        }
+        if std::fs::remove_file(&p).is_ok() {
+            tracing::debug!("code cache: evicted {}", p.display());
+            total -= len;
         }
     }
+}
+
+/// Why a chunk did not come.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Worth trying again (a timeout, a dropped connection).
+    Transient(String),
+    /// The source does not hold the archive, or refuses.
+    Refused(String),
+}
+
+/// Downloads `code` into `<dir>/<hash>.part` chunk by chunk from `chunk(offset)` (which returns
+/// bytes and the whole length), resuming what an earlier download left there, trying a chunk
+/// [`TRIES`] times; checks the hash and renames it into place. A partial download is kept for
+/// the next try, a damaged one removed.
+pub async fn download<F, Fut>(
+    dir: &Path,
+    code: &CodeRef,
+    fetched: &AtomicU64,
+    mut chunk: F,
+) -> Result<(), CodeError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<u8>, u64), Chunk>>,
+{
+    let fail = |why: String| CodeError::Fetch {
+        hash: code.hash.clone(),
+        origin: code.origin,
+        why,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    let part = dir.join(format!("{}.part", code.hash));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .map_err(|e| io("cannot open", &part, e))?;
+    let mut have = f.metadata().map_err(|e| io("cannot stat", &part, e))?.len();
+    if have > code.size {
+        f.set_len(0).map_err(|e| io("cannot truncate", &part, e))?;
+        have = 0;
+    }
+    while have < code.size {
+        let mut tries = 0;
+        let (bytes, total) = loop {
+            match chunk(have).await {
+                Ok(r) => break r,
+                Err(Chunk::Refused(e)) => return Err(fail(e)),
+                Err(Chunk::Transient(e)) if tries + 1 < TRIES => {
+                    tries += 1;
+                    tracing::debug!("fetching {} at {have}: {e}; trying again", code.hash);
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                }
+                Err(Chunk::Transient(e)) => {
+                    return Err(fail(format!(
+                        "{e} (after {TRIES} tries; {have} of {} bytes kept for the next try)",
+                        code.size
+                    )));
+                }
+            }
+        };
+        if total != code.size || bytes.is_empty() {
+            return Err(fail(format!(
+                "it holds {total} bytes where the task says {}",
+                code.size
+            )));
+        }
+        f.write_all(&bytes)
+            .map_err(|e| io("cannot write", &part, e))?;
+        have += bytes.len() as u64;
+        fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    }
+    drop(f);
+    let got = {
+        let p = part.clone();
+        tokio::task::spawn_blocking(move || hash_file(&p))
+            .await
+            .map_err(|e| CodeError::Io(e.to_string()))?
+            .map_err(|e| io("cannot read", &part, e))?
+    };
+    if got != code.hash {
+        let _ = std::fs::remove_file(&part);
+        return Err(CodeError::HashMismatch {
+            want: code.hash.clone(),
+            got,
+        });
+    }
+    std::fs::rename(&part, dir.join(format!("{}.tar.gz", code.hash)))
+        .map_err(|e| io("cannot rename", &part, e))
 }
 
 /// Marks an archive used (the cache evicts by modification time).
@@ -401,4 +505,138 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<(), CodeError> {
     a.set_preserve_mtime(true);
     a.unpack(dest)
         .map_err(|e| CodeError::Io(format!("cannot unpack {}: {e}", archive.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn code_of(bytes: &[u8]) -> CodeRef {
+        CodeRef {
+            hash: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len() as u64,
+            origin: NodeId(1),
+        }
+    }
+
+    /// The offsets a test server was asked for.
+    type Asked = Arc<Mutex<Vec<u64>>>;
+    /// One chunk as a test server answers it.
+    type Served = std::future::Ready<Result<(Vec<u8>, u64), Chunk>>;
+
+    /// Serves `data` in chunks; `fail(call, offset)` decides which calls fail and how.
+    fn server(
+        data: Vec<u8>,
+        fail: impl Fn(usize, u64) -> Option<Chunk> + Clone,
+    ) -> (impl FnMut(u64) -> Served, Asked) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let offsets = Arc::new(Mutex::new(Vec::new()));
+        let seen = offsets.clone();
+        let f = move |offset: u64| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            seen.lock().unwrap().push(offset);
+            if let Some(e) = fail(n, offset) {
+                return std::future::ready(Err(e));
+            }
+            let start = offset as usize;
+            let end = (start + CHUNK as usize).min(data.len());
+            std::future::ready(Ok((data[start..end].to_vec(), data.len() as u64)))
+        };
+        (f, offsets)
+    }
+
+    #[tokio::test]
+    async fn a_download_survives_hiccups_resumes_after_a_failure_and_checks_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(10u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+        let code = code_of(&data);
+        let n = AtomicU64::new(0);
+        // Two dropped requests on the second chunk: tried again, finished.
+        let (f, _) = server(data.clone(), |call, _| {
+            (call == 1 || call == 2).then(|| Chunk::Transient("dropped".into()))
+        });
+        download(dir.path(), &code, &n, f).await.unwrap();
+        let done = dir.path().join(format!("{}.tar.gz", code.hash));
+        assert_eq!(std::fs::read(&done).unwrap(), data);
+        std::fs::remove_file(&done).unwrap();
+
+        // The source goes away after one chunk: the part is kept...
+        let (f, _) = server(data.clone(), |_, offset| {
+            (offset > 0).then(|| Chunk::Transient("gone".into()))
+        });
+        let e = download(dir.path(), &code, &n, f).await.unwrap_err();
+        assert!(e.to_string().contains("kept for the next try"), "{e}");
+        let part = dir.path().join(format!("{}.part", code.hash));
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), CHUNK);
+        // ...and the next download (any source) starts where it stopped.
+        let (f, offsets) = server(data.clone(), |_, _| None);
+        download(dir.path(), &code, &n, f).await.unwrap();
+        assert_eq!(offsets.lock().unwrap()[0], CHUNK, "resumed");
+        assert_eq!(std::fs::read(&done).unwrap(), data);
+        assert!(!part.exists());
+        std::fs::remove_file(&done).unwrap();
+
+        // Damaged bytes: refused, nothing kept.
+        let mut bad = data.clone();
+        bad[5] ^= 1;
+        let (f, _) = server(bad, |_, _| None);
+        let e = download(dir.path(), &code, &n, f).await.unwrap_err();
+        assert!(matches!(e, CodeError::HashMismatch { .. }), "{e}");
+        assert!(!part.exists() && !done.exists());
+
+        // A source that does not hold it says so at once.
+        let (f, offsets) = server(data.clone(), |_, _| Some(Chunk::Refused("not here".into())));
+        assert!(download(dir.path(), &code, &n, f).await.is_err());
+        assert_eq!(offsets.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn uploads_are_checked_and_the_cache_keeps_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let a = vec![1u8; 3000];
+        let ha = hex::encode(Sha256::digest(&a));
+        assert!(matches!(
+            store(d, &ha, &mut &a[..], 100),
+            Err(CodeError::TooLarge { .. })
+        ));
+        let wrong = hex::encode(Sha256::digest(b"other"));
+        assert!(matches!(
+            store(d, &wrong, &mut &a[..], 1 << 20),
+            Err(CodeError::HashMismatch { .. })
+        ));
+        assert!(store(d, "../../x", &mut &a[..], 1 << 20).is_err());
+        assert_eq!(store(d, &ha, &mut &a[..], 1 << 20).unwrap(), 3000);
+        // Nothing but the archive is left behind.
+        let names: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // Two more: the oldest goes first when the bound is passed; the one just used stays.
+        let b = vec![2u8; 3000];
+        let hb = hex::encode(Sha256::digest(&b));
+        store(d, &hb, &mut &b[..], 1 << 20).unwrap();
+        let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .append(true)
+            .open(d.join(format!("{ha}.tar.gz")))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        evict_in(d, 4000, Some(&hb));
+        assert!(
+            !d.join(format!("{ha}.tar.gz")).exists(),
+            "least recently used evicted"
+        );
+        assert!(d.join(format!("{hb}.tar.gz")).exists());
+        evict_in(d, 10, Some(&hb));
+        assert!(
+            d.join(format!("{hb}.tar.gz")).exists(),
+            "the one in use stays"
+        );
+        assert!(valid_hash(&"A".repeat(64)).is_err());
+    }
 }

@@ -103,7 +103,8 @@ impl Core {
             writer.clone(),
             p.mesh.clone(),
         );
-        let code = code::CodeStore::new(&p.data_dir, writer.clone(), p.mesh, p.clock.clone());
+        let code = code::CodeStore::new(&p.data_dir, writer.clone(), p.mesh, p.clock.clone())
+            .with_peers(p.ledger.clone(), p.node);
         let core = Core {
             code,
             node: p.node,
@@ -154,7 +155,7 @@ impl Core {
             submit::prepare(&self.ledger, &self.models, tasks, allow_unschedulable).await?;
         // Shipped code: this node must hold the archive; workers fetch it from here.
         for (i, s) in specs.iter_mut().enumerate() {
-            if let Some(c) = &mut s.code {
+            if let Some(c) = s.suite.as_mut().and_then(|x| x.code.as_mut()) {
                 let Some(size) = self.code.has(&c.hash) else {
                     return Err(submit::SubmitError::Invalid(format!(
                         "task #{i}: code {} is not on this node: upload it first (PUT /api/v1/code/{}); `testmesh run --workdir` does it for you",

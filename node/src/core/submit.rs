@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use testmesh_consensus::command::MAX_SUBMIT_BATCH;
 use testmesh_consensus::resources::{GpuRequest, Requirements};
-use testmesh_consensus::suite::{CodeRef, InputFile};
+use testmesh_consensus::suite::{CodeRef, InputFile, SuiteSpec};
 use testmesh_consensus::task::{Secret, TaskSpec};
 use testmesh_consensus::{Bytes, MilliCpu, NodeId};
 use thiserror::Error;
@@ -223,6 +223,9 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
             .iter()
             .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
             .collect(),
+        suite: None,
+    };
+    let suite = SuiteSpec {
         // Size and origin are filled in by the node that takes the submit (it must hold it).
         code: r.code.as_ref().map(|hash| CodeRef {
             hash: hash.clone(),
@@ -240,10 +243,14 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
         artifacts: r.artifacts.clone(),
         junit_from: r.junit_from.clone(),
     };
-    if spec.code.is_none() && !spec.files.is_empty() && spec.workdir.is_some() {
+    let mut spec = spec;
+    if !suite.is_empty() {
+        spec.suite = Some(Box::new(suite));
+    }
+    if spec.suite().code.is_none() && !spec.suite().files.is_empty() && spec.workdir.is_some() {
         return Err("files: without shipped code the files go into a fresh directory where the task runs; drop workdir, or ship the tree with code".into());
     }
-    if spec.code.is_some()
+    if spec.suite().code.is_some()
         && spec
             .workdir
             .as_deref()
