@@ -95,6 +95,15 @@ pub fn pack(dir: &Path, max: u64) -> Result<Packed, String> {
             files += 1;
             raw += m.len();
             sizes.push((m.len(), rel.display().to_string()));
+            // Stop as soon as the archive is over the limit, not after compressing it all.
+            if tar.get_ref().get_ref().len() as u64 > max {
+                return Err(too_large(
+                    dir,
+                    tar.get_ref().get_ref().len() as u64,
+                    max,
+                    sizes,
+                ));
+            }
         }
     }
     let bytes = tar
@@ -102,19 +111,7 @@ pub fn pack(dir: &Path, max: u64) -> Result<Packed, String> {
         .and_then(|gz| gz.finish())
         .map_err(|e| format!("packing {}: {e}", dir.display()))?;
     if bytes.len() as u64 > max {
-        sizes.sort_by(|a, b| b.cmp(a));
-        let biggest: Vec<String> = sizes
-            .iter()
-            .take(5)
-            .map(|(n, p)| format!("{p} ({})", bytesize::ByteSize(*n)))
-            .collect();
-        return Err(format!(
-            "{} packs to {} compressed, over the {} limit: list what the tasks do not need in {IGNORE_FILE} (gitignore syntax) or .gitignore; the largest files are {}",
-            dir.display(),
-            bytesize::ByteSize(bytes.len() as u64),
-            bytesize::ByteSize(max),
-            biggest.join(", ")
-        ));
+        return Err(too_large(dir, bytes.len() as u64, max, sizes));
     }
     let hash = hex::encode(Sha256::digest(&bytes));
     Ok(Packed {
@@ -123,6 +120,24 @@ pub fn pack(dir: &Path, max: u64) -> Result<Packed, String> {
         files,
         raw_bytes: raw,
     })
+}
+
+/// The error for a tree over the limit, naming its largest files (of those packed so far).
+fn too_large(dir: &Path, packed: u64, max: u64, mut sizes: Vec<(u64, String)>) -> String {
+    sizes.sort_by(|a, b| b.cmp(a));
+    let biggest: Vec<String> = sizes
+        .iter()
+        .take(5)
+        .map(|(n, p)| format!("{p} ({})", bytesize::ByteSize(*n)))
+        .collect();
+    format!(
+        "{} packs to over {} compressed ({} so far), over the {} limit: list what the tasks do not need in {IGNORE_FILE} (gitignore syntax) or .gitignore; the largest files are {}",
+        dir.display(),
+        bytesize::ByteSize(max),
+        bytesize::ByteSize(packed),
+        bytesize::ByteSize(max),
+        biggest.join(", ")
+    )
 }
 
 #[cfg(test)]

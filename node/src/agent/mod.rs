@@ -217,7 +217,7 @@ pub struct Agent<P: Processes> {
     /// This boot's registration: nothing starts before the ledger shows it.
     boot_id: Option<u64>,
     /// Attempts whose code is being fetched and unpacked, and where they report back.
-    preparing: HashMap<TaskId, Start>,
+    preparing: HashMap<TaskId, (Start, JoinHandle<()>)>,
     prepared: (
         tokio::sync::mpsc::Sender<Prepared>,
         tokio::sync::mpsc::Receiver<Prepared>,
@@ -371,6 +371,7 @@ impl<P: Processes> Agent<P> {
         let mut starts = Vec::new();
         let mut cancels = Vec::new();
         let mut unstarted_cancels = Vec::new();
+        let mut prep_cancels = Vec::new();
         let mut active: HashMap<TaskId, u32> = HashMap::new();
         {
             let ledger = self.core.ledger.read();
@@ -392,8 +393,11 @@ impl<P: Processes> Agent<P> {
                 if self
                     .preparing
                     .get(&t.id)
-                    .is_some_and(|p| p.attempt == t.attempt)
+                    .is_some_and(|(p, _)| p.attempt == t.attempt)
                 {
+                    if t.cancel_requested {
+                        prep_cancels.push((t.id, t.attempt));
+                    }
                     continue;
                 }
                 match self.running.get(&t.id) {
@@ -427,6 +431,27 @@ impl<P: Processes> Agent<P> {
             }
         }
         self.reported.retain(|id, att| active.get(id) == Some(att));
+        // Preparations the ledger no longer gives us, or that were cancelled: stopped (a long
+        // fetch must not outlive its attempt).
+        let dropped: Vec<TaskId> = self
+            .preparing
+            .iter()
+            .filter(|(id, (s, _))| active.get(id) != Some(&s.attempt))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dropped {
+            if let Some((s, h)) = self.preparing.remove(&id) {
+                h.abort();
+                self.remove_work_dir(s.task, s.attempt);
+            }
+        }
+        for (task, attempt) in prep_cancels {
+            if let Some((s, h)) = self.preparing.remove(&task) {
+                h.abort();
+                self.remove_work_dir(s.task, s.attempt);
+            }
+            unstarted_cancels.push((task, attempt));
+        }
         // Runs the ledger no longer gives us (lost, re-queued elsewhere): kill them.
         let gone: Vec<TaskId> = self
             .running
@@ -467,21 +492,31 @@ impl<P: Processes> Agent<P> {
         }
     }
 
+    fn work_dir(&self, task: TaskId, attempt: u32) -> std::path::PathBuf {
+        self.core
+            .data_dir
+            .join("work")
+            .join(format!("{}.{attempt}", task.0))
+    }
+
+    /// Removes an attempt's directory off the loop.
+    fn remove_work_dir(&self, task: TaskId, attempt: u32) {
+        let d = self.work_dir(task, attempt);
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(d);
+        });
+    }
+
     /// Fetches and unpacks the attempt's code and writes its input files, off the loop; the
     /// attempt starts when that is done (see [`Agent::on_prepared`]).
     fn prepare(&mut self, s: Start) {
         let (task, attempt) = (s.task, s.attempt);
-        let dir = self
-            .core
-            .data_dir
-            .join("work")
-            .join(format!("{}.{attempt}", task.0));
+        let dir = self.work_dir(task, attempt);
         let code = s.spec.suite().code.clone();
         let files = s.spec.suite().files.clone();
         let store = self.core.code.clone();
         let tx = self.prepared.0.clone();
-        self.preparing.insert(task, s);
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let result = async {
                 let archive = match &code {
                     Some(c) => Some(store.ensure(c).await.map_err(|e| e.to_string())?),
@@ -494,20 +529,19 @@ impl<P: Processes> Agent<P> {
                         Some(a) => crate::core::code::unpack(&a, &d).map_err(|e| e.to_string())?,
                         None => std::fs::create_dir_all(&d).map_err(|e| e.to_string())?,
                     }
-                    for f in &files {
-                        let p = d.join(&f.path);
-                        if let Some(parent) = p.parent() {
-                            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-                        }
-                        std::fs::write(&p, &f.content)
-                            .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+                    let written = write_inputs(&d, &files);
+                    if written.is_err() {
+                        let _ = std::fs::remove_dir_all(&d);
                     }
-                    Ok::<_, String>(d)
+                    written.map(|()| d)
                 })
                 .await
                 .map_err(|e| e.to_string())?
             }
             .await;
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
             let _ = tx
                 .send(Prepared {
                     task,
@@ -516,13 +550,26 @@ impl<P: Processes> Agent<P> {
                 })
                 .await;
         });
+        self.preparing.insert(task, (s, handle));
     }
 
     /// Starts a prepared attempt if it is still this worker's to run; a failed preparation
     /// (the code could not be fetched) is the infrastructure's failure: reported lost, so it
     /// runs again without using a retry.
     async fn on_prepared(&mut self, p: Prepared) {
-        let Some(mut s) = self.preparing.remove(&p.task) else {
+        // Only the preparation of the attempt being prepared counts (an older one of the same
+        // task may report after its successor started preparing).
+        let current = self
+            .preparing
+            .get(&p.task)
+            .is_some_and(|(s, _)| s.attempt == p.attempt);
+        if !current {
+            if p.result.is_ok() {
+                self.remove_work_dir(p.task, p.attempt);
+            }
+            return;
+        }
+        let Some((mut s, _)) = self.preparing.remove(&p.task) else {
             return;
         };
         let (still_ours, cancelled) = {
@@ -764,6 +811,39 @@ impl<P: Processes> Agent<P> {
     }
 }
 
+/// Writes a task's input files into its directory, refusing any path that would leave it (a
+/// symbolic link in the shipped tree could point elsewhere). Blocking.
+fn write_inputs(
+    dir: &std::path::Path,
+    files: &[testmesh_consensus::suite::InputFile],
+) -> Result<(), String> {
+    let root = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    for f in files {
+        testmesh_consensus::suite::check_relative("input file", &f.path)?;
+        let p = dir.join(&f.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            let real = parent.canonicalize().map_err(|e| e.to_string())?;
+            if !real.starts_with(&root) {
+                return Err(format!(
+                    "input file {:?} would be written outside the task's directory (through a symbolic link)",
+                    f.path
+                ));
+            }
+        }
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "input file {:?} is a symbolic link in the shipped tree; refusing to write through it",
+                f.path
+            ));
+        }
+        std::fs::write(&p, &f.content).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Where an attempt runs: its own directory (joined with the spec's relative `workdir` when
 /// the code was shipped), else the spec's `workdir`, else the node's.
 fn cwd_of(s: &Start) -> Option<std::path::PathBuf> {
@@ -816,18 +896,13 @@ impl Reporter {
         let dest = crate::core::artifacts::dir_of(&self.core.data_dir, task, attempt);
         let collected = tokio::task::spawn_blocking(move || {
             let c = match &after.dir {
-                Some(d) if !after.globs.is_empty() || after.junit_from.is_some() => {
+                // Only from a directory of the attempt's own: a shared one holds other runs' files.
+                Some(d)
+                    if after.remove.is_some()
+                        && (!after.globs.is_empty() || after.junit_from.is_some()) =>
+                {
                     crate::core::artifacts::collect(
                         d,
-                        &after.globs,
-                        after.junit_from.as_deref(),
-                        &dest,
-                    )
-                }
-                None if !after.globs.is_empty() || after.junit_from.is_some() => {
-                    let cwd = std::env::current_dir().unwrap_or_default();
-                    crate::core::artifacts::collect(
-                        &cwd,
                         &after.globs,
                         after.junit_from.as_deref(),
                         &dest,

@@ -273,3 +273,29 @@ async fn out_of_standing_nothing_starts_and_running_attempts_are_killed() {
     drop(l);
     node.stop().await;
 }
+
+#[test]
+fn input_files_stay_inside_the_task_directory() {
+    use testmesh_consensus::suite::InputFile;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = |path: &str| InputFile {
+        path: path.into(),
+        content: "a\n".into(),
+    };
+    super::write_inputs(d, &[file(".testmesh/tests.txt")]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(d.join(".testmesh/tests.txt")).unwrap(),
+        "a\n"
+    );
+    // A shipped tree may hold symbolic links: nothing is written through them.
+    std::os::unix::fs::symlink(outside.path(), d.join("out")).unwrap();
+    let e = super::write_inputs(d, &[file("out/tests.txt")]).unwrap_err();
+    assert!(e.contains("outside"), "{e}");
+    std::os::unix::fs::symlink(outside.path().join("f"), d.join("link.txt")).unwrap();
+    let e = super::write_inputs(d, &[file("link.txt")]).unwrap_err();
+    assert!(e.contains("symbolic link"), "{e}");
+    assert!(super::write_inputs(d, &[file("../escape")]).is_err());
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}

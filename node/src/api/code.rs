@@ -55,9 +55,23 @@ pub async fn upload(
     let bytes = axum::body::to_bytes(body, max as usize + 1)
         .await
         .map_err(|e| {
-            ApiError::TooLarge(format!(
-                "the archive could not be read whole ({e}); this node takes at most {max} bytes (--max-code-size)"
-            ))
+            // A body over the limit is the client's size; anything else is a cut upload.
+            let mut cause: &dyn std::error::Error = &e;
+            let mut over = false;
+            loop {
+                over |= cause.to_string().contains("length limit");
+                match cause.source() {
+                    Some(c) => cause = c,
+                    None => break,
+                }
+            }
+            if over {
+                ApiError::TooLarge(format!(
+                    "the archive is over this node's limit of {max} bytes (--max-code-size); leave out what the tasks do not need with .testmeshignore"
+                ))
+            } else {
+                ApiError::BadRequest(format!("the upload was cut short: {e}"))
+            }
         })?;
     let store = st.core.code.clone();
     let h = hash.clone();
@@ -227,6 +241,8 @@ pub struct Durations {
 
 /// Runs read at most.
 const DURATION_RUNS: usize = 5;
+/// Newest archived runs looked through for runs of the name.
+const ARCHIVED_RUNS_READ: usize = 500;
 
 pub async fn durations(
     State(st): State<AppState>,
@@ -239,7 +255,23 @@ pub async fn durations(
             .map(|r| r.id)
             .collect()
     };
+    // Retention moves finished runs to the archive: nightly suites are found there.
+    if ids.len() < DURATION_RUNS {
+        let archived = st
+            .core
+            .ledger
+            .archive()
+            .runs(ARCHIVED_RUNS_READ)
+            .unwrap_or_default();
+        ids.extend(
+            archived
+                .into_iter()
+                .filter(|(r, _)| r.name == q.name)
+                .map(|(r, _)| r.id),
+        );
+    }
     ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.dedup();
     let mut d = Durations::default();
     for id in ids {
         if d.runs.len() >= DURATION_RUNS {

@@ -130,7 +130,11 @@ pub async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 "--split-by timings hands each shard its tests in a file: put {{tests_file}} in the command, e.g. -- sh -c 'pytest $(cat {{tests_file}})'"
             );
         }
-        let dir = a.ship.workdir.clone().unwrap_or_else(|| PathBuf::from("."));
+        let Some(dir) = a.ship.workdir.clone() else {
+            bail!(
+                "--split-by timings hands each shard its list in the shipped tree: give --workdir DIR (the checkout the tests are in)"
+            );
+        };
         let c = cmd.clone();
         let tests = tokio::task::spawn_blocking(move || ship::collect_tests(&dir, &c)).await??;
         let shards = a.shards.unwrap_or(1).min(tests.len());

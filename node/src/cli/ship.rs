@@ -245,7 +245,13 @@ pub async fn download(client: &Client, run: u64, out: &Path) -> anyhow::Result<u
         let bytes = client
             .get_bytes(&format!(
                 "/api/v1/tasks/{}/artifacts/{}/{}",
-                a.task, a.attempt, a.path
+                a.task,
+                a.attempt,
+                a.path
+                    .split('/')
+                    .map(urlencode)
+                    .collect::<Vec<_>>()
+                    .join("/")
             ))
             .await
             .with_context(|| format!("task {} {}", a.task, a.path))?;

@@ -118,10 +118,25 @@ impl CodeStore {
         self.dir.join(format!("{hash}.tar.gz"))
     }
 
-    /// The archive's size when this node holds it.
+    /// The archive's size when this node holds it (which counts as a use for the cache).
     pub fn has(&self, hash: &str) -> Option<u64> {
         valid_hash(hash).ok()?;
-        std::fs::metadata(self.path(hash)).ok().map(|m| m.len())
+        let p = self.path(hash);
+        let len = std::fs::metadata(&p).ok().map(|m| m.len())?;
+        touch(&p, self.clock.now());
+        Some(len)
+    }
+
+    /// Archives that unfinished tasks refer to: never evicted.
+    fn in_use(&self) -> std::collections::HashSet<String> {
+        let Some(l) = &self.ledger else {
+            return Default::default();
+        };
+        let l = l.read();
+        l.tasks()
+            .filter(|t| !t.state.is_final())
+            .filter_map(|t| t.spec.suite().code.as_ref().map(|c| c.hash.clone()))
+            .collect()
     }
 
     /// Stores an uploaded archive from `body` (blocking reads), checking its hash and size.
@@ -142,6 +157,9 @@ impl CodeStore {
         let p = self.path(hash);
         let mut f = std::fs::File::open(&p)
             .map_err(|_| format!("this node does not hold the code {hash}"))?;
+        if offset == 0 {
+            touch(&p, self.clock.now());
+        }
         let len = f.metadata().map_err(|e| e.to_string())?.len();
         f.seek(SeekFrom::Start(offset.min(len)))
             .map_err(|e| e.to_string())?;
@@ -175,10 +193,8 @@ impl CodeStore {
                 self.clock.instant().duration_since(started)
             );
         }
-        self.fetching
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&code.hash);
+        // (The lock's entry stays until the archive is evicted: a waiter and a newcomer must
+        // never download into the same `.part` at once.)
         r?;
         self.evict(Some(&code.hash));
         Ok(path)
@@ -236,12 +252,14 @@ impl CodeStore {
                     }
                     return Ok(());
                 }
+                // Whatever went wrong with one source (it lacks the archive, it sent damaged
+                // bytes, it stopped answering), the next may do.
                 Err(CodeError::Fetch { why: w, .. }) => {
                     if source == code.origin {
                         why.push(format!("node {source}: {w}"));
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => why.push(format!("node {source}: {e}")),
             }
         }
         Err(fail(if why.is_empty() {
@@ -295,7 +313,22 @@ impl CodeStore {
     /// Removes the least recently used archives until the cache is within its bound
     /// (`keep` stays whatever its size).
     pub fn evict(&self, keep: Option<&str>) {
-        evict_in(&self.dir, self.max_bytes.load(Ordering::Relaxed), keep);
+        let mut keep_set = self.in_use();
+        keep_set.extend(keep.map(str::to_string));
+        let gone = evict_in(
+            &self.dir,
+            self.max_bytes.load(Ordering::Relaxed),
+            &keep_set,
+            self.clock.now(),
+        );
+        if !gone.is_empty() {
+            let mut m = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            for h in gone {
+                if m.get(&h).is_some_and(|l| Arc::strong_count(l) == 1) {
+                    m.remove(&h);
+                }
+            }
+        }
     }
 }
 
@@ -346,36 +379,56 @@ pub fn store(dir: &Path, hash: &str, body: &mut dyn Read, max: u64) -> Result<u6
     result
 }
 
-/// Removes the least recently used archives of `dir` until they take at most `max` bytes.
-pub fn evict_in(dir: &Path, max: u64, keep: Option<&str>) {
+/// Partial downloads older than this are given up (a fetch resumes within minutes).
+const PART_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes the least recently used archives of `dir` until they take at most `max` bytes,
+/// sparing those in `keep`, and partial downloads left for over an hour; returns the hashes
+/// of the archives removed.
+pub fn evict_in(
+    dir: &Path,
+    max: u64,
+    keep: &std::collections::HashSet<String>,
+    now: testmesh_consensus::UnixMillis,
+) -> Vec<String> {
+    let mut gone = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return gone;
     };
-    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar.gz"))
-        .filter_map(|e| {
-            let m = e.metadata().ok()?;
-            Some((m.modified().ok()?, m.len(), e.path()))
-        })
-        .collect();
+    let now = std::time::UNIX_EPOCH + Duration::from_millis(now.0);
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(m) = e.metadata().ok() else { continue };
+        let Ok(modified) = m.modified() else { continue };
+        if name.ends_with(".part")
+            && now.duration_since(modified).unwrap_or_default() > PART_MAX_AGE
+        {
+            let _ = std::fs::remove_file(e.path());
+        } else if name.ends_with(".tar.gz") {
+            files.push((modified, m.len(), e.path()));
+        }
+    }
     let mut total: u64 = files.iter().map(|f| f.1).sum();
     files.sort();
     for (_, len, p) in files {
         if total <= max {
             break;
         }
-        if keep.is_some_and(|k| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(k))
-        }) {
+        let hash = p
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".tar.gz").to_string())
+            .unwrap_or_default();
+        if keep.contains(&hash) {
             continue;
         }
         if std::fs::remove_file(&p).is_ok() {
             tracing::debug!("code cache: evicted {}", p.display());
             total -= len;
+            gone.push(hash);
         }
     }
+    gone
 }
 
 /// Why a chunk did not come.
@@ -626,13 +679,25 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        evict_in(d, 4000, Some(&hb));
+        let keep: std::collections::HashSet<String> = [hb.clone()].into();
+        let now = testmesh_consensus::UnixMillis(2_000_000_000_000);
+        assert_eq!(evict_in(d, 4000, &keep, now), vec![ha.clone()]);
         assert!(
             !d.join(format!("{ha}.tar.gz")).exists(),
             "least recently used evicted"
         );
         assert!(d.join(format!("{hb}.tar.gz")).exists());
-        evict_in(d, 10, Some(&hb));
+        assert!(evict_in(d, 10, &keep, now).is_empty());
+        // A partial download left for long is given up.
+        std::fs::write(d.join(format!("{ha}.part")), b"x").unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(d.join(format!("{ha}.part")))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        evict_in(d, 1 << 30, &keep, now);
+        assert!(!d.join(format!("{ha}.part")).exists());
         assert!(
             d.join(format!("{hb}.tar.gz")).exists(),
             "the one in use stays"

@@ -247,6 +247,10 @@ fn validate(r: &TaskRequest) -> Result<TaskSpec, String> {
     if !suite.is_empty() {
         spec.suite = Some(Box::new(suite));
     }
+    let own_dir = spec.suite().code.is_some() || !spec.suite().files.is_empty();
+    if !own_dir && (!spec.suite().artifacts.is_empty() || spec.suite().junit_from.is_some()) {
+        return Err("artifacts and junit_from are collected from a directory of the task's own: ship the tree with it (`testmesh run --workdir DIR`, `submit --upload DIR`, or `code` in the API)".into());
+    }
     if spec.suite().code.is_none() && !spec.suite().files.is_empty() && spec.workdir.is_some() {
         return Err("files: without shipped code the files go into a fresh directory where the task runs; drop workdir, or ship the tree with code".into());
     }
@@ -452,6 +456,31 @@ mod tests {
             req(r#"{"command":["x"],"gpu_model":"H100"}"#)
                 .unwrap_err()
                 .contains("need gpus")
+        );
+        // Artifacts only from a directory of the task's own.
+        assert!(
+            req(r#"{"command":["x"],"artifacts":["*.xml"]}"#)
+                .unwrap_err()
+                .contains("of the task's own")
+        );
+        let code = "0".repeat(64);
+        assert!(
+            req(&format!(
+                r#"{{"command":["x"],"code":"{code}","artifacts":["*.xml"],"junit_from":"j.xml"}}"#
+            ))
+            .is_ok()
+        );
+        assert!(
+            req(&format!(
+                r#"{{"command":["x"],"code":"{code}","artifacts":["../x"]}}"#
+            ))
+            .unwrap_err()
+            .contains("relative path")
+        );
+        assert!(
+            req(r#"{"command":["x"],"code":"abc"}"#)
+                .unwrap_err()
+                .contains("64 lowercase hex")
         );
     }
 }
