@@ -156,36 +156,66 @@ fn run_suite(
     json: &Path,
     extra: &[&str],
 ) -> (std::process::Output, f64) {
-    let collect = format!("{py} -m pytest --collect-only -q -p no:cacheprovider tests");
-    let cmd = format!(
-        "mkdir -p reports && {py} -m pytest -q -p no:cacheprovider --junitxml=junit-{{shard}}.xml $(cat {{tests_file}}) > reports/pytest-{{shard}}.txt 2>&1; s=$?; tail -3 reports/pytest-{{shard}}.txt; exit $s"
-    );
-    let mut args = vec![
-        "run",
-        "--workdir",
-        checkout.to_str().unwrap(),
-        "--shards",
-        "3",
-        "--cpu",
-        "2",
-        "--split-by",
-        "timings",
-        "--tests-from",
-        &collect,
-        "--junit-from",
-        "junit-*.xml",
-        "--artifacts",
-        "reports/*.txt",
-        "--name",
-        name,
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args.extend(["--", "sh", "-c", &cmd]);
-    let started = Instant::now();
-    let o = n.cli(&args);
-    (o, started.elapsed().as_secs_f64())
+    let at = CliAt {
+        url: n.url.clone(),
+        token: n.token.clone(),
+    };
+    at.run(py, checkout, name, json, extra)
+}
+
+/// The CLI against a node, usable from a thread while the test drives the nodes.
+struct CliAt {
+    url: String,
+    token: String,
+}
+
+impl CliAt {
+    /// The suite split by timings into 3 shards, each shard's pytest output kept as an
+    /// artifact; the output and the wall time.
+    fn run(
+        &self,
+        py: &str,
+        checkout: &Path,
+        name: &str,
+        json: &Path,
+        extra: &[&str],
+    ) -> (std::process::Output, f64) {
+        let collect = format!("{py} -m pytest --collect-only -q -p no:cacheprovider tests");
+        let cmd = format!(
+            "mkdir -p reports && {py} -m pytest -q -p no:cacheprovider --junitxml=junit-{{shard}}.xml $(cat {{tests_file}}) > reports/pytest-{{shard}}.txt 2>&1; s=$?; tail -3 reports/pytest-{{shard}}.txt; exit $s"
+        );
+        let mut args = vec![
+            "run",
+            "--workdir",
+            checkout.to_str().unwrap(),
+            "--shards",
+            "3",
+            "--cpu",
+            "2",
+            "--split-by",
+            "timings",
+            "--tests-from",
+            &collect,
+            "--junit-from",
+            "junit-*.xml",
+            "--artifacts",
+            "reports/*.txt",
+            "--name",
+            name,
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--", "sh", "-c", &cmd]);
+        let started = Instant::now();
+        let o = std::process::Command::new(support::BIN)
+            .args(&args)
+            .env("TESTMESH_SERVER", &self.url)
+            .env("TESTMESH_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        (o, started.elapsed().as_secs_f64())
+    }
 }
 
 #[tokio::test]
@@ -375,7 +405,7 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
     let token = n0.token.clone();
     let runner = std::thread::spawn(move || {
         let n = CliAt { url, token };
-        n.run(&py2, &checkout2, &j3c)
+        n.run(&py2, &checkout2, "pysuite", &j3c, &[]).0
     });
     // Kill the third node once its shard is under way (its attempt's directory exists).
     let work = n2.data_dir().join("work");
@@ -405,49 +435,6 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
     assert_eq!(moved[0].attempts[0].kind, "infrastructure");
     assert_ne!(moved[0].attempts[1].kind, "infrastructure");
     drop((n0, n1));
-}
-
-/// The CLI against a node, usable from a thread while the test drives the nodes.
-struct CliAt {
-    url: String,
-    token: String,
-}
-
-impl CliAt {
-    fn run(&self, py: &str, checkout: &Path, json: &Path) -> std::process::Output {
-        let collect = format!("{py} -m pytest --collect-only -q -p no:cacheprovider tests");
-        let cmd = format!(
-            "{py} -m pytest -q -p no:cacheprovider --junitxml=junit-{{shard}}.xml $(cat {{tests_file}})"
-        );
-        std::process::Command::new(support::BIN)
-            .args([
-                "run",
-                "--workdir",
-                checkout.to_str().unwrap(),
-                "--shards",
-                "3",
-                "--cpu",
-                "2",
-                "--split-by",
-                "timings",
-                "--tests-from",
-                &collect,
-                "--junit-from",
-                "junit-*.xml",
-                "--name",
-                "pysuite",
-                "--json",
-                json.to_str().unwrap(),
-                "--",
-                "sh",
-                "-c",
-                &cmd,
-            ])
-            .env("TESTMESH_SERVER", &self.url)
-            .env("TESTMESH_TOKEN", &self.token)
-            .output()
-            .unwrap()
-    }
 }
 
 /// Files under `dir`, relative to it.

@@ -92,11 +92,7 @@ impl Disk {
         let (mut logs_bytes, mut log_files) = (0, 0);
         if let Ok(entries) = std::fs::read_dir(dir.join("logs")) {
             for e in entries.flatten() {
-                let name = e.file_name();
-                let task = name
-                    .to_str()
-                    .and_then(|n| n.split('.').next())
-                    .and_then(|t| t.parse::<u64>().ok());
+                let task = task_of(&e.file_name());
                 if task.is_some_and(|t| t <= dropped_upto) && std::fs::remove_file(e.path()).is_ok()
                 {
                     continue;
@@ -110,11 +106,7 @@ impl Disk {
         let mut kept_bytes = 0;
         if let Ok(entries) = std::fs::read_dir(dir.join("artifacts")) {
             for e in entries.flatten() {
-                let name = e.file_name();
-                let task = name
-                    .to_str()
-                    .and_then(|n| n.split('.').next())
-                    .and_then(|t| t.parse::<u64>().ok());
+                let task = task_of(&e.file_name());
                 if task.is_some_and(|t| t <= dropped_upto)
                     && std::fs::remove_dir_all(e.path()).is_ok()
                 {
@@ -147,6 +139,11 @@ impl Disk {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
         self.sampled.store(true, Ordering::Relaxed);
     }
+}
+
+/// The task of an output file or artifact directory, named `<task>.<attempt>[.<stream>]`.
+fn task_of(name: &std::ffi::OsStr) -> Option<u64> {
+    name.to_str()?.split('.').next()?.parse().ok()
 }
 
 /// Bytes of the files under `dir` (0 when it does not exist).
