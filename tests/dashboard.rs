@@ -345,6 +345,7 @@ async fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
             "4s",
             "--http",
             "127.0.0.1:0",
+            "--exit-when-done",
         ])
         .arg("--dir")
         .arg(dir.path())
@@ -463,4 +464,80 @@ async fn a_followers_dashboard_shows_the_same_cluster_as_the_leaders() {
             "header and two workers: {table}"
         );
     }
+}
+
+/// Without --exit-when-done the demo keeps its dashboard up after the workload, until Ctrl-C.
+#[tokio::test]
+async fn the_demo_keeps_serving_after_its_workload_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(support::BIN)
+        .args([
+            "demo",
+            "--workers",
+            "1",
+            "--duration",
+            "2s",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut url = None;
+    let mut seen = Vec::new();
+    let done = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the demo said nothing more: {seen:?}"));
+        seen.push(line.clone());
+        if let Some(rest) = line.split("dashboard at ").nth(1)
+            && url.is_none()
+        {
+            url = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_end_matches('/').to_string());
+        }
+        if line.contains("keeps serving") {
+            break line;
+        }
+    };
+    assert!(done.contains("Ctrl-C"), "{done}");
+    let url = url.expect("the dashboard's URL");
+    // Still serving after the workload (twice, a moment apart).
+    for _ in 0..2 {
+        let page = reqwest::get(format!("{url}/")).await.unwrap();
+        assert_eq!(page.status(), 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut left = String::new();
+    let none_left = wait_for(Duration::from_secs(10), async || {
+        let o = std::process::Command::new("pgrep")
+            .arg("-a")
+            .arg("-f")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        left = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        left.is_empty().then_some(())
+    })
+    .await;
+    assert!(none_left.is_some(), "leftover processes:\n{left}");
 }

@@ -29,6 +29,10 @@ pub struct DemoArgs {
     /// Where the demo keeps its data and writes its report [default: ./testmesh-demo]
     #[arg(long, default_value = "testmesh-demo")]
     pub dir: PathBuf,
+    /// Stop the cluster once the workload is done and the report written (for scripts);
+    /// without it the dashboard keeps serving until Ctrl-C
+    #[arg(long)]
+    pub exit_when_done: bool,
 }
 
 const CONFIG: &str = r#"version = 1
@@ -240,9 +244,30 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
         run: None,
     })
     .await?;
+    if a.exit_when_done {
+        outln!(
+            "demo done: report in {}; stopping the cluster",
+            report.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A newcomer's first look should not be a dead page: the cluster stays up.
     outln!(
-        "demo done: report in {}; stopping the cluster",
+        "demo done: report in {}; the dashboard keeps serving at {url}/ — press Ctrl-C to stop (--exit-when-done stops here)",
         report.display()
     );
+    wait_for_stop().await?;
+    outln!("stopping the cluster");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Until Ctrl-C (SIGINT) or SIGTERM.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot listen for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
