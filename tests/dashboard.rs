@@ -365,19 +365,7 @@ async fn the_demo_runs_a_cluster_scales_it_and_writes_the_report() {
         "the autoscaler launched simulated workers"
     );
     // Nothing of the demo keeps running (its processes may take a moment to be gone).
-    let mut left = String::new();
-    let none_left = wait_for(Duration::from_secs(10), async || {
-        let o = std::process::Command::new("pgrep")
-            .arg("-a")
-            .arg("-f")
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        left = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        left.is_empty().then_some(())
-    })
-    .await;
-    assert!(none_left.is_some(), "leftover processes:\n{left}");
+    no_process_left(dir.path()).await;
 }
 
 #[tokio::test]
@@ -527,12 +515,17 @@ async fn the_demo_keeps_serving_after_its_workload_until_interrupted() {
         .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
+    no_process_left(dir.path()).await;
+}
+
+/// Waits (10 s at most) until no process names `dir` on its command line.
+async fn no_process_left(dir: &std::path::Path) {
     let mut left = String::new();
     let none_left = wait_for(Duration::from_secs(10), async || {
         let o = std::process::Command::new("pgrep")
             .arg("-a")
             .arg("-f")
-            .arg(dir.path())
+            .arg(dir)
             .output()
             .unwrap();
         left = String::from_utf8_lossy(&o.stdout).trim().to_string();

@@ -132,6 +132,15 @@ async fn fetched(n: &TestNode) -> u64 {
         .unwrap_or_else(|| panic!("no testmesh_code_fetched_bytes in /metrics:\n{m}")) as u64
 }
 
+/// Bytes of shipped code all of `nodes` fetched.
+async fn fetched_by_all(nodes: &[TestNode]) -> u64 {
+    let mut n = 0;
+    for node in nodes {
+        n += fetched(node).await;
+    }
+    n
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -301,13 +310,7 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
     }
     let workers: std::collections::BTreeSet<_> = r1.tests.iter().map(|t| t.worker).collect();
     assert_eq!(workers.len(), 3, "every worker ran a shard");
-    let shipped: u64 = {
-        let mut n = 0;
-        for node in &nodes {
-            n += fetched(node).await;
-        }
-        n
-    };
+    let shipped = fetched_by_all(&nodes).await;
     assert!(shipped > 0, "the workers fetched the code");
 
     // The dashboard's runs pages: the run listed, its tests with the failure first.
@@ -370,10 +373,7 @@ async fn a_checkout_no_worker_sees_runs_split_by_timings_with_per_test_results()
     eprintln!("run 2 ({secs2:.1} s):\n{out2}");
     assert!(out2.contains("nothing to upload"), "{out2}");
     assert!(out2.contains("durations of run(s)"), "{out2}");
-    let mut again = 0;
-    for node in &nodes {
-        again += fetched(node).await;
-    }
+    let again = fetched_by_all(&nodes).await;
     assert_eq!(
         again, shipped,
         "a second run of the same tree fetches nothing"
@@ -513,11 +513,7 @@ async fn a_pypi_sdist_suite_gives_the_local_results_on_three_nodes() {
             .min()
             .unwrap();
         first_start.push(first.saturating_sub(before) as f64 / 1000.0);
-        let mut b = 0;
-        for n in &nodes {
-            b += fetched(n).await;
-        }
-        shipped.push(b);
+        shipped.push(fetched_by_all(&nodes).await);
     }
     assert_eq!(shipped[0], shipped[1], "the second run fetched nothing");
     let bytes = shipped[0];
