@@ -165,6 +165,49 @@ pub struct Hardware {
     pub gpu_driver: String,
     /// Highest CUDA version the driver supports, e.g. "12.4"; empty without GPUs.
     pub cuda_version: String,
+    /// The name people know it by (`--name`, default the hostname).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Each worker's name as shown: its `--name` (else hostname), with the first four hex
+/// digits of its id added where several workers share a name (four VMs all called "vm").
+pub fn display_names<'a>(
+    workers: impl IntoIterator<Item = &'a Worker>,
+) -> BTreeMap<crate::NodeId, String> {
+    let base: Vec<(crate::NodeId, String)> = workers
+        .into_iter()
+        .map(|w| {
+            let h = &w.hardware;
+            let n = if h.name.is_empty() {
+                &h.hostname
+            } else {
+                &h.name
+            };
+            (
+                w.id,
+                if n.is_empty() {
+                    w.id.to_string()
+                } else {
+                    n.clone()
+                },
+            )
+        })
+        .collect();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, n) in &base {
+        *count.entry(n.as_str()).or_default() += 1;
+    }
+    base.iter()
+        .map(|(id, n)| {
+            let shown = if count[n.as_str()] > 1 {
+                format!("{n}·{}", &id.to_string()[..4.min(id.to_string().len())])
+            } else {
+                n.clone()
+            };
+            (*id, shown)
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

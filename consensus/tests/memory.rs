@@ -63,6 +63,7 @@ fn ledger_with_a_worker() -> Ledger {
                     cores: 64,
                     gpu_driver: String::new(),
                     cuda_version: String::new(),
+                    name: "gpu-runner-17".into(),
                 },
                 capacity: Capacity {
                     cpu: MilliCpu(64_000),

@@ -13,7 +13,8 @@ use testmesh_consensus::model::{Capacity, GpuInfo, Hardware, Worker, WorkerState
 use testmesh_consensus::scaling::{CloudInstance, DecisionKind, DecisionRecord, InstanceState};
 use testmesh_consensus::task::Task;
 use testmesh_consensus::{Bytes, MilliCpu, NodeId, UnixMillis};
-use testmesh_dashboard::charts::{self, Metric, NodeSeries, StatPoint};
+use testmesh_dashboard::charts::{self, Metric, NodeSeries, StatPoint, Style};
+use testmesh_dashboard::view::Span;
 use testmesh_dashboard::views::{
     Analysis, By, EfficiencyRow, ReservedSpan, ScalingView, Table, WorkerUsage,
 };
@@ -39,6 +40,7 @@ fn series() -> Vec<NodeSeries> {
                     gpu_memory: Some(0.6),
                 })
                 .collect(),
+            ..Default::default()
         })
         .collect()
 }
@@ -158,6 +160,7 @@ impl Source for Fake {
                 end_ms: Some(NOW - HOUR + i * 700 + 60_000),
                 cpu_cores: 4.0,
                 gpus: 1.0,
+                ..Default::default()
             })
             .collect()
     }
@@ -210,14 +213,19 @@ fn bench(c: &mut Criterion) {
         }
         .usage(),
     );
-    c.bench_function("heatmap_100_workers_1h_of_1s_samples", |b| {
-        b.iter(|| charts::heatmap(&s, Metric::Cpu, NOW, HOUR).unwrap())
-    });
+    let span = Span::last(NOW, HOUR);
+    for (label, style) in [("vector", Style::Vector), ("compact", Style::Compact)] {
+        c.bench_function(
+            &format!("heatmap_100_workers_1h_of_1s_samples_{label}"),
+            |b| b.iter(|| charts::heatmap(&s, Metric::Cpu, &span, style).unwrap()),
+        );
+        let svg = charts::heatmap(&s, Metric::Cpu, &span, style).unwrap();
+        println!("heatmap SVG size ({label}): {} KiB", svg.len() / 1024);
+    }
+    let names = testmesh_consensus::model::display_names(&w);
     c.bench_function("allocation_100_workers", |b| {
-        b.iter(|| charts::allocation(&w, &used).unwrap())
+        b.iter(|| charts::allocation(&w, &names, &used).unwrap())
     });
-    let svg = charts::heatmap(&s, Metric::Cpu, NOW, HOUR).unwrap();
-    println!("heatmap SVG size: {} KiB", svg.len() / 1024);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

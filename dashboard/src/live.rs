@@ -75,7 +75,7 @@ pub const SCRIPT: &str = r#"
     set('term', d.term);
     document.querySelectorAll('[id^=count-]').forEach((c) => { c.textContent = d.tasks[c.id.slice(6)] || 0; });
     document.querySelectorAll('figure.chart[data-chart]').forEach((f) => {
-      fetch('/dashboard/charts/' + f.dataset.chart + '.svg?t=' + d.at).then((r) => r.ok ? r.text() : Promise.reject(r.status)).then((text) => {
+      fetch('/dashboard/charts/' + f.dataset.chart + '.svg' + (location.search ? location.search + '&' : '?') + 't=' + d.at).then((r) => r.ok ? r.text() : Promise.reject(r.status)).then((text) => {
         const box = document.createElement('div');
         box.innerHTML = text;
         const fresh = box.querySelector('svg');

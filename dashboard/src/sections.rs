@@ -3,8 +3,9 @@
 
 use testmesh_consensus::scaling::DecisionKind;
 
-use crate::charts::{self, ChartError, Metric};
+use crate::charts::{self, ChartError, Metric, NodeSeries, Style};
 use crate::doc::Section;
+use crate::view::{Filter, Sort, View};
 use crate::views::{Analysis, By, ScalingView, Table};
 use crate::{Source, chart_title};
 
@@ -26,33 +27,81 @@ fn dollars(micros: u64) -> String {
     format!("${:.2}", micros as f64 / 1e6)
 }
 
-/// One chart by name over `window_ms`; None for an unknown name.
+/// The workers' series a view shows, in its order: filtered, then by name or by the mean of
+/// `metric` over the window.
+pub fn select(mut series: Vec<NodeSeries>, filter: &Filter, metric: Metric) -> Vec<NodeSeries> {
+    series.retain(|s| {
+        let gpus: Vec<&str> = s.gpu_models.iter().map(|g| g.as_str()).collect();
+        filter.worker(&s.labels, &gpus, &s.state)
+    });
+    let mean = |s: &NodeSeries| {
+        let v: Vec<f64> = s.points.iter().filter_map(|p| metric.of(p)).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    match filter.sort {
+        Sort::Name => series.sort_by(|a, b| a.label().cmp(b.label())),
+        Sort::Busy => series.sort_by(|a, b| mean(b).total_cmp(&mean(a))),
+        Sort::Idle => series.sort_by(|a, b| mean(a).total_cmp(&mean(b))),
+    }
+    series
+}
+
+/// How far back the source must look for a view: from its start to now.
+fn lookback(src: &dyn Source, view: &View) -> u64 {
+    src.now().saturating_sub(view.span.start_ms()).max(1)
+}
+
+/// One chart by name for a view; None for an unknown name.
 pub async fn chart(
     src: &dyn Source,
     name: &str,
-    window_ms: u64,
+    view: &View,
+    style: Style,
 ) -> Result<Option<String>, ChartError> {
+    let span = &view.span;
+    let f = &view.filter;
     if let Some(m) = Metric::ALL.into_iter().find(|m| m.name() == name) {
-        let (now, series) = src.series(window_ms).await;
-        return charts::heatmap(&series, m, now, window_ms).map(Some);
+        let (_, series) = src.series(lookback(src, view)).await;
+        return charts::heatmap(&select(series, f, m), m, span, style).map(Some);
     }
-    let now = || src.now();
     match name {
-        "allocation" => charts::allocation(&src.overview().workers, &src.usage().await).map(Some),
+        "allocation" => {
+            let o = src.overview();
+            let names = testmesh_consensus::model::display_names(&o.workers);
+            let mut workers: Vec<_> = o
+                .workers
+                .into_iter()
+                .filter(|w| {
+                    let gpus: Vec<&str> =
+                        w.capacity.gpus.iter().map(|g| g.model.as_str()).collect();
+                    f.worker(&w.labels, &gpus, &format!("{:?}", w.state).to_lowercase())
+                })
+                .collect();
+            workers.sort_by(|a, b| names[&a.id].cmp(&names[&b.id]));
+            charts::allocation(&workers, &names, &src.usage().await).map(Some)
+        }
         "scaling" => {
             let s = src.scaling();
-            charts::scaling(&s.decisions, &s.instances, now(), window_ms).map(Some)
+            charts::scaling(&s.decisions, &s.instances, span).map(Some)
         }
         "efficiency" => {
-            let (now, series) = src.series(window_ms).await;
-            let reservations = src.reservations(now.saturating_sub(window_ms));
-            charts::efficiency(&series, &reservations, now, window_ms).map(Some)
+            let (_, series) = src.series(lookback(src, view)).await;
+            let series = select(series, f, Metric::Cpu);
+            let shown: std::collections::BTreeSet<&str> =
+                series.iter().map(|s| s.node.as_str()).collect();
+            let mut reservations = src.reservations(span.start_ms());
+            reservations.retain(|r| {
+                (f.is_empty() || shown.contains(r.worker.as_str())) && f.named(&r.task_name)
+            });
+            charts::efficiency(&series, &reservations, span).map(Some)
         }
         "efficiency_by_task" => {
-            let a = src.analysis(window_ms).await;
+            let mut a = src.analysis(lookback(src, view)).await;
+            a.efficiency
+                .retain(|r| r.by != By::TaskName || f.named(&r.key));
             charts::efficiency_by_task(&a.efficiency, EFFICIENCY_NAMES).map(Some)
         }
-        "cost" => charts::cost(&src.scaling(), now(), window_ms).map(Some),
+        "cost" => charts::cost(&src.scaling(), span).map(Some),
         _ => Ok(None),
     }
 }
@@ -61,9 +110,10 @@ pub async fn chart(
 pub async fn chart_section(
     src: &dyn Source,
     name: &str,
-    window_ms: u64,
+    view: &View,
+    style: Style,
 ) -> Result<Section, ChartError> {
-    let svg = chart(src, name, window_ms).await?.unwrap_or_default();
+    let svg = chart(src, name, view, style).await?.unwrap_or_default();
     Ok(Section::new(&format!("chart-{name}"), chart_title(name)).chart(name, svg))
 }
 
@@ -132,7 +182,8 @@ pub fn instances_table(s: &ScalingView, now_ms: u64) -> Table {
 }
 
 /// Cost in words and per provider: what runs now, what the window cost, the budget.
-pub fn cost_section(s: &ScalingView, now_ms: u64, window_ms: u64, svg: String) -> Section {
+pub fn cost_section(s: &ScalingView, span: &crate::view::Span, svg: String) -> Section {
+    let (now_ms, window_ms) = (span.end_ms, span.len_ms);
     let start = now_ms.saturating_sub(window_ms);
     let mut per: std::collections::BTreeMap<&str, (u32, u64, f64)> = Default::default();
     for i in &s.instances {
@@ -161,9 +212,9 @@ pub fn cost_section(s: &ScalingView, now_ms: u64, window_ms: u64, svg: String) -
     }
     Section::new("cost", "Cloud resources and cost")
         .text(format!(
-            "Managed instances cost {} per hour now; ${spent:.2} over the last {} min; budget {}.",
+            "Managed instances cost {} per hour now; ${spent:.2} over the {}; budget {}.",
             dollars(hourly),
-            window_ms / 60_000,
+            span.caption(),
             s.budget_micros_per_hour
                 .map_or("not set".to_string(), |b| format!("{}/h", dollars(b)))
         ))
@@ -228,5 +279,118 @@ pub fn insight_sections(a: &Analysis) -> Vec<Section> {
         Section::new("recommendations", "Recommendations")
             .text(a.recommendation.clone())
             .table(a.instance_types.clone()),
+    ]
+}
+
+/// Means over a span of the workers a view shows: CPU, memory, GPU utilisation (fractions),
+/// and core-hours reserved and used.
+fn totals(
+    series: &[NodeSeries],
+    reservations: &[crate::views::ReservedSpan],
+    span: &crate::view::Span,
+) -> [Option<f64>; 5] {
+    let mean = |m: Metric| {
+        let v: Vec<f64> = series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.at_ms >= span.start_ms() && p.at_ms <= span.end_ms)
+            .filter_map(|p| m.of(p))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let hours = |ms: f64| ms / 3_600_000.0;
+    let reserved: f64 = reservations
+        .iter()
+        .map(|r| {
+            let end = r.end_ms.unwrap_or(span.end_ms).min(span.end_ms);
+            let ms = end.saturating_sub(r.start_ms.max(span.start_ms()));
+            r.cpu_cores * hours(ms as f64)
+        })
+        .sum();
+    let used: f64 = series
+        .iter()
+        .map(|s| {
+            let pts: Vec<_> = s
+                .points
+                .iter()
+                .filter(|p| p.at_ms >= span.start_ms() && p.at_ms <= span.end_ms)
+                .collect();
+            let mean = pts.iter().map(|p| p.cpu).sum::<f64>() / pts.len().max(1) as f64;
+            let covered = match (pts.first(), pts.last()) {
+                (Some(a), Some(b)) => b.at_ms - a.at_ms,
+                _ => 0,
+            };
+            mean * s.cores * hours(covered as f64)
+        })
+        .sum();
+    [
+        mean(Metric::Cpu),
+        mean(Metric::Memory),
+        mean(Metric::Gpu),
+        Some(reserved),
+        Some(used),
+    ]
+}
+
+/// `?compare=1d|7d`: the view's figures against the same window that long before.
+pub async fn compare_section(src: &dyn Source, view: &View) -> Vec<Section> {
+    let Some(back) = view.compare else {
+        return Vec::new();
+    };
+    let span = view.span;
+    let earlier = crate::view::Span {
+        end_ms: span.end_ms.saturating_sub(back),
+        len_ms: span.len_ms,
+        live: false,
+    };
+    let (_, series) = src
+        .series(src.now().saturating_sub(earlier.start_ms()).max(1))
+        .await;
+    let series = select(series, &view.filter, Metric::Cpu);
+    let reservations = src.reservations(earlier.start_ms());
+    let now = totals(&series, &reservations, &span);
+    let then = totals(&series, &reservations, &earlier);
+    let mut t = Table::new(
+        "comparison",
+        &[
+            "",
+            "this window",
+            &format!("{} earlier", crate::view::human(back)),
+            "change",
+        ],
+    );
+    let pct_row = |v: Option<f64>| charts::pct(v);
+    let rows: [(&str, bool); 5] = [
+        ("mean CPU utilisation", true),
+        ("mean memory in use", true),
+        ("mean GPU utilisation", true),
+        ("core-hours reserved", false),
+        ("core-hours used", false),
+    ];
+    for (i, (label, is_pct)) in rows.iter().enumerate() {
+        let (a, b) = (now[i], then[i]);
+        let show = |v: Option<f64>| {
+            if *is_pct {
+                pct_row(v)
+            } else {
+                v.map_or("–".into(), |v| format!("{v:.2}"))
+            }
+        };
+        let delta = match (a, b) {
+            (Some(a), Some(b)) if *is_pct => format!("{:+.0} points", (a - b) * 100.0),
+            (Some(a), Some(b)) if b > 0.0 => format!("{:+.0}%", (a / b - 1.0) * 100.0),
+            (Some(_), Some(_)) => "–".into(),
+            _ => "no data then".into(),
+        };
+        t.row(vec![label.to_string(), show(a), show(b), delta]);
+    }
+    vec![
+        Section::new("compare", "Against an earlier window")
+            .text(format!(
+                "{} against {} (the same workers and filters).",
+                span.caption(),
+                earlier.caption()
+            ))
+            .table(t),
     ]
 }

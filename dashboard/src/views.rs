@@ -17,7 +17,7 @@ pub struct WorkerUsage {
 pub const BUSY_GPU_PCT: u32 = 5;
 
 /// What was reserved for one attempt, and when.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ReservedSpan {
     pub start_ms: u64,
     /// None while it runs.
@@ -25,6 +25,9 @@ pub struct ReservedSpan {
     pub cpu_cores: f64,
     /// GPUs granted (shares count as fractions).
     pub gpus: f64,
+    /// The worker's node id and the task's name, for filters.
+    pub worker: String,
+    pub task_name: String,
 }
 
 /// The scaling ledger as the dashboard shows it.

@@ -467,9 +467,15 @@ fn registration_of(cfg: &NodeConfig, monitor: &Monitor, node: NodeId) -> WorkerR
     if let Some(m) = cfg.memory {
         capacity.memory = m;
     }
+    let mut hardware = monitor.hardware();
+    hardware.name = if cfg.name.is_empty() {
+        hardware.hostname.clone()
+    } else {
+        cfg.name.clone()
+    };
     WorkerRegistration {
         id: node,
-        hardware: monitor.hardware(),
+        hardware,
         capacity,
         labels: cfg.labels.clone(),
         boot_id: rand::random(),

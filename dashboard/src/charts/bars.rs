@@ -1,6 +1,10 @@
 //! Bar charts: allocation per worker and resource, efficiency per task name.
 
+use std::collections::BTreeMap;
+
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use testmesh_consensus::NodeId;
 use testmesh_consensus::model::Worker;
 
 use super::{ChartError, FONT, Tips, e, legend_strip, short};
@@ -11,61 +15,75 @@ const AMBER: RGBColor = RGBColor(0xf0, 0xa2, 0x02);
 const GREY: RGBColor = RGBColor(0xdd, 0xdd, 0xdd);
 const RED: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 
-/// One worker's bar in one panel: three segments from zero.
+/// One row's bar in one panel: three segments from zero.
 struct Bar {
     segments: [f64; 3],
     tip: String,
 }
 
+/// One worker's figures: per panel (CPU cores, memory GiB, GPUs) the three segments, and the
+/// GPUs reserved but idle.
+struct Figures {
+    name: String,
+    panels: [[f64; 3]; 3],
+    capacity: [f64; 3],
+    idle_gpus: Vec<u32>,
+}
+
+/// The tooltip of a row standing for `who` with these summed figures.
+fn tip(k: usize, who: &str, f: &[f64; 3], cap: f64, idle: &[u32]) -> String {
+    match k {
+        0 => format!(
+            "{who}: CPU {:.1} used, {:.1} reserved of {cap:.1} cores",
+            f[0],
+            f[0] + f[1]
+        ),
+        1 => format!(
+            "{who}: memory {:.1} GiB in use, {:.1} reserved of {cap:.1} GiB",
+            f[0],
+            f[0] + f[1]
+        ),
+        _ => {
+            let reserved = f[0] + f[1];
+            if f[1] == 0.0 {
+                format!("{who}: {reserved} of {cap} GPUs reserved, all working")
+            } else if idle.is_empty() {
+                format!(
+                    "{who}: {reserved} of {cap} GPUs reserved; {} idle while reserved",
+                    f[1]
+                )
+            } else {
+                format!("{who}: {reserved} of {cap} GPUs reserved; idle while reserved: {idle:?}")
+            }
+        }
+    }
+}
+
 /// Per worker and resource (CPU cores, memory GiB, GPUs): used, reserved but unused, free.
-/// Reserved GPUs that do no work are drawn red: allocated-but-idle stands out.
-pub fn allocation(workers: &[Worker], usage: &[WorkerUsage]) -> Result<String, ChartError> {
-    let height = (150 + 20 * workers.len().max(1)).min(2400) as u32;
-    let names: Vec<String> = workers
-        .iter()
-        .map(|w| short(&w.hardware.hostname, 12) + " " + &short(&w.id.to_string(), 6))
-        .collect();
+/// Reserved GPUs that do no work are drawn red: allocated-but-idle stands out. Workers are
+/// labelled by `names`; beyond [`super::heatmap::MAX_ROWS`] neighbours share a row (sums).
+pub fn allocation(
+    workers: &[Worker],
+    names: &BTreeMap<NodeId, String>,
+    usage: &[WorkerUsage],
+) -> Result<String, ChartError> {
     let use_of = |w: &Worker| usage.iter().find(|u| u.id == w.id.to_string());
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    // Title, the colour of the middle segment (reserved but not used), bars.
-    let mut panels: Vec<(&str, RGBColor, Vec<Bar>)> = Vec::new();
-    let cpu = workers
+    let figures: Vec<Figures> = workers
         .iter()
-        .zip(&names)
-        .map(|(w, n)| {
+        .map(|w| {
+            let u = use_of(w);
             let cap = w.capacity.cpu.0 as f64 / 1000.0;
             let reserved = (w.allocated.cpu.0 as f64 / 1000.0).min(cap);
-            let used = use_of(w).map_or(0.0, |u| u.cpu_cores).min(cap);
-            Bar {
-                segments: [used, (reserved - used).max(0.0), cap - reserved.max(used)],
-                tip: format!("{n}: CPU {used:.1} used, {reserved:.1} reserved of {cap:.1} cores"),
-            }
-        })
-        .collect();
-    panels.push(("CPU (cores)", AMBER, cpu));
-    let memory = workers
-        .iter()
-        .zip(&names)
-        .map(|(w, n)| {
-            let cap = gib(w.capacity.memory.0);
-            let reserved = gib(w.allocated.memory.0).min(cap);
-            let used = use_of(w).map_or(0.0, |u| gib(u.memory_bytes)).min(cap);
-            Bar {
-                segments: [used, (reserved - used).max(0.0), cap - reserved.max(used)],
-                tip: format!(
-                    "{n}: memory {used:.1} GiB in use, {reserved:.1} reserved of {cap:.1} GiB"
-                ),
-            }
-        })
-        .collect();
-    panels.push(("Memory (GiB)", AMBER, memory));
-    let gpus = workers
-        .iter()
-        .zip(&names)
-        .map(|(w, n)| {
+            let used = u.map_or(0.0, |u| u.cpu_cores).min(cap);
+            let cpu = [used, (reserved - used).max(0.0), cap - reserved.max(used)];
+            let mcap = gib(w.capacity.memory.0);
+            let mres = gib(w.allocated.memory.0).min(mcap);
+            let mused = u.map_or(0.0, |u| gib(u.memory_bytes)).min(mcap);
+            let mem = [mused, (mres - mused).max(0.0), mcap - mres.max(mused)];
             let total = w.capacity.gpus.len() as f64;
-            let busy: Vec<u32> = use_of(w).map(|u| u.busy_gpus.clone()).unwrap_or_default();
-            let reserved = w.allocated.gpus.len() as f64;
+            let busy: Vec<u32> = u.map(|u| u.busy_gpus.clone()).unwrap_or_default();
+            let greserved = w.allocated.gpus.len() as f64;
             let idle: Vec<u32> = w
                 .allocated
                 .gpus
@@ -73,20 +91,80 @@ pub fn allocation(workers: &[Worker], usage: &[WorkerUsage]) -> Result<String, C
                 .filter(|i| !busy.contains(i))
                 .copied()
                 .collect();
-            let working = reserved - idle.len() as f64;
-            Bar {
-                segments: [working, idle.len() as f64, (total - reserved).max(0.0)],
-                tip: if idle.is_empty() {
-                    format!("{n}: {reserved} of {total} GPUs reserved, all working")
-                } else {
-                    format!(
-                        "{n}: {reserved} of {total} GPUs reserved; idle while reserved: {idle:?}"
-                    )
-                },
+            let gpu = [
+                greserved - idle.len() as f64,
+                idle.len() as f64,
+                (total - greserved).max(0.0),
+            ];
+            Figures {
+                name: names
+                    .get(&w.id)
+                    .cloned()
+                    .unwrap_or_else(|| w.hardware.hostname.clone()),
+                panels: [cpu, mem, gpu],
+                capacity: [cap, mcap, total],
+                idle_gpus: idle,
             }
         })
         .collect();
-    panels.push(("GPUs", RED, gpus));
+    let group = figures.len().div_ceil(super::heatmap::MAX_ROWS).max(1);
+    let chunks: Vec<&[Figures]> = figures.chunks(group).collect();
+    let labels: Vec<String> = chunks
+        .iter()
+        .map(|c| {
+            if c.len() == 1 {
+                short(&c[0].name, 22)
+            } else {
+                format!("{} +{}", short(&c[0].name, 16), c.len() - 1)
+            }
+        })
+        .collect();
+    // Title, the colour of the middle segment (reserved but not used), bars.
+    let mut panels: Vec<(&str, RGBColor, Vec<Bar>)> = Vec::new();
+    for (k, (title, middle)) in [
+        ("CPU (cores)", AMBER),
+        ("Memory (GiB)", AMBER),
+        ("GPUs", RED),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bars = chunks
+            .iter()
+            .map(|c| {
+                let mut sum = [0.0; 3];
+                for f in c.iter() {
+                    for (s, v) in sum.iter_mut().zip(f.panels[k]) {
+                        *s += v;
+                    }
+                }
+                let cap: f64 = c.iter().map(|f| f.capacity[k]).sum();
+                let who = if c.len() == 1 {
+                    c[0].name.clone()
+                } else {
+                    let listed: Vec<&str> = c.iter().take(8).map(|f| f.name.as_str()).collect();
+                    format!(
+                        "{} workers ({}{})",
+                        c.len(),
+                        listed.join(", "),
+                        if c.len() > 8 { ", …" } else { "" }
+                    )
+                };
+                let idle = if c.len() == 1 {
+                    c[0].idle_gpus.clone()
+                } else {
+                    Vec::new()
+                };
+                Bar {
+                    segments: sum,
+                    tip: tip(k, &who, &sum, cap, &idle),
+                }
+            })
+            .collect();
+        panels.push((title, middle, bars));
+    }
+    let rows = chunks.len().max(1);
+    let height = 150 + super::heatmap::ROW_PX * rows as u32;
 
     let mut svg = String::new();
     let mut tips = Tips::default();
@@ -110,7 +188,7 @@ pub fn allocation(workers: &[Worker], usage: &[WorkerUsage]) -> Result<String, C
                 .caption(*title, (FONT, 13))
                 .margin(6)
                 .x_label_area_size(40)
-                .y_label_area_size(if k == 0 { 130 } else { 4 })
+                .y_label_area_size(if k == 0 { 150 } else { 4 })
                 .build_cartesian_2d(0.0..max, 0.0..bars.len().max(1) as f64)
                 .map_err(e)?;
             chart
@@ -119,10 +197,20 @@ pub fn allocation(workers: &[Worker], usage: &[WorkerUsage]) -> Result<String, C
                 .axis_desc_style((FONT, 13))
                 .disable_y_mesh()
                 .x_labels(4)
-                .y_labels(if k == 0 { bars.len().clamp(1, 60) } else { 0 })
-                .y_label_formatter(&|y| names.get(y.floor() as usize).cloned().unwrap_or_default())
+                .disable_y_axis()
                 .draw()
                 .map_err(e)?;
+            if k == 0 {
+                // One label per row, smaller than the row: they cannot overlap.
+                let style = TextStyle::from((FONT, 11).into_font())
+                    .pos(Pos::new(HPos::Right, VPos::Center));
+                for (row, l) in labels.iter().enumerate() {
+                    let (x, y) = chart.backend_coord(&(0.0, row as f64 + 0.5));
+                    let (bx, by) = area.get_base_pixel();
+                    area.draw(&Text::new(l.clone(), (x - bx - 6, y - by), style.clone()))
+                        .map_err(e)?;
+                }
+            }
             for (s, colour) in [GREEN, *middle, GREY].into_iter().enumerate() {
                 let rects: Vec<Rectangle<(f64, f64)>> = bars
                     .iter()

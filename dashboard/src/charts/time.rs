@@ -4,18 +4,19 @@ use plotters::prelude::*;
 use testmesh_consensus::scaling::{CloudInstance, DecisionKind, DecisionRecord};
 
 use super::{ChartError, FONT, NodeSeries, Tips, e, pct};
+use crate::view::Span;
 use crate::views::{ReservedSpan, ScalingView};
 
 /// Managed instances over time, with the queue length and every scale-up and scale-down.
 pub fn scaling(
     decisions: &[DecisionRecord],
     instances: &[CloudInstance],
-    now_ms: u64,
-    window_ms: u64,
+    span: &Span,
 ) -> Result<String, ChartError> {
+    let (now_ms, window_ms) = (span.end_ms, span.len_ms);
     let start = now_ms.saturating_sub(window_ms);
-    let minutes = window_ms as f64 / 60_000.0;
-    let x = |t: u64| -((now_ms.saturating_sub(t)) as f64) / 60_000.0;
+    let x = |t: u64| span.x(t);
+    let plot_x;
     // Instances alive at each change point.
     let mut times: Vec<u64> = vec![start, now_ms];
     for i in instances {
@@ -50,17 +51,17 @@ pub fn scaling(
         let root = SVGBackend::with_string(&mut svg, (900, 320)).into_drawing_area();
         root.fill(&WHITE).map_err(e)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Scaling (last {minutes:.0} min)"), (FONT, 16))
+            .caption(format!("Scaling ({})", span.caption()), (FONT, 16))
             .margin(8)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-minutes..0.0, 0.0..top)
+            .build_cartesian_2d(span.left()..0.0, 0.0..top)
             .map_err(e)?;
         chart
             .configure_mesh()
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 13))
-            .x_desc("minutes ago")
+            .x_desc(span.desc())
             .y_desc("count")
             .draw()
             .map_err(e)?;
@@ -103,8 +104,8 @@ pub fn scaling(
                 (px - 7, py - 7),
                 (px + 7, py + 7),
                 &format!(
-                    "{:.1} min ago, {}: {} ({} pending, {} managed workers)",
-                    -x(d.at.0),
+                    "{}, {}: {} ({} pending, {} managed workers)",
+                    span.before(d.at.0),
                     match d.kind {
                         DecisionKind::Up => "scale up",
                         DecisionKind::Down => "scale down",
@@ -124,9 +125,12 @@ pub fn scaling(
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(e)?;
+        let (x0, _) = chart.backend_coord(&(span.left(), 0.0));
+        let (x1, _) = chart.backend_coord(&(0.0, 0.0));
+        plot_x = (x0, x1);
         root.present().map_err(e)?;
     }
-    Ok(tips.apply(svg))
+    Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))
 }
 
 /// Buckets across the window of the efficiency and cost charts.
@@ -142,12 +146,13 @@ fn overlap(a: u64, b: u64, lo: u64, hi: u64) -> u64 {
 pub(super) fn efficiency_buckets(
     series: &[NodeSeries],
     reservations: &[ReservedSpan],
-    now_ms: u64,
-    window_ms: u64,
-) -> Vec<[f64; 4]> {
+    span: &Span,
+) -> Vec<[f64; 5]> {
+    let (now_ms, window_ms) = (span.end_ms, span.len_ms);
+    let buckets = super::columns(series, span, BUCKETS);
     let start = now_ms.saturating_sub(window_ms);
-    let step = window_ms.div_ceil(BUCKETS as u64).max(1);
-    let mut out = vec![[0.0; 4]; BUCKETS];
+    let step = window_ms.div_ceil(buckets as u64).max(1);
+    let mut out = vec![[0.0; 5]; buckets];
     for (b, slot) in out.iter_mut().enumerate() {
         let lo = start + b as u64 * step;
         let hi = lo + step;
@@ -158,13 +163,13 @@ pub(super) fn efficiency_buckets(
         }
     }
     for s in series {
-        let mut sums = vec![(0.0, 0.0, 0u32); BUCKETS];
+        let mut sums = vec![(0.0, 0.0, 0u32); buckets];
         for p in s
             .points
             .iter()
             .filter(|p| p.at_ms >= start && p.at_ms < now_ms)
         {
-            let b = (((p.at_ms - start) / step) as usize).min(BUCKETS - 1);
+            let b = (((p.at_ms - start) / step) as usize).min(buckets - 1);
             sums[b].0 += p.cpu;
             sums[b].1 += p.gpu.unwrap_or(0.0);
             sums[b].2 += 1;
@@ -173,6 +178,7 @@ pub(super) fn efficiency_buckets(
             if n > 0 {
                 slot[1] += cpu / n as f64 * s.cores;
                 slot[3] += gpu / n as f64 * s.gpus as f64;
+                slot[4] += 1.0;
             }
         }
     }
@@ -184,13 +190,14 @@ pub(super) fn efficiency_buckets(
 pub fn efficiency(
     series: &[NodeSeries],
     reservations: &[ReservedSpan],
-    now_ms: u64,
-    window_ms: u64,
+    span: &Span,
 ) -> Result<String, ChartError> {
-    let buckets = efficiency_buckets(series, reservations, now_ms, window_ms);
-    let minutes = window_ms as f64 / 60_000.0;
-    let width = minutes / BUCKETS as f64;
-    let x0 = |b: usize| -minutes + b as f64 * width;
+    let buckets = efficiency_buckets(series, reservations, span);
+    let width = -span.left() / buckets.len() as f64;
+    let x0 = |b: usize| span.left() + b as f64 * width;
+    let at =
+        |b: usize| span.start_ms() + (b as f64 * span.len_ms as f64 / buckets.len() as f64) as u64;
+    let mut plot_x = (0, 0);
     let mut svg = String::new();
     let mut tips = Tips::default();
     {
@@ -198,7 +205,7 @@ pub fn efficiency(
         root.fill(&WHITE).map_err(e)?;
         let root = root
             .titled(
-                &format!("Reserved against used (last {minutes:.0} min)"),
+                &format!("Reserved against used ({})", span.caption()),
                 (FONT, 16),
             )
             .map_err(e)?;
@@ -217,13 +224,13 @@ pub fn efficiency(
                 .margin(8)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
-                .build_cartesian_2d(-minutes..0.0, 0.0..top)
+                .build_cartesian_2d(span.left()..0.0, 0.0..top)
                 .map_err(e)?;
             chart
                 .configure_mesh()
                 .label_style((FONT, 13))
                 .axis_desc_style((FONT, 13))
-                .x_desc("minutes ago")
+                .x_desc(span.desc())
                 .y_desc(unit)
                 .draw()
                 .map_err(e)?;
@@ -249,14 +256,22 @@ pub fn efficiency(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], used.mix(0.8).filled())
                 });
-            for (b, v) in buckets.iter().enumerate() {
+            let (l, _) = chart.backend_coord(&(span.left(), 0.0));
+            let (r, _) = chart.backend_coord(&(0.0, 0.0));
+            plot_x = (l, r);
+            // Tooltips where there is something to say: samples or reservations.
+            for (b, v) in buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v[4] > 0.0 || v[0] > 0.0)
+            {
                 tips.add(
                     chart.backend_coord(&(x0(b), 0.0)),
                     chart.backend_coord(&(x0(b + 1), top)),
                     &format!(
-                        "{:.0}–{:.0} min ago: {:.2} {unit} reserved, {:.2} used ({})",
-                        -x0(b),
-                        -x0(b + 1),
+                        "{} to {}: {:.2} {unit} reserved, {:.2} used ({})",
+                        span.before(at(b)),
+                        span.before(at(b + 1)),
                         v[k],
                         v[k + 1],
                         pct((v[k] > 0.0).then(|| v[k + 1] / v[k]))
@@ -274,19 +289,20 @@ pub fn efficiency(
         }
         root.present().map_err(e)?;
     }
-    Ok(tips.apply(svg))
+    Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))
 }
 
 /// Instances per provider over time, and the cost accumulated over the window against what
 /// the budget allows over the same time.
-pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, ChartError> {
+pub fn cost(s: &ScalingView, span: &Span) -> Result<String, ChartError> {
+    let (now_ms, window_ms) = (span.end_ms, span.len_ms);
     let start = now_ms.saturating_sub(window_ms);
-    let minutes = window_ms as f64 / 60_000.0;
     let step = window_ms.div_ceil(BUCKETS as u64 * 2).max(1);
     let times: Vec<u64> = (0..=BUCKETS * 2)
         .map(|i| (start + i as u64 * step).min(now_ms))
         .collect();
-    let x = |t: u64| -((now_ms.saturating_sub(t)) as f64) / 60_000.0;
+    let x = |t: u64| span.x(t);
+    let plot_x;
     let mut providers: Vec<&str> = s.instances.iter().map(|i| i.provider.as_str()).collect();
     providers.sort_unstable();
     providers.dedup();
@@ -334,7 +350,7 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
         root.fill(&WHITE).map_err(e)?;
         let root = root
             .titled(
-                &format!("Cloud instances and cost (last {minutes:.0} min)"),
+                &format!("Cloud instances and cost ({})", span.caption()),
                 (FONT, 16),
             )
             .map_err(e)?;
@@ -343,13 +359,13 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
             .margin(8)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-minutes..0.0, 0.0..top_count)
+            .build_cartesian_2d(span.left()..0.0, 0.0..top_count)
             .map_err(e)?;
         chart
             .configure_mesh()
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 13))
-            .x_desc("minutes ago")
+            .x_desc(span.desc())
             .y_desc("instances")
             .draw()
             .map_err(e)?;
@@ -379,8 +395,8 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
                 chart.backend_coord(&(x(w[0]), 0.0)),
                 chart.backend_coord(&(x(w[1]), top_count)),
                 &format!(
-                    "{:.0} min ago: {}",
-                    -x(w[0]),
+                    "{}: {}",
+                    span.before(w[0]),
                     if counts.is_empty() {
                         "no instances".to_string()
                     } else {
@@ -403,13 +419,13 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
             .margin(8)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(-minutes..0.0, 0.0..top_cost)
+            .build_cartesian_2d(span.left()..0.0, 0.0..top_cost)
             .map_err(e)?;
         chart
             .configure_mesh()
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 13))
-            .x_desc("minutes ago")
+            .x_desc(span.desc())
             .y_desc("US$")
             .draw()
             .map_err(e)?;
@@ -438,8 +454,8 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
                 chart.backend_coord(&(x(w[0]), 0.0)),
                 chart.backend_coord(&(x(w[1]), top_cost)),
                 &format!(
-                    "{:.0} min ago: ${c:.2} spent in the window{}",
-                    -x(w[0]),
+                    "{}: ${c:.2} spent in the window{}",
+                    span.before(w[0]),
                     budget(w[0]).map_or(String::new(), |b| format!(", budget allows ${b:.2}"))
                 ),
             );
@@ -452,7 +468,10 @@ pub fn cost(s: &ScalingView, now_ms: u64, window_ms: u64) -> Result<String, Char
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(e)?;
+        let (l, _) = chart.backend_coord(&(span.left(), 0.0));
+        let (r, _) = chart.backend_coord(&(0.0, 0.0));
+        plot_x = (l, r);
         root.present().map_err(e)?;
     }
-    Ok(tips.apply(svg))
+    Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))
 }

@@ -35,6 +35,9 @@ pub struct NodeArgs {
     /// Worker label KEY=VALUE that tasks can require with --constraint (repeatable)
     #[arg(long = "label", value_parser = units::parse_key_value)]
     pub labels: Vec<(String, String)>,
+    /// This node's name in the dashboard and listings [default: the hostname]
+    #[arg(long, env = "TESTMESH_NAME")]
+    pub name: Option<String>,
     /// CPU this worker offers, e.g. 4 or 1500m [default: all cores]
     #[arg(long, value_parser = units::parse_cpu)]
     pub cpus: Option<MilliCpu>,
@@ -242,6 +245,7 @@ pub(crate) struct FileConfig {
     http: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    name: Option<String>,
     cpus: Option<String>,
     memory: Option<String>,
     /// Raft log entries between snapshots.
@@ -339,6 +343,8 @@ fn instance_types(file: Vec<FileInstanceType>) -> Result<Vec<InstanceType>, Stri
 /// Validated, immutable node configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// Shown in the dashboard and listings; empty for the hostname.
+    pub name: String,
     pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub labels: BTreeMap<String, String>,
@@ -453,6 +459,15 @@ impl NodeConfig {
                 "--http {http_text:?} is not an address: use IP:PORT, e.g. 127.0.0.1:7070 or 0.0.0.0:7070"
             ))
         })?;
+        let name = args.name.clone().or(file.name).unwrap_or_default();
+        if !name.is_empty()
+            && (name.chars().count() > 64
+                || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Error::Config(format!(
+                "--name {name:?}: at most 64 characters, no spaces (e.g. gpu-a1)"
+            )));
+        }
         let mut labels = file.labels;
         labels.extend(args.labels.iter().cloned());
         for k in labels.keys() {
@@ -694,6 +709,7 @@ impl NodeConfig {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             http,
+            name,
             labels,
             cpus,
             memory,

@@ -96,6 +96,8 @@ impl testmesh_dashboard::Source for DashboardSource {
                     end_ms: end,
                     cpu_cores: t.spec.requirements.cpu.0 as f64 / 1000.0,
                     gpus: a.gpus.iter().map(|g| g.milli as f64 / 1000.0).sum(),
+                    worker: a.worker.to_string(),
+                    task_name: t.spec.name.clone(),
                 });
             }
         }
@@ -145,6 +147,17 @@ impl testmesh_dashboard::Source for DashboardSource {
             .collect()
     }
 
+    fn first_data_ms(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            self.0
+                .stats
+                .read(|s| s.first_at())
+                .await
+                .flatten()
+                .map(|t| t.0)
+        })
+    }
+
     fn run(
         &self,
         id: u64,
@@ -163,22 +176,29 @@ impl DashboardSource {
     ) -> (u64, Vec<testmesh_dashboard::charts::NodeSeries>) {
         use testmesh_dashboard::charts::{NodeSeries, StatPoint};
         let now = self.0.now().0;
-        let hosts: BTreeMap<testmesh_consensus::NodeId, (String, f64, u32)> = self
-            .0
-            .ledger
-            .read()
-            .workers()
-            .map(|w| {
-                (
-                    w.id,
-                    (
-                        w.hardware.hostname.clone(),
-                        w.capacity.cpu.0 as f64 / 1000.0,
-                        w.capacity.gpus.len() as u32,
-                    ),
-                )
-            })
-            .collect();
+        let hosts: BTreeMap<testmesh_consensus::NodeId, NodeSeries> = {
+            let l = self.0.ledger.read();
+            let names = testmesh_consensus::model::display_names(l.workers());
+            l.workers()
+                .map(|w| {
+                    let mut models: Vec<String> =
+                        w.capacity.gpus.iter().map(|g| g.model.clone()).collect();
+                    models.dedup();
+                    let s = NodeSeries {
+                        node: w.id.to_string(),
+                        hostname: w.hardware.hostname.clone(),
+                        name: names.get(&w.id).cloned().unwrap_or_default(),
+                        labels: w.labels.clone(),
+                        gpu_models: models,
+                        state: format!("{:?}", w.state).to_lowercase(),
+                        cores: w.capacity.cpu.0 as f64 / 1000.0,
+                        gpus: w.capacity.gpus.len() as u32,
+                        points: Vec::new(),
+                    };
+                    (w.id, s)
+                })
+                .collect()
+        };
         let since = testmesh_consensus::UnixMillis(now.saturating_sub(window_ms));
         let view = self
             .0
@@ -223,14 +243,12 @@ impl DashboardSource {
                     .map(point)
                     .collect();
                 points.extend(v.samples.iter().map(point));
-                let (hostname, cores, gpus) = hosts.get(&id).cloned().unwrap_or_default();
-                NodeSeries {
+                let mut s = hosts.get(&id).cloned().unwrap_or_else(|| NodeSeries {
                     node: id.to_string(),
-                    hostname,
-                    cores,
-                    gpus,
-                    points,
-                }
+                    ..Default::default()
+                });
+                s.points = points;
+                s
             })
             .collect();
         (now, series)

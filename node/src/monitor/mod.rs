@@ -106,6 +106,7 @@ impl Monitor {
                 .map(|c| c.brand().trim().to_string())
                 .unwrap_or_default(),
             cores: self.sys.cpus().len() as u32,
+            name: String::new(),
         }
     }
 

@@ -178,6 +178,17 @@ impl StatsStore {
         self.nodes.get(&node)?.fine.back()
     }
 
+    /// When the oldest sample still held was taken.
+    pub fn first_at(&self) -> Option<UnixMillis> {
+        self.nodes
+            .values()
+            .filter_map(|s| match (s.coarse.front(), s.fine.front()) {
+                (Some(c), Some(f)) => Some(c.at.min(f.at)),
+                (c, f) => c.or(f).map(|p| p.at),
+            })
+            .min()
+    }
+
     /// Per node: the fine samples after `since` and the downsampled history.
     pub fn view(&self, node: Option<NodeId>, since: UnixMillis) -> BTreeMap<NodeId, NodeStats> {
         self.nodes
