@@ -73,6 +73,10 @@ pub trait Source: Send + Sync + 'static {
     fn run(&self, _id: u64) -> Option<(testmesh_consensus::runs::Run, Vec<Task>)> {
         None
     }
+    /// Queue positions and estimated starts of the pending tasks, by task id.
+    fn etas(&self) -> BTreeMap<u64, views::QueueEta> {
+        BTreeMap::new()
+    }
     /// When the oldest statistics this node holds were taken (the default window fits them).
     fn first_data_ms(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async { None })
@@ -151,10 +155,10 @@ pub fn router(source: Src, interval: std::time::Duration) -> Router {
         .merge(live)
 }
 
-type Q = Result<Query<ViewQuery>, axum::extract::rejection::QueryRejection>;
+pub(crate) type Q = Result<Query<ViewQuery>, axum::extract::rejection::QueryRejection>;
 
 /// The view a query asks for, or a 400 saying what was wrong.
-async fn view_of(src: &dyn Source, q: Q) -> Result<View, Response> {
+pub(crate) async fn view_of(src: &dyn Source, q: Q) -> Result<View, Response> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m).into_response();
     let q = q.map_err(|e| {
         bad(format!(

@@ -13,6 +13,16 @@ pub struct WorkerUsage {
     pub busy_gpus: Vec<u32>,
 }
 
+/// A pending task's place in the queue and its estimated start and finish.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueEta {
+    pub position: usize,
+    pub start_ms: u64,
+    pub finish_ms: u64,
+    /// 0–1.
+    pub confidence: f64,
+}
+
 /// A GPU below this utilisation counts as idle.
 pub const BUSY_GPU_PCT: u32 = 5;
 

@@ -338,11 +338,7 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
     c.start("control", |s| {
         Control {
             core: core.clone(),
-            // Shortest predicted run time first within groups of 64 queue positions.
-            options: testmesh_planner::Options {
-                shortest_first_group: 64,
-                ..Default::default()
-            },
+            options: crate::core::eta::scheduling_options(),
             liveness,
             dead_after: cfg.dead_after,
             stats_fresh: (cfg.stats_interval * 3).max(Duration::from_secs(3)),

@@ -10,6 +10,7 @@ mod error;
 
 pub mod autoscaler;
 pub mod catalogue;
+pub mod eta;
 pub mod insights;
 pub mod optimizer;
 pub mod predictor;

@@ -62,7 +62,12 @@ async fn poll<T>(
     }
 }
 
-fn view(ledger: &Ledger, t: &Task, reasons: bool) -> TaskView {
+fn view(
+    ledger: &Ledger,
+    t: &Task,
+    reasons: bool,
+    etas: &std::collections::HashMap<TaskId, crate::core::eta::EtaView>,
+) -> TaskView {
     let pending_reason = (reasons && t.state == TaskState::Pending).then(|| {
         let v = ClusterView::from_ledger(ledger, 0);
         planner::why_pending(&v, &t.spec.requirements)
@@ -70,7 +75,21 @@ fn view(ledger: &Ledger, t: &Task, reasons: bool) -> TaskView {
     TaskView {
         task: t.clone(),
         pending_reason,
+        eta: etas.get(&t.id).copied(),
     }
+}
+
+/// Estimates for the queue when `tasks` holds a pending one (the simulation is not free).
+fn etas_for<'a>(
+    st: &AppState,
+    ledger: &Ledger,
+    mut tasks: impl Iterator<Item = &'a Task>,
+) -> std::collections::HashMap<TaskId, crate::core::eta::EtaView> {
+    if !tasks.any(|t| t.state == TaskState::Pending) {
+        return Default::default();
+    }
+    let models = st.core.models.current();
+    crate::core::eta::etas(ledger, models.as_deref(), st.core.now().0)
 }
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
@@ -244,9 +263,10 @@ pub async fn list(
             _ => (rev, rev.to_string()),
         };
         let reasons = found.len() <= MAX_REASONS;
+        let etas = etas_for(&st, ledger, found.iter().copied());
         let tasks: Vec<TaskView> = found
             .into_iter()
-            .map(|t| view(ledger, t, reasons))
+            .map(|t| view(ledger, t, reasons, &etas))
             .collect();
         (wait.is_none() || !tasks.is_empty()).then_some(TaskList { rev, next, tasks })
     };
@@ -339,7 +359,12 @@ pub async fn get_one(
     }
     let found = poll(&st, wait, |l, _| match l.task(id) {
         None => Some(None),
-        Some(t) if t.rev > since || wait.is_none() => Some(Some(view(l, t, true))),
+        Some(t) if t.rev > since || wait.is_none() => Some(Some(view(
+            l,
+            t,
+            true,
+            &etas_for(&st, l, std::iter::once(t)),
+        ))),
         Some(_) => None,
     })
     .await;
@@ -348,7 +373,7 @@ pub async fn get_one(
         Some(None) => match crate::core::archive::task(&st.core.ledger, id) {
             Ok(t) => {
                 let l = st.core.ledger.read();
-                Ok(Json(view(&l, &t, true)))
+                Ok(Json(view(&l, &t, true, &Default::default())))
             }
             Err(g) if g.is_never() => Err(ApiError::NotFound(format!(
                 "task {id} does not exist; list tasks with GET /api/v1/tasks"
@@ -359,7 +384,7 @@ pub async fn get_one(
         None => {
             let l = st.core.ledger.read();
             l.task(id)
-                .map(|t| Json(view(&l, t, true)))
+                .map(|t| Json(view(&l, t, true, &etas_for(&st, &l, std::iter::once(t)))))
                 .ok_or_else(|| ApiError::NotFound(format!("task {id} does not exist")))
         }
     }

@@ -283,13 +283,23 @@ pub async fn list(a: TasksArgs) -> anyhow::Result<ExitCode> {
                 a.and_then(|a| a.outcome.as_ref()?.exit_code)
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
+                v.eta.map_or_else(
+                    || "-".into(),
+                    |e| {
+                        format!(
+                            "#{} in {}",
+                            e.position,
+                            millis(e.start_ms.saturating_sub(now.0))
+                        )
+                    },
+                ),
                 t.spec.argv.join(" "),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "NAME", "STATE", "ATTEMPT", "WORKER", "RUNTIME", "EXIT", "COMMAND",
+            "ID", "NAME", "STATE", "ATTEMPT", "WORKER", "RUNTIME", "EXIT", "STARTS", "COMMAND",
         ],
         &rows,
     );
@@ -322,6 +332,16 @@ pub async fn show(a: TaskArgs) -> anyhow::Result<ExitCode> {
     );
     if let Some(reason) = &v.pending_reason {
         outln!("reason    {reason}");
+    }
+    if let Some(e) = &v.eta {
+        let now = SystemClock.now().0;
+        outln!(
+            "queue     position {} · starts in about {} · finishes in about {} · confidence {:.0}% (learned run times of the tasks ahead)",
+            e.position,
+            millis(e.start_ms.saturating_sub(now)),
+            millis(e.finish_ms.saturating_sub(now)),
+            e.confidence * 100.0
+        );
     }
     outln!("command   {}", t.spec.argv.join(" "));
     outln!(

@@ -21,6 +21,9 @@ pub struct TaskView {
     pub task: Task,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
+    /// For a pending task: its place in the queue and when it should start and finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<crate::core::eta::EtaView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

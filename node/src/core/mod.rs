@@ -19,6 +19,7 @@ pub mod clock;
 pub mod code;
 pub mod disk;
 pub mod dto;
+pub mod eta;
 pub mod insights;
 pub mod leadership;
 pub mod logs;

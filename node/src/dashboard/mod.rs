@@ -147,6 +147,25 @@ impl testmesh_dashboard::Source for DashboardSource {
             .collect()
     }
 
+    fn etas(&self) -> BTreeMap<u64, testmesh_dashboard::views::QueueEta> {
+        let models = self.0.models.current();
+        let l = self.0.ledger.read();
+        crate::core::eta::etas(&l, models.as_deref(), self.0.now().0)
+            .into_iter()
+            .map(|(id, e)| {
+                (
+                    id.0,
+                    testmesh_dashboard::views::QueueEta {
+                        position: e.position,
+                        start_ms: e.start_ms,
+                        finish_ms: e.finish_ms,
+                        confidence: e.confidence,
+                    },
+                )
+            })
+            .collect()
+    }
+
     fn first_data_ms(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async move {
             self.0
