@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod mesh;
 pub mod monitor;
 pub mod pack;
+pub mod reports;
 pub mod results;
 pub mod runfile;
 pub mod runtime;

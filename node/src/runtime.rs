@@ -382,6 +382,9 @@ pub async fn run(cfg: NodeConfig) -> Result<(), Error> {
         },
     };
     c.start("scaler", |s| scaler.run(s));
+    c.start("reports", |s| {
+        crate::reports::run(core.clone(), cfg.reports.clone(), s)
+    });
     let scheme = if tls_config.is_some() {
         "https"
     } else {

@@ -37,3 +37,8 @@ pub async fn insights(
     let (insights, _, _) = st.core.insights(window.as_millis() as u64).await?;
     Ok(Json(insights))
 }
+
+/// Scheduled reports (`[[reports]]`) and how their deliveries went.
+pub async fn reports(State(st): State<AppState>) -> Json<Vec<crate::core::reports::ReportStatus>> {
+    Json(st.core.reports.get())
+}

@@ -202,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/report.pdf", get(run_report::pdf))
         .route("/api/v1/predict", post(predict::predict))
         .route("/api/v1/insights", get(insights::insights))
+        .route("/api/v1/reports", get(insights::reports))
         .route("/api/v1/scaling", get(scaling::scaling))
         .route(
             "/api/v1/policy",

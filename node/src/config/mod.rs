@@ -280,6 +280,9 @@ pub(crate) struct FileConfig {
     /// Where the autoscaler may get workers from.
     #[serde(default)]
     providers: Vec<crate::config::providers::FileProvider>,
+    /// Reports the leader makes on a schedule.
+    #[serde(default)]
+    reports: Vec<crate::reports::FileReport>,
 }
 
 /// One `[[instance_types]]` entry.
@@ -345,6 +348,8 @@ fn instance_types(file: Vec<FileInstanceType>) -> Result<Vec<InstanceType>, Stri
 pub struct NodeConfig {
     /// Shown in the dashboard and listings; empty for the hostname.
     pub name: String,
+    /// `[[reports]]`: made on the leader on their schedules.
+    pub reports: Vec<crate::reports::ReportSpec>,
     pub data_dir: PathBuf,
     pub http: SocketAddr,
     pub labels: BTreeMap<String, String>,
@@ -439,7 +444,7 @@ pub(crate) fn parse_file(text: &str, path: &Path) -> Result<FileConfig, Error> {
 
 impl NodeConfig {
     pub fn build(args: &NodeArgs) -> Result<NodeConfig, Error> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
@@ -468,6 +473,21 @@ impl NodeConfig {
                 "--name {name:?}: at most 64 characters, no spaces (e.g. gpu-a1)"
             )));
         }
+        let mut names = std::collections::BTreeSet::new();
+        let reports = std::mem::take(&mut file.reports)
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.check(i).map_err(|e| in_file("reports", e))?;
+                if !names.insert(r.name.clone()) {
+                    return Err(in_file(
+                        "reports",
+                        format!("two reports are named {:?}", r.name),
+                    ));
+                }
+                Ok(r)
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let mut labels = file.labels;
         labels.extend(args.labels.iter().cloned());
         for k in labels.keys() {
@@ -710,6 +730,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             http,
             name,
+            reports,
             labels,
             cpus,
             memory,

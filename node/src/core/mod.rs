@@ -26,6 +26,7 @@ pub mod logs;
 pub mod membership;
 pub mod memory;
 pub mod models;
+pub mod reports;
 pub mod scaler;
 pub mod stats;
 pub mod submit;
@@ -76,6 +77,8 @@ pub struct Core {
     /// Connected peers that belong to another cluster, with its id (see
     /// `cluster::watch_foreign`).
     pub foreign_clusters: Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, String>>>,
+    /// Scheduled reports and their deliveries (see `crate::reports`).
+    pub reports: reports::Reports,
 }
 
 /// What the composition root brings to build a [`Core`].
@@ -121,6 +124,7 @@ impl Core {
             catalogue: p.catalogue.into(),
             disk: Default::default(),
             foreign_clusters: Default::default(),
+            reports: Default::default(),
         };
         (core, batcher)
     }
