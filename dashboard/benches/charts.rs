@@ -217,9 +217,9 @@ fn bench(c: &mut Criterion) {
     for (label, style) in [("vector", Style::Vector), ("compact", Style::Compact)] {
         c.bench_function(
             &format!("heatmap_100_workers_1h_of_1s_samples_{label}"),
-            |b| b.iter(|| charts::heatmap(&s, Metric::Cpu, &span, style).unwrap()),
+            |b| b.iter(|| charts::heatmap(&s, Metric::Cpu, &span, style, &[]).unwrap()),
         );
-        let svg = charts::heatmap(&s, Metric::Cpu, &span, style).unwrap();
+        let svg = charts::heatmap(&s, Metric::Cpu, &span, style, &[]).unwrap();
         println!("heatmap SVG size ({label}): {} KiB", svg.len() / 1024);
     }
     let names = testmesh_consensus::model::display_names(&w);

@@ -6,6 +6,7 @@
 //! chart as SVG or PNG (`/dashboard/charts/NAME.svg|png`, see [`charts`]); the report as HTML
 //! or PDF (`/dashboard/report.html|pdf?since=1h`). Pages update live over a WebSocket.
 
+pub mod anomaly;
 pub mod charts;
 pub mod doc;
 pub mod export;
@@ -73,6 +74,11 @@ pub trait Source: Send + Sync + 'static {
     fn run(&self, _id: u64) -> Option<(testmesh_consensus::runs::Run, Vec<Task>)> {
         None
     }
+    /// Each worker's run time against its peers' on the same task names (1.0 = as fast), by
+    /// node id, from the recent execution history.
+    fn speed_vs_peers(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
     /// Queue positions and estimated starts of the pending tasks, by task id.
     fn etas(&self) -> BTreeMap<u64, views::QueueEta> {
         BTreeMap::new()
@@ -84,7 +90,8 @@ pub trait Source: Send + Sync + 'static {
 }
 
 /// Charts available under `/dashboard/charts/NAME.svg` (and `.png`).
-pub const CHARTS: [&str; 9] = [
+pub const CHARTS: [&str; 10] = [
+    "trends",
     "cpu",
     "memory",
     "gpu",
@@ -98,6 +105,7 @@ pub const CHARTS: [&str; 9] = [
 
 pub fn chart_title(name: &str) -> &'static str {
     match name {
+        "trends" => "Fleet utilisation, trends and anomalies",
         "cpu" => "CPU utilisation per worker",
         "memory" => "Memory per worker",
         "gpu" => "GPU utilisation per worker",
@@ -233,6 +241,8 @@ pub async fn report(src: &dyn Source, view: &View) -> Result<Document, charts::C
             .table(a.suggestions.clone()),
     );
     sections.push(sections::scaling_section(&s, now, "Scaling decisions"));
+    let (_, found) = sections::anomalies(src, view, charts::Metric::Cpu).await;
+    sections.push(sections::anomaly_section(&found, &view.span));
     sections.extend(rest);
     Ok(Document {
         title: "testmesh report".into(),
@@ -355,7 +365,7 @@ macro_rules! view_or_400 {
 
 async fn utilisation(State(src): State<Src>, q: Q) -> Response {
     let view = view_or_400!(src, q);
-    let names = ["cpu", "memory", "gpu", "gpu_memory"];
+    let names = ["trends", "cpu", "memory", "gpu", "gpu_memory"];
     let extra = sections::compare_section(src.as_ref(), &view).await;
     chart_page(
         src.as_ref(),
@@ -411,7 +421,7 @@ async fn efficiency(State(src): State<Src>, q: Q) -> Response {
     .table(a.suggestions.clone());
     let mut extra = sections::compare_section(src.as_ref(), &view).await;
     extra.push(tables);
-    let names = ["efficiency", "efficiency_by_task"];
+    let names = ["efficiency", "trends", "efficiency_by_task"];
     chart_page(
         src.as_ref(),
         ("Efficiency", "/dashboard/efficiency"),
@@ -446,8 +456,11 @@ async fn insights(State(src): State<Src>, q: Q) -> Response {
     let view = view_or_400!(src, q);
     let window = src.now().saturating_sub(view.span.start_ms()).max(1);
     let a = src.analysis(window).await;
+    let (_, found) = sections::anomalies(src.as_ref(), &view, charts::Metric::Cpu).await;
+    let mut s = sections::insight_sections(&a);
+    s.insert(1, sections::anomaly_section(&found, &view.span));
     let mut body = String::new();
-    doc::sections_html(&mut body, &sections::insight_sections(&a));
+    doc::sections_html(&mut body, &s);
     Html(view_page(
         "Predictions and insights",
         "/dashboard/insights",

@@ -46,6 +46,43 @@ pub fn select(mut series: Vec<NodeSeries>, filter: &Filter, metric: Metric) -> V
     series
 }
 
+/// The workers a view shows (ordered by `metric` when it sorts by use) and what is unusual
+/// about them in its window.
+pub async fn anomalies(
+    src: &dyn Source,
+    view: &View,
+    metric: Metric,
+) -> (Vec<NodeSeries>, Vec<crate::anomaly::Anomaly>) {
+    let (_, series) = src.series(lookback(src, view)).await;
+    let series = select(series, &view.filter, metric);
+    let reservations = src.reservations(view.span.start_ms());
+    let found = crate::anomaly::find(&series, &reservations, &src.speed_vs_peers(), &view.span);
+    (series, found)
+}
+
+/// The anomalies as a table (for the insights page and the report).
+pub fn anomaly_section(found: &[crate::anomaly::Anomaly], span: &crate::view::Span) -> Section {
+    let mut t = Table::new("anomalies", &["from", "to", "worker", "what"]);
+    for a in found {
+        t.row(vec![
+            span.before(a.from_ms),
+            span.before(a.to_ms),
+            a.name.clone(),
+            a.text.clone(),
+        ]);
+    }
+    Section::new("anomalies", "Anomalies").text(if found.is_empty() {
+        "Nothing unusual in this window: every worker stayed near its own usual level, no reserved GPU sat idle, and none ran its task names much slower than its peers.".to_string()
+    } else {
+        format!(
+            "{} finding(s): a worker far from its own usual level (at least {:.0} points and several times its usual spread), GPUs reserved but idle, or task names run {:.1}× as long as on its peers.",
+            found.len(),
+            30.0,
+            crate::anomaly::SLOW
+        )
+    }).table(t)
+}
+
 /// How far back the source must look for a view: from its start to now.
 fn lookback(src: &dyn Source, view: &View) -> u64 {
     src.now().saturating_sub(view.span.start_ms()).max(1)
@@ -61,10 +98,14 @@ pub async fn chart(
     let span = &view.span;
     let f = &view.filter;
     if let Some(m) = Metric::ALL.into_iter().find(|m| m.name() == name) {
-        let (_, series) = src.series(lookback(src, view)).await;
-        return charts::heatmap(&select(series, f, m), m, span, style).map(Some);
+        let (series, marks) = anomalies(src, view, m).await;
+        return charts::heatmap(&series, m, span, style, &marks).map(Some);
     }
     match name {
+        "trends" => {
+            let (series, marks) = anomalies(src, view, Metric::Cpu).await;
+            charts::trends(&series, &marks, span).map(Some)
+        }
         "allocation" => {
             let o = src.overview();
             let names = testmesh_consensus::model::display_names(&o.workers);

@@ -1,7 +1,7 @@
 //! Scheduled reports: `[[reports]]` in the config file. On the leader, each report is made on
 //! its cron schedule (UTC) from the dashboard's report over its window, as PDF or HTML, and
 //! delivered to a directory and/or POSTed to a webhook. A failed delivery is tried again
-//! (30 s, 1, 2, 4, 8 min) and shown by `GET /api/v1/reports` and in the log.
+//! (by default after 30 s, 1, 2, 4, 8 min) and shown by `GET /api/v1/reports` and in the log.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -31,6 +31,9 @@ pub struct FileReport {
     pub format: Option<String>,
     pub directory: Option<PathBuf>,
     pub webhook: Option<String>,
+    /// Wait before the first retry of a failed delivery; each next one waits twice as long
+    /// [default: 30s].
+    pub retry: Option<String>,
 }
 
 /// A checked `[[reports]]` entry.
@@ -44,6 +47,7 @@ pub struct ReportSpec {
     pub pdf: bool,
     pub directory: Option<PathBuf>,
     pub webhook: Option<String>,
+    pub first_retry: Duration,
 }
 
 impl FileReport {
@@ -90,7 +94,14 @@ impl FileReport {
                 "{what}: webhook {w:?} is not an http:// or https:// URL"
             ));
         }
+        let first_retry = match &self.retry {
+            Some(r) => crate::units::parse_duration(r)
+                .map_err(|e| format!("{what}: retry: {e}"))?
+                .max(Duration::from_secs(1)),
+            None => FIRST_RETRY,
+        };
         Ok(ReportSpec {
+            first_retry,
             name,
             schedule_text: self.schedule,
             schedule,
@@ -113,8 +124,8 @@ pub fn next_run(spec: &ReportSpec, after_ms: u64) -> Option<u64> {
 }
 
 /// Waits before try `n` (2 = the first retry) of a delivery.
-pub fn retry_delay(n: u32) -> Duration {
-    FIRST_RETRY * 2u32.saturating_pow(n.saturating_sub(2))
+pub fn retry_delay(first: Duration, n: u32) -> Duration {
+    first * 2u32.saturating_pow(n.saturating_sub(2))
 }
 
 /// A report made and waiting to be delivered (kept for the retries).
@@ -227,7 +238,8 @@ pub async fn run(core: Core, specs: Vec<ReportSpec>, mut shutdown: watch::Receiv
                 continue;
             }
             let error = errors.join("; ");
-            let retry = (tries < TRIES).then(|| now + retry_delay(tries + 1).as_millis() as u64);
+            let retry = (tries < TRIES)
+                .then(|| now + retry_delay(spec.first_retry, tries + 1).as_millis() as u64);
             match retry {
                 Some(at) => tracing::warn!(
                     "report {}: delivery failed (try {tries} of {TRIES}, again in {} s): {error}",
@@ -404,7 +416,9 @@ mod tests {
 
     #[test]
     fn retries_back_off() {
-        let d: Vec<u64> = (2..=TRIES).map(|n| retry_delay(n).as_secs()).collect();
+        let d: Vec<u64> = (2..=TRIES)
+            .map(|n| retry_delay(FIRST_RETRY, n).as_secs())
+            .collect();
         assert_eq!(d, vec![30, 60, 120, 240, 480]);
     }
 }

@@ -88,6 +88,9 @@ impl SimProvider {
                 "/ip4/127.0.0.1/tcp/0",
                 "--no-mdns",
             ])
+            // Every simulated worker has this host's hostname: a name tells them apart.
+            .arg("--name")
+            .arg(format!("sim-{}", spec.intent))
             .arg("--cpus")
             .arg(format!("{}m", spec.cpu_milli))
             .arg("--memory")

@@ -9,6 +9,7 @@ use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{ChartError, FONT, Metric, NodeSeries, Tips, e, pct, short};
+use crate::anomaly::Anomaly;
 use crate::view::Span;
 
 /// Most columns; samples are averaged into them.
@@ -37,6 +38,8 @@ pub enum Style {
 struct Row {
     label: String,
     members: Vec<String>,
+    /// Node ids of the members (anomaly marks find their row by them).
+    nodes: Vec<String>,
     /// (sum, samples) per column.
     sums: Vec<(f64, u32)>,
 }
@@ -78,18 +81,21 @@ fn rows(series: &[&NodeSeries], metric: Metric, span: &Span, columns: usize) -> 
             Row {
                 label,
                 members,
+                nodes: chunk.iter().map(|s| s.node.clone()).collect(),
                 sums,
             }
         })
         .collect()
 }
 
-/// Workers × time, colour = `metric` (0–100 %), over `span`. Rows in the order given.
+/// Workers × time, colour = `metric` (0–100 %), over `span`. Rows in the order given;
+/// anomalies of this metric are outlined in red with their explanation as the tooltip.
 pub fn heatmap(
     series: &[NodeSeries],
     metric: Metric,
     span: &Span,
     style: Style,
+    marks: &[Anomaly],
 ) -> Result<String, ChartError> {
     let shown: Vec<&NodeSeries> = series
         .iter()
@@ -104,6 +110,8 @@ pub fn heatmap(
     let x_of = |c: usize| span.left() + (c as u64 * step) as f64 / per;
     let mut svg = String::new();
     let mut tips = Tips::default();
+    // Anomaly tooltips go on top of the cell tooltips.
+    let mut marked = Tips::default();
     let mut image = None;
     let plot_x;
     {
@@ -197,6 +205,27 @@ pub fn heatmap(
                 ));
             }
         }
+        let red = RGBColor(0xd6, 0x27, 0x28);
+        for m in marks.iter().filter(|m| m.metric == Some(metric)) {
+            let Some(i) = rows.iter().position(|r| r.nodes.contains(&m.node)) else {
+                continue;
+            };
+            let (a, b) = (
+                span.x(m.from_ms.max(span.start_ms())),
+                span.x(m.to_ms.min(span.end_ms)),
+            );
+            chart
+                .draw_series([Rectangle::new(
+                    [(a, i as f64 + 0.02), (b, i as f64 + 0.98)],
+                    red.stroke_width(2),
+                )])
+                .map_err(e)?;
+            marked.add(
+                chart.backend_coord(&(a, i as f64 + 0.02)),
+                chart.backend_coord(&(b, i as f64 + 0.98)),
+                &m.text,
+            );
+        }
         // Tooltips: per row, blocks of columns with the mean and peak there.
         let blocks = (TIP_BUDGET / n).clamp(1, 12).min(columns);
         let per_block = columns.div_ceil(blocks);
@@ -274,7 +303,7 @@ pub fn heatmap(
             .unwrap_or(0);
         svg.insert_str(at, &tag);
     }
-    let svg = super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1);
+    let svg = super::mark_time(marked.apply(tips.apply(svg)), span, plot_x.0, plot_x.1);
     Ok(svg)
 }
 
@@ -368,7 +397,7 @@ mod tests {
     fn a_heatmap_has_a_cell_per_filled_column_and_row() {
         let series = fleet(3, 60);
         let span = Span::last(1_060_000, 60_000);
-        let svg = heatmap(&series, Metric::Cpu, &span, Style::Vector).unwrap();
+        let svg = heatmap(&series, Metric::Cpu, &span, Style::Vector, &[]).unwrap();
         let doc = parse(&svg);
         let rects = doc.descendants().filter(|n| n.has_tag_name("rect")).count();
         assert!(rects >= 3 * 60, "{rects} rects");
@@ -378,7 +407,7 @@ mod tests {
             "a one-minute window reads in seconds"
         );
         // Only the node with GPUs has a GPU row.
-        let gpu = heatmap(&series, Metric::Gpu, &span, Style::Vector).unwrap();
+        let gpu = heatmap(&series, Metric::Gpu, &span, Style::Vector, &[]).unwrap();
         assert!(gpu.contains("host0") && !gpu.contains("host1"));
         // Tooltips name the worker and the figures.
         let tips: Vec<&str> = doc
@@ -399,7 +428,7 @@ mod tests {
         let series = fleet(2, 25);
         let span = Span::last(1_025_000, 25_000);
         assert_eq!(crate::charts::columns(&series, &span, COLUMNS), 25);
-        let svg = heatmap(&series, Metric::Cpu, &span, Style::Vector).unwrap();
+        let svg = heatmap(&series, Metric::Cpu, &span, Style::Vector, &[]).unwrap();
         let doc = parse(&svg);
         let root = doc.root_element();
         let (x0, x1): (f64, f64) = (
@@ -441,6 +470,7 @@ mod tests {
             Metric::Cpu,
             &Span::last(3_600_000, 3_600_000),
             Style::Vector,
+            &[],
         )
         .unwrap();
         let doc = parse(&svg);
@@ -458,7 +488,7 @@ mod tests {
         for n in [4, 100, 400] {
             let series = fleet(n, 120);
             let span = Span::last(1_120_000, 120_000);
-            let svg = heatmap(&series, Metric::Cpu, &span, Style::Compact).unwrap();
+            let svg = heatmap(&series, Metric::Cpu, &span, Style::Compact, &[]).unwrap();
             parse(&svg);
             let mut labels = label_positions(&svg);
             labels.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -481,8 +511,8 @@ mod tests {
     fn the_compact_style_is_small_and_keeps_its_tooltips() {
         let series = fleet(100, 3600);
         let span = Span::last(1_000_000 + 3_600_000, 3_600_000);
-        let vector = heatmap(&series, Metric::Cpu, &span, Style::Vector).unwrap();
-        let compact = heatmap(&series, Metric::Cpu, &span, Style::Compact).unwrap();
+        let vector = heatmap(&series, Metric::Cpu, &span, Style::Vector, &[]).unwrap();
+        let compact = heatmap(&series, Metric::Cpu, &span, Style::Compact, &[]).unwrap();
         let doc = parse(&compact);
         let tips = doc
             .descendants()

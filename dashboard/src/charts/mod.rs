@@ -5,6 +5,7 @@
 mod bars;
 mod heatmap;
 mod time;
+mod trends;
 
 use std::fmt::Write;
 
@@ -13,6 +14,7 @@ use plotters::prelude::*;
 pub use bars::{allocation, efficiency_by_task};
 pub use heatmap::{Style, heatmap};
 pub use time::{cost, efficiency, scaling};
+pub use trends::trends;
 
 /// One node's statistics over time.
 #[derive(Debug, Clone, Default)]
@@ -296,6 +298,7 @@ mod tests {
         parse(&efficiency(&[], &[], &H).unwrap());
         parse(&cost(&Default::default(), &H).unwrap());
         parse(&scaling(&[], &[], &H).unwrap());
-        parse(&heatmap(&[], Metric::Memory, &H, Style::Compact).unwrap());
+        parse(&trends(&[], &[], &H).unwrap());
+        parse(&heatmap(&[], Metric::Memory, &H, Style::Compact, &[]).unwrap());
     }
 }

@@ -147,6 +147,15 @@ impl testmesh_dashboard::Source for DashboardSource {
             .collect()
     }
 
+    fn speed_vs_peers(&self) -> Vec<(String, f64)> {
+        let l = self.0.ledger.read();
+        let recent: Vec<_> = l.history().rev().take(5_000).collect();
+        testmesh_planner::quarantine::speed_vs_peers(&recent)
+            .into_iter()
+            .map(|(id, r)| (id.to_string(), r))
+            .collect()
+    }
+
     fn etas(&self) -> BTreeMap<u64, testmesh_dashboard::views::QueueEta> {
         let models = self.0.models.current();
         let l = self.0.ledger.read();
