@@ -98,6 +98,19 @@ pub fn scaling(
                 .label(label)
                 .legend(move |(x, y)| TriangleMarker::new((x + 6, y), 5, colour.filled()));
         }
+        // Instances over the whole window, in slices.
+        let slice = window_ms.div_ceil(30).max(1);
+        for k in 0..30u64 {
+            let (lo, hi) = (start + k * slice, (start + (k + 1) * slice).min(now_ms));
+            if lo >= hi {
+                break;
+            }
+            tips.add(
+                chart.backend_coord(&(x(lo), 0.0)),
+                chart.backend_coord(&(x(hi), top / 1.3)),
+                &format!("{}: {} managed instances", span.before(lo), alive(lo)),
+            );
+        }
         for d in decisions.iter().filter(|d| d.at.0 >= start) {
             let (px, py) = chart.backend_coord(&(x(d.at.0), top / 1.15));
             tips.add(
