@@ -281,7 +281,10 @@ fn demo(dir: &std::path::Path, secs: u32) -> (Child, String) {
     let mut url = None;
     for line in out.lines().map_while(Result::ok) {
         if let Some(rest) = line.split("dashboard at ").nth(1) {
-            url = rest.split_whitespace().next().map(|u| u.trim_end_matches('/').to_string());
+            url = rest
+                .split_whitespace()
+                .next()
+                .map(|u| u.trim_end_matches('/').to_string());
         }
         if line.contains("keeps serving") {
             break;
@@ -309,16 +312,25 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
             if share == 0.0 && name.starts_with("gpu") {
                 continue;
             }
-            assert!(share > 0.8, "{path} {name}: data covers {share:.2} of the axis");
+            assert!(
+                share > 0.8,
+                "{path} {name}: data covers {share:.2} of the axis"
+            );
         }
         // Names people know: the simulated workers by name, not "vm" four times.
         if path == "/dashboard/utilisation" {
-            let cpu = js(&c, "return document.querySelector('figure[data-chart=cpu] svg').textContent;").await;
+            let cpu = js(
+                &c,
+                "return document.querySelector('figure[data-chart=cpu] svg').textContent;",
+            )
+            .await;
             assert!(cpu.as_str().unwrap().contains("sim-"), "{cpu}");
         }
     }
     // The range picker: the URL and the charts follow.
-    c.goto(&format!("{url}/dashboard/utilisation")).await.unwrap();
+    c.goto(&format!("{url}/dashboard/utilisation"))
+        .await
+        .unwrap();
     c.execute(
         "const s = document.querySelector('#view select[name=window]'); s.value = '15m'; s.dispatchEvent(new Event('change'));",
         vec![],
@@ -326,8 +338,15 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
     .await
     .unwrap();
     until(&c, "return location.search.includes('window=15m');", 15).await;
-    let caption = js(&c, "return document.querySelector('figure[data-chart=cpu] svg').textContent;").await;
-    assert!(caption.as_str().unwrap().contains("last 15 min"), "{caption}");
+    let caption = js(
+        &c,
+        "return document.querySelector('figure[data-chart=cpu] svg').textContent;",
+    )
+    .await;
+    assert!(
+        caption.as_str().unwrap().contains("last 15 min"),
+        "{caption}"
+    );
     assert_eq!(
         js(&c, "return Array.from(document.querySelectorAll('nav a')).every(a => !a.href.includes('/dashboard/') || a.href.includes('window=15m'));").await,
         json!(true),
@@ -346,7 +365,9 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
     until(&c, "return location.search.includes('gpu=nosuchgpu') && location.search.includes('window=15m') && !location.search.includes('from=');", 15).await;
     assert_eq!(js(&c, rows).await, json!(0), "the filter changed the chart");
     // Drag to zoom: a past window, in the URL as from/to.
-    c.goto(&format!("{url}/dashboard/utilisation")).await.unwrap();
+    c.goto(&format!("{url}/dashboard/utilisation"))
+        .await
+        .unwrap();
     c.execute(
         "const s = document.querySelector('figure[data-chart=cpu] svg'); const r = s.getBoundingClientRect();
          const at = (f) => r.left + r.width * (Number(s.dataset.x0) + f * (Number(s.dataset.x1) - Number(s.dataset.x0))) / s.viewBox.baseVal.width;
@@ -358,10 +379,24 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
     )
     .await
     .unwrap();
-    until(&c, "return location.search.includes('from=') && location.search.includes('to=');", 15).await;
-    let caption = js(&c, "return document.querySelector('figure[data-chart=cpu] svg').textContent;").await;
-    assert!(caption.as_str().unwrap().contains("UTC"), "a past window: {caption}");
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    until(
+        &c,
+        "return location.search.includes('from=') && location.search.includes('to=');",
+        15,
+    )
+    .await;
+    let caption = js(
+        &c,
+        "return document.querySelector('figure[data-chart=cpu] svg').textContent;",
+    )
+    .await;
+    assert!(
+        caption.as_str().unwrap().contains("UTC"),
+        "a past window: {caption}"
+    );
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     c.close().await.unwrap();
 }
@@ -391,7 +426,9 @@ async fn a_pending_task_shows_its_place_and_an_eta_after_the_running_tasks() {
     };
     let running = node.wait_state(ids[0], TaskState::Running).await;
     let started = running.task.attempts[0].started_at.unwrap().0;
-    c.goto(&format!("{}/dashboard/tasks", node.url)).await.unwrap();
+    c.goto(&format!("{}/dashboard/tasks", node.url))
+        .await
+        .unwrap();
     let rows = js(
         &c,
         "return Array.from(document.querySelectorAll('#queued tr')).slice(1).map(r => [
@@ -414,7 +451,10 @@ async fn a_pending_task_shows_its_place_and_an_eta_after_the_running_tasks() {
         assert_eq!(pos as usize, k + 1);
         // It waits for the running task's predicted end (about a second after its start,
         // from the history) and for those ahead of it.
-        assert!(start >= started + 500, "position {pos} starts at {start}, the running task began at {started}");
+        assert!(
+            start >= started + 500,
+            "position {pos} starts at {start}, the running task began at {started}"
+        );
         assert!(start >= last_start && finish > start, "{r}");
         last_start = start;
     }
@@ -471,7 +511,10 @@ impl testmesh_dashboard::Source for Many {
     fn task(&self, _id: u64) -> Option<testmesh_consensus::task::Task> {
         None
     }
-    fn analysis(&self, w: u64) -> futures::future::BoxFuture<'_, testmesh_dashboard::views::Analysis> {
+    fn analysis(
+        &self,
+        w: u64,
+    ) -> futures::future::BoxFuture<'_, testmesh_dashboard::views::Analysis> {
         Box::pin(async move {
             testmesh_dashboard::views::Analysis {
                 window_ms: w,
@@ -553,8 +596,16 @@ async fn four_hundred_workers_have_no_overlapping_row_labels() {
         )
         .await;
         let labels = labels.as_array().unwrap();
-        eprintln!("{path}: {} row labels, first {:?}", labels.len(), labels.first());
-        assert_eq!(labels.len(), 100, "{path}: one label per row, 400 workers in 100 rows");
+        eprintln!(
+            "{path}: {} row labels, first {:?}",
+            labels.len(),
+            labels.first()
+        );
+        assert_eq!(
+            labels.len(),
+            100,
+            "{path}: one label per row, 400 workers in 100 rows"
+        );
         for w in labels.windows(2) {
             assert!(
                 w[1][0].as_f64().unwrap() >= w[0][1].as_f64().unwrap() - 0.5,

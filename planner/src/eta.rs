@@ -148,6 +148,19 @@ fn free(workers: &mut [WorkerView<'_>], r: &Release<'_>) {
     }
 }
 
+/// When a task that started at `started_ms` should end, given its predicted run time. One
+/// already past its prediction is expected to run about as long again as it has so far (run
+/// times are heavy-tailed: the longer a task has run, the longer it tends to go on), not to
+/// end this instant.
+pub fn expected_end(started_ms: u64, predicted_secs: f64, now_ms: u64) -> u64 {
+    let end = started_ms + (predicted_secs.max(0.0) * 1000.0) as u64;
+    if end > now_ms {
+        end
+    } else {
+        now_ms + now_ms.saturating_sub(started_ms).max(1000)
+    }
+}
+
 /// Median and 90th percentile of |predicted − actual| start times, in seconds.
 pub fn error_percentiles(errors_secs: &mut [f64]) -> Option<(f64, f64)> {
     if errors_secs.is_empty() {
@@ -281,6 +294,13 @@ mod tests {
             (e[0].task, e[0].position, e[0].start_ms),
             (TaskId(2), 2, 1_000)
         );
+    }
+
+    #[test]
+    fn a_task_past_its_prediction_is_expected_to_run_as_long_again() {
+        assert_eq!(expected_end(1_000, 5.0, 2_000), 6_000);
+        assert_eq!(expected_end(0, 5.0, 20_000), 40_000);
+        assert_eq!(expected_end(0, 0.0, 0), 1_000);
     }
 
     #[test]

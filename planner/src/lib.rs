@@ -16,6 +16,7 @@ pub mod optimizer;
 pub mod predictor;
 pub mod quarantine;
 pub mod replay;
+pub mod replay_eta;
 pub mod replay_scaling;
 pub mod scheduler;
 pub mod split;

@@ -59,6 +59,11 @@ pub struct ReplayArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Check the queue ETAs instead: each pod that queues on arrival gets the estimate the
+    /// dashboard would show (learned run times, and the traced ones for comparison), compared
+    /// with when it actually started
+    #[arg(long, conflicts_with = "scale")]
+    pub eta: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -263,6 +268,9 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             a.json,
         );
     }
+    if a.eta {
+        return eta(&nodes, &pods, &opts, a.json);
+    }
     let started = SystemClock.instant();
     let report = replay(&nodes, &pods, &opts);
     let wall = started.elapsed();
@@ -308,6 +316,42 @@ pub fn run(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             report.wait_secs_mean,
             report.makespan_secs
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--eta`: the ETA error with learned and with traced run times.
+fn eta(
+    nodes: &[TraceNode],
+    pods: &[TracePod],
+    opts: &Options,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use testmesh_planner::replay_eta::{Runtimes, replay_eta};
+    let mut all = serde_json::Map::new();
+    for (label, r) in [("learned", Runtimes::Learned), ("traced", Runtimes::Oracle)] {
+        let started = SystemClock.instant();
+        let rep = replay_eta(nodes, pods, opts, r);
+        let wall = started.elapsed().as_secs_f64();
+        if json {
+            let mut v = serde_json::to_value(&rep)?;
+            v["replay_wall_secs"] = wall.into();
+            all.insert(label.into(), v);
+        } else {
+            outln!(
+                "{label} run times: {} queued pods checked; start error p50 {:.0} s, p90 {:.0} s (their waits p50 {:.0} s, p90 {:.0} s); {:.0} % within a quarter of the wait or 60 s; {} trainings; {wall:.1} s",
+                rep.checked,
+                rep.error_secs_p50,
+                rep.error_secs_p90,
+                rep.wait_secs_p50,
+                rep.wait_secs_p90,
+                rep.within_quarter * 100.0,
+                rep.trainings
+            );
+        }
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&all)?);
     }
     Ok(ExitCode::SUCCESS)
 }

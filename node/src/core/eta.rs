@@ -63,7 +63,7 @@ pub fn etas(ledger: &Ledger, models: Option<&ModelSet>, now_ms: u64) -> HashMap<
                 worker: r.worker,
                 requirements: &r.requirements,
                 gpus: &r.gpus,
-                ends_at_ms: started + (secs * 1000.0) as u64,
+                ends_at_ms: eta::expected_end(started, secs, now_ms),
                 confidence,
             })
         })
