@@ -84,20 +84,30 @@ fn runs(flags: &[bool]) -> Vec<(usize, usize)> {
     out
 }
 
-/// Everything unusual in the window, oldest first. `slow` is each worker's run time against
-/// its peers' on the same task names (1.0 = as fast; from the execution history).
+/// Everything unusual in the window about `metrics` (CPU and GPU departures, idle reserved
+/// GPUs with GPU; slow workers with any), oldest first. `slow` is each worker's run time
+/// against its peers' on the same task names (1.0 = as fast; from the execution history).
 pub fn find(
     series: &[NodeSeries],
     reservations: &[ReservedSpan],
     slow: &[(String, f64)],
     span: &Span,
+    metrics: &[Metric],
 ) -> Vec<Anomaly> {
     let n = crate::charts::columns(series, span, BUCKETS);
     let step = span.len_ms.div_ceil(n as u64).max(1);
     let at = |b: usize| span.start_ms() + b as u64 * step;
     let mut out = Vec::new();
+    // GPU reservations by worker, once (not per worker and bucket).
+    let mut gpu_spans: std::collections::HashMap<&str, Vec<&ReservedSpan>> = Default::default();
+    for r in reservations.iter().filter(|r| r.gpus > 0.0) {
+        gpu_spans.entry(r.worker.as_str()).or_default().push(r);
+    }
     for s in series {
-        for metric in [Metric::Cpu, Metric::Gpu] {
+        for metric in [Metric::Cpu, Metric::Gpu]
+            .into_iter()
+            .filter(|m| metrics.contains(m))
+        {
             let b = buckets(s, metric, span, n);
             let mut known: Vec<f64> = b.iter().flatten().copied().collect();
             if known.len() < 8 {
@@ -134,14 +144,16 @@ pub fn find(
             }
         }
         // GPUs reserved on this worker but idle.
-        if s.gpus > 0 {
+        let mine = gpu_spans
+            .get(s.node.as_str())
+            .map_or(&[][..], |v| v.as_slice());
+        if s.gpus > 0 && metrics.contains(&Metric::Gpu) && !mine.is_empty() {
             let gpu = buckets(s, Metric::Gpu, span, n);
             let flags: Vec<bool> = (0..n)
                 .map(|k| {
                     let (lo, hi) = (at(k), at(k + 1));
-                    let reserved: f64 = reservations
+                    let reserved: f64 = mine
                         .iter()
-                        .filter(|r| r.worker == s.node && r.gpus > 0.0)
                         .filter(|r| r.start_ms < hi && r.end_ms.is_none_or(|e| e > lo))
                         .map(|r| r.gpus)
                         .sum();
@@ -149,9 +161,8 @@ pub fn find(
                 })
                 .collect();
             for (first, last) in runs(&flags) {
-                let tasks: std::collections::BTreeSet<&str> = reservations
+                let tasks: std::collections::BTreeSet<&str> = mine
                     .iter()
-                    .filter(|r| r.worker == s.node && r.gpus > 0.0)
                     .filter(|r| r.start_ms < at(last + 1) && r.end_ms.is_none_or(|e| e > at(first)))
                     .map(|r| r.task_name.as_str())
                     .collect();
@@ -233,6 +244,8 @@ mod tests {
     use super::*;
     use crate::charts::StatPoint;
 
+    const ALL: [Metric; 2] = [Metric::Cpu, Metric::Gpu];
+
     fn steady(node: &str, cpu: impl Fn(u64) -> f64, gpu: Option<f64>) -> NodeSeries {
         NodeSeries {
             node: node.into(),
@@ -260,7 +273,7 @@ mod tests {
             None,
         );
         let calm = steady("b", |i| 0.4 + 0.05 * ((i % 7) as f64 / 7.0), None);
-        let found = find(&[jumpy, calm], &[], &[], &span);
+        let found = find(&[jumpy, calm], &[], &[], &span, &ALL);
         assert_eq!(found.len(), 1, "{found:?}");
         let a = &found[0];
         assert_eq!((a.node.as_str(), &a.kind), ("a", &Kind::Departure));
@@ -289,6 +302,7 @@ mod tests {
             &[r],
             &[("g".into(), 2.5), ("h".into(), 1.1)],
             &span,
+            &ALL,
         );
         let kinds: Vec<&Kind> = found.iter().map(|a| &a.kind).collect();
         assert_eq!(

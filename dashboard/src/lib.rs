@@ -241,7 +241,7 @@ pub async fn report(src: &dyn Source, view: &View) -> Result<Document, charts::C
             .table(a.suggestions.clone()),
     );
     sections.push(sections::scaling_section(&s, now, "Scaling decisions"));
-    let (_, found) = sections::anomalies(src, view, charts::Metric::Cpu).await;
+    let (_, found) = sections::anomalies(src, view, charts::Metric::Cpu, true).await;
     sections.push(sections::anomaly_section(&found, &view.span));
     sections.extend(rest);
     Ok(Document {
@@ -456,7 +456,7 @@ async fn insights(State(src): State<Src>, q: Q) -> Response {
     let view = view_or_400!(src, q);
     let window = src.now().saturating_sub(view.span.start_ms()).max(1);
     let a = src.analysis(window).await;
-    let (_, found) = sections::anomalies(src.as_ref(), &view, charts::Metric::Cpu).await;
+    let (_, found) = sections::anomalies(src.as_ref(), &view, charts::Metric::Cpu, true).await;
     let mut s = sections::insight_sections(&a);
     s.insert(1, sections::anomaly_section(&found, &view.span));
     let mut body = String::new();

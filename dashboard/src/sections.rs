@@ -47,16 +47,34 @@ pub fn select(mut series: Vec<NodeSeries>, filter: &Filter, metric: Metric) -> V
 }
 
 /// The workers a view shows (ordered by `metric` when it sorts by use) and what is unusual
-/// about them in its window.
+/// about them in its window: about `metric` only, or everything when `all`.
 pub async fn anomalies(
     src: &dyn Source,
     view: &View,
     metric: Metric,
+    all: bool,
 ) -> (Vec<NodeSeries>, Vec<crate::anomaly::Anomaly>) {
     let (_, series) = src.series(lookback(src, view)).await;
     let series = select(series, &view.filter, metric);
-    let reservations = src.reservations(view.span.start_ms());
-    let found = crate::anomaly::find(&series, &reservations, &src.speed_vs_peers(), &view.span);
+    let metrics: &[Metric] = if all {
+        &[Metric::Cpu, Metric::Gpu]
+    } else {
+        std::slice::from_ref(&metric)
+    };
+    if !matches!(metric, Metric::Cpu | Metric::Gpu) && !all {
+        return (series, Vec::new()); // nothing is marked on the memory charts
+    }
+    let reservations = if metrics.contains(&Metric::Gpu) {
+        src.reservations(view.span.start_ms())
+    } else {
+        Vec::new()
+    };
+    let slow = if all {
+        src.speed_vs_peers()
+    } else {
+        Vec::new()
+    };
+    let found = crate::anomaly::find(&series, &reservations, &slow, &view.span, metrics);
     (series, found)
 }
 
@@ -98,12 +116,12 @@ pub async fn chart(
     let span = &view.span;
     let f = &view.filter;
     if let Some(m) = Metric::ALL.into_iter().find(|m| m.name() == name) {
-        let (series, marks) = anomalies(src, view, m).await;
+        let (series, marks) = anomalies(src, view, m, false).await;
         return charts::heatmap(&series, m, span, style, &marks).map(Some);
     }
     match name {
         "trends" => {
-            let (series, marks) = anomalies(src, view, Metric::Cpu).await;
+            let (series, marks) = anomalies(src, view, Metric::Cpu, true).await;
             charts::trends(&series, &marks, span).map(Some)
         }
         "allocation" => {

@@ -37,6 +37,8 @@ pub enum Style {
 /// One row: the workers it stands for and the mean level per column.
 struct Row {
     label: String,
+    /// Host, GPUs and labels of a one-worker row, for its tooltips.
+    about: Option<String>,
     members: Vec<String>,
     /// Node ids of the members (anomaly marks find their row by them).
     nodes: Vec<String>,
@@ -73,6 +75,7 @@ fn rows(series: &[&NodeSeries], metric: Metric, span: &Span, columns: usize) -> 
                 }
             }
             let members: Vec<String> = chunk.iter().map(|s| s.label().to_string()).collect();
+            let about = (chunk.len() == 1).then(|| describe(chunk[0])).flatten();
             let label = if members.len() == 1 {
                 short(&members[0], 22)
             } else {
@@ -80,12 +83,32 @@ fn rows(series: &[&NodeSeries], metric: Metric, span: &Span, columns: usize) -> 
             };
             Row {
                 label,
+                about,
                 members,
                 nodes: chunk.iter().map(|s| s.node.clone()).collect(),
                 sums,
             }
         })
         .collect()
+}
+
+/// "host vm · 2 GPUs Sim A100 · pool=gpu": what tells a worker apart besides its name.
+fn describe(s: &NodeSeries) -> Option<String> {
+    let mut parts = Vec::new();
+    if !s.hostname.is_empty() && s.hostname != s.label() {
+        parts.push(format!("host {}", s.hostname));
+    }
+    if s.gpus > 0 {
+        let plural = if s.gpus == 1 { "" } else { "s" };
+        let models = s.gpu_models.join("/");
+        parts.push(
+            format!("{} GPU{plural} {models}", s.gpus)
+                .trim_end()
+                .to_string(),
+        );
+    }
+    parts.extend(s.labels.iter().map(|(k, v)| format!("{k}={v}")));
+    (!parts.is_empty()).then(|| parts.join(" · "))
 }
 
 /// Workers × time, colour = `metric` (0–100 %), over `span`. Rows in the order given;
@@ -231,7 +254,10 @@ pub fn heatmap(
         let per_block = columns.div_ceil(blocks);
         for (i, r) in rows.iter().enumerate() {
             let who = if r.members.len() == 1 {
-                r.members[0].clone()
+                match &r.about {
+                    Some(a) => format!("{} ({a})", r.members[0]),
+                    None => r.members[0].clone(),
+                }
             } else {
                 let listed: Vec<&str> = r.members.iter().take(8).map(|s| s.as_str()).collect();
                 format!(
@@ -337,7 +363,7 @@ fn raster(rows: &[Row], columns: usize) -> Result<Vec<u8>, ChartError> {
         enc.set_depth(png::BitDepth::Eight);
         enc.set_palette(palette);
         enc.set_trns(alpha);
-        enc.set_compression(png::Compression::Best);
+        enc.set_compression(png::Compression::Default);
         let mut w = enc.write_header().map_err(e)?;
         w.write_image_data(&pixels).map_err(e)?;
     }
@@ -417,7 +443,7 @@ mod tests {
             .collect();
         assert!(
             tips.iter()
-                .any(|t| t.starts_with("host2: cpu") && t.contains("peak")),
+                .any(|t| t.starts_with("host2 (host vm): cpu") && t.contains("peak")),
             "{tips:?}"
         );
     }
