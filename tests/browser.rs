@@ -265,8 +265,21 @@ const COVERAGE: &str = "return Array.from(document.querySelectorAll('figure.char
   return [s.closest('figure').dataset.chart, (hi - lo) / (x1 - x0)];
 });";
 
+/// A running `testmesh demo`: interrupted (Ctrl-C) and waited for on drop, even when the
+/// test fails, so no cluster outlives the test.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `testmesh demo` and returns it with its dashboard's URL once the workload is done.
-fn demo(dir: &std::path::Path, secs: u32) -> (Child, String) {
+fn demo(dir: &std::path::Path, secs: u32) -> (Demo, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(support::BIN)
         .args(["demo", "--workers", "3", "--duration", &format!("{secs}s")])
@@ -277,9 +290,10 @@ fn demo(dir: &std::path::Path, secs: u32) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let demo = Demo(child);
     let mut url = None;
-    for line in out.lines().map_while(Result::ok) {
+    for line in lines.by_ref().map_while(Result::ok) {
         if let Some(rest) = line.split("dashboard at ").nth(1) {
             url = rest
                 .split_whitespace()
@@ -290,7 +304,9 @@ fn demo(dir: &std::path::Path, secs: u32) -> (Child, String) {
             break;
         }
     }
-    (child, url.expect("the demo's dashboard URL"))
+    // Keep reading: the demo prints as it stops.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (demo, url.expect("the demo's dashboard URL"))
 }
 
 #[tokio::test]
@@ -299,7 +315,7 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, url) = demo(dir.path(), 20);
+    let (demo, url) = demo(dir.path(), 20);
     for path in ["/dashboard/utilisation", "/dashboard/efficiency", "/"] {
         c.goto(&format!("{url}{path}")).await.unwrap();
         let cover = js(&c, COVERAGE).await;
@@ -394,10 +410,7 @@ async fn after_a_short_demo_the_charts_fit_its_data_and_the_picker_and_filters_c
         caption.as_str().unwrap().contains("UTC"),
         "a past window: {caption}"
     );
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    drop(demo);
     c.close().await.unwrap();
 }
 

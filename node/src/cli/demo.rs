@@ -3,6 +3,15 @@
 //! (real `testmesh node` processes offering made-up capacity, GPUs included), a bursty
 //! synthetic workload through the real scheduler and predictor, and a report at the end.
 
+/// Like `outln!`, but a closed stdout (`testmesh demo | head`) does not end the process: the
+/// demo must still stop the cluster it started.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -179,11 +188,11 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
                     "scale_up_cooldown": "2s", "scale_down_cooldown": "5s", "idle_timeout": "8s"}),
         )
         .await?;
-    outln!(
+    say!(
         "testmesh demo: dashboard at {url}/ (API token in {})",
         data.join("api-token").display()
     );
-    outln!(
+    say!(
         "a bursty workload runs for {}; the autoscaler launches up to {} simulated workers",
         humantime::format_duration(a.duration),
         a.workers
@@ -217,7 +226,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             .await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(2000..5000))).await;
     }
-    outln!("submitted {submitted} tasks; letting the queue drain …");
+    say!("submitted {submitted} tasks; letting the queue drain …");
     for _ in 0..120 {
         let s: Value = client.get("/api/v1/status").await?;
         let t = &s["tasks"];
@@ -245,19 +254,19 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     if a.exit_when_done {
-        outln!(
+        say!(
             "demo done: report in {}; stopping the cluster",
             report.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
     // A newcomer's first look should not be a dead page: the cluster stays up.
-    outln!(
+    say!(
         "demo done: report in {}; the dashboard keeps serving at {url}/ — press Ctrl-C to stop (--exit-when-done stops here)",
         report.display()
     );
     wait_for_stop().await?;
-    outln!("stopping the cluster");
+    say!("stopping the cluster");
     Ok(ExitCode::SUCCESS)
 }
 
