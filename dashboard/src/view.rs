@@ -285,6 +285,10 @@ pub struct ViewQuery {
     /// Cache-buster added by the live script; ignored.
     #[serde(rename = "t")]
     pub _t: Option<String>,
+    /// A browser's first visit with the API token (`/?token=…`); the node's access guard
+    /// reads it, the view ignores it (and never puts it in links).
+    #[serde(rename = "token")]
+    pub _token: Option<String>,
 }
 
 /// What a page was asked to show, resolved.
@@ -656,6 +660,9 @@ mod tests {
             v.query(),
             "label=pool%3Dgpu&gpu=a100&state=active&sort=busy"
         );
+        // The token of a first visit is accepted and never copied into links.
+        let t = resolve(&q(&[("token", "tm_secret"), ("window", "1h")]), NOW, None).unwrap();
+        assert_eq!(t.query(), "window=1h");
     }
 
     #[test]

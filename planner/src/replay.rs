@@ -79,6 +79,29 @@ pub(super) struct Sim {
 }
 
 impl Sim {
+    /// A cluster of `nodes`, registered as workers `1..=n` at time 0.
+    pub fn with_nodes(nodes: &[TraceNode]) -> Sim {
+        let mut sim = Sim::default();
+        for (i, n) in nodes.iter().enumerate() {
+            let reg = WorkerRegistration {
+                id: NodeId(i as u64 + 1),
+                hardware: Hardware {
+                    hostname: n.name.clone(),
+                    ..Default::default()
+                },
+                capacity: n.capacity.clone(),
+                labels: BTreeMap::new(),
+                boot_id: 1,
+                version: String::new(),
+            };
+            let _ = sim.apply(Command::RegisterWorker {
+                worker: reg,
+                at: UnixMillis(0),
+            });
+        }
+        sim
+    }
+
     pub fn apply(&mut self, cmd: Command) -> Result<Applied, testmesh_consensus::Rejected> {
         self.index += 1;
         self.ledger.apply(self.index, &cmd)
@@ -174,24 +197,7 @@ fn reserved(ledger: &Ledger) -> (f64, f64, f64) {
 
 /// Replays `pods` on `nodes` with the planner `opts`; see the module docs.
 pub fn replay(nodes: &[TraceNode], pods: &[TracePod], opts: &Options) -> ReplayReport {
-    let mut sim = Sim::default();
-    for (i, n) in nodes.iter().enumerate() {
-        let reg = WorkerRegistration {
-            id: NodeId(i as u64 + 1),
-            hardware: Hardware {
-                hostname: n.name.clone(),
-                ..Default::default()
-            },
-            capacity: n.capacity.clone(),
-            labels: BTreeMap::new(),
-            boot_id: 1,
-            version: String::new(),
-        };
-        let _ = sim.apply(Command::RegisterWorker {
-            worker: reg,
-            at: UnixMillis(0),
-        });
-    }
+    let mut sim = Sim::with_nodes(nodes);
     let capacity = nodes.iter().fold((0.0, 0.0, 0.0), |(c, m, g), n| {
         (
             c + n.capacity.cpu.0 as f64,

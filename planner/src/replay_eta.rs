@@ -3,11 +3,9 @@
 //! estimate the dashboard would show for it (`eta::estimate`, over the run times learned so
 //! far) is compared with when it actually started. Pure: values in, report out.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
-use testmesh_consensus::command::WorkerRegistration;
-use testmesh_consensus::model::Hardware;
-use testmesh_consensus::{Command, NodeId, TaskId, UnixMillis};
+use testmesh_consensus::{TaskId, UnixMillis};
 
 use crate::eta::{self, Busy, Queued};
 use crate::predictor::history::{self, Target, spec_features};
@@ -51,23 +49,7 @@ pub fn replay_eta(
     opts: &Options,
     runtimes: Runtimes,
 ) -> EtaReport {
-    let mut sim = Sim::default();
-    for (i, n) in nodes.iter().enumerate() {
-        let _ = sim.apply(Command::RegisterWorker {
-            worker: WorkerRegistration {
-                id: NodeId(i as u64 + 1),
-                hardware: Hardware {
-                    hostname: n.name.clone(),
-                    ..Default::default()
-                },
-                capacity: n.capacity.clone(),
-                labels: BTreeMap::new(),
-                boot_id: 1,
-                version: String::new(),
-            },
-            at: UnixMillis(0),
-        });
-    }
+    let mut sim = Sim::with_nodes(nodes);
     let mut order: Vec<usize> = (0..pods.len()).collect();
     order.sort_by_key(|i| pods[*i].arrival);
     let mut next_arrival = 0;
