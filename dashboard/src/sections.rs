@@ -382,12 +382,13 @@ fn totals(
             mean * s.cores * hours(covered as f64)
         })
         .sum();
+    // `+ 0.0`: an empty float sum is -0.0, shown as "-0.00".
     [
         mean(Metric::Cpu),
         mean(Metric::Memory),
         mean(Metric::Gpu),
-        Some(reserved),
-        Some(used),
+        Some(reserved + 0.0),
+        Some(used + 0.0),
     ]
 }
 

@@ -478,6 +478,7 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&ws)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let names = testmesh_consensus::model::display_names(ws.iter().map(|v| &v.worker));
     let rows: Vec<Vec<String>> = ws
         .iter()
         .map(|v| {
@@ -486,6 +487,7 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
             let r = &w.record;
             vec![
                 w.id.to_string(),
+                names.get(&w.id).cloned().unwrap_or_default(),
                 w.hardware.hostname.clone(),
                 match &w.quarantine {
                     Some(_) => "QUARANTINED".to_string(),
@@ -508,7 +510,8 @@ pub async fn workers(a: JsonArgs) -> anyhow::Result<ExitCode> {
         .collect();
     table(
         &[
-            "ID", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS", "PASSED", "CPU EFF", "SPEED",
+            "ID", "NAME", "HOST", "STATE", "CPU", "MEMORY", "GPUS", "TASKS", "PASSED", "CPU EFF",
+            "SPEED",
         ],
         &rows,
     );
