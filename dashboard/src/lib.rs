@@ -12,6 +12,7 @@ pub mod doc;
 pub mod export;
 mod live;
 pub mod pdf;
+mod picker;
 mod runs;
 pub mod sections;
 mod tasks;
@@ -322,7 +323,7 @@ pub fn view_page(
         esc(title),
         view.map(|v| v.picker(filters)).unwrap_or_default(),
         live::SCRIPT,
-        view::SCRIPT
+        picker::SCRIPT
     );
     h
 }
