@@ -487,7 +487,7 @@ fn pct(used: u64, total: u64) -> f64 {
     }
 }
 
-pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:75rem}nav{padding:.5rem 0;border-bottom:1px solid #ddd}nav a,nav b{margin-right:.6rem}figure{margin:1rem 0}figure svg{max-width:100%;height:auto}figcaption{font-size:.8rem}.tips rect:hover{fill-opacity:.12}.quarantined{color:#c00}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1rem 2rem;color:#222;max-width:120rem}nav{padding:.5rem 0;border-bottom:1px solid #ddd}nav a,nav b{margin-right:.6rem}figure{margin:1rem 0}figure svg{width:100%;max-width:1800px;height:auto}figcaption{font-size:.8rem}.tips rect:hover{fill-opacity:.12}.quarantined{color:#c00}table{border-collapse:collapse;margin:1rem 0}td,th{padding:.3rem .8rem;border-bottom:1px solid #ddd;text-align:left}.bar{background:#eee;width:10rem;height:.8rem;display:inline-block}.bar i{background:#3a7;height:100%;display:block}code{background:#f4f4f4;padding:0 .2rem}";
 
 /// Renders the overview page; `charts` is HTML of the chart sections shown on it.
 pub fn render_overview(o: &Overview, charts: &str, view: Option<&View>) -> String {
@@ -500,6 +500,7 @@ pub fn render_overview(o: &Overview, charts: &str, view: Option<&View>) -> Strin
         o.term
     );
     h.push_str("<h2>Workers</h2><table id=workers><tr><th>worker</th><th>host</th><th>state</th><th>cpu reserved</th><th>memory reserved</th><th>GPUs</th><th>passed</th></tr>");
+    let names = testmesh_consensus::model::display_names(&o.workers);
     for w in &o.workers {
         let c = &w.capacity;
         let a = &w.allocated;
@@ -508,7 +509,8 @@ pub fn render_overview(o: &Overview, charts: &str, view: Option<&View>) -> Strin
         };
         let _ = write!(
             h,
-            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{} of {}</td><td>{} of {}</td><td>{} ({} reserved)</td><td>{}/{}</td></tr>",
+            "<tr><td>{} <code>{}</code></td><td>{}</td><td>{}</td><td>{} of {}</td><td>{} of {}</td><td>{} ({} reserved)</td><td>{}/{}</td></tr>",
+            esc(names.get(&w.id).map_or("", |n| n.as_str())),
             w.id,
             esc(&w.hardware.hostname),
             match &w.quarantine {
