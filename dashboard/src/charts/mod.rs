@@ -192,6 +192,35 @@ pub(crate) fn columns(series: &[NodeSeries], span: &crate::view::Span, most: usi
         .clamp(4, most)
 }
 
+/// A time chart's drawing context (x: axis units before the end, y: values).
+pub(crate) type TimeChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// The series legend every time chart draws: top left, over a light background.
+pub(crate) fn series_legend<'b>(chart: &mut TimeChart<'b, 'b>) -> Result<(), ChartError> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(e)
+}
+
+/// The plot's pixel extent along x, for the zoom attributes.
+pub(crate) fn x_extent(chart: &TimeChart<'_, '_>, span: &crate::view::Span) -> (i32, i32) {
+    let (l, _) = chart.backend_coord(&(span.left(), 0.0));
+    let (r, _) = chart.backend_coord(&(0.0, 0.0));
+    (l, r)
+}
+
 /// Sets the zoom attributes of a time chart's root element.
 pub(crate) fn mark_time(mut svg: String, span: &crate::view::Span, x0: i32, x1: i32) -> String {
     if let Some(i) = svg.find("<svg") {

@@ -130,17 +130,8 @@ pub fn scaling(
                 ),
             );
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(e)?;
-        let (x0, _) = chart.backend_coord(&(span.left(), 0.0));
-        let (x1, _) = chart.backend_coord(&(0.0, 0.0));
-        plot_x = (x0, x1);
+        super::series_legend(&mut chart)?;
+        plot_x = super::x_extent(&chart, span);
         root.present().map_err(e)?;
     }
     Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))
@@ -269,9 +260,7 @@ pub fn efficiency(
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 5), (x + 12, y + 5)], used.mix(0.8).filled())
                 });
-            let (l, _) = chart.backend_coord(&(span.left(), 0.0));
-            let (r, _) = chart.backend_coord(&(0.0, 0.0));
-            plot_x = (l, r);
+            plot_x = super::x_extent(&chart, span);
             // Tooltips where there is something to say: samples or reservations.
             for (b, v) in buckets
                 .iter()
@@ -291,14 +280,7 @@ pub fn efficiency(
                     ),
                 );
             }
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperLeft)
-                .draw()
-                .map_err(e)?;
+            super::series_legend(&mut chart)?;
         }
         root.present().map_err(e)?;
     }
@@ -419,14 +401,7 @@ pub fn cost(s: &ScalingView, span: &Span) -> Result<String, ChartError> {
             );
         }
         if !providers.is_empty() {
-            chart
-                .configure_series_labels()
-                .label_font((FONT, 13))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperLeft)
-                .draw()
-                .map_err(e)?;
+            super::series_legend(&mut chart)?;
         }
         let mut chart = ChartBuilder::on(&lower)
             .margin(8)
@@ -473,17 +448,8 @@ pub fn cost(s: &ScalingView, span: &Span) -> Result<String, ChartError> {
                 ),
             );
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(e)?;
-        let (l, _) = chart.backend_coord(&(span.left(), 0.0));
-        let (r, _) = chart.backend_coord(&(0.0, 0.0));
-        plot_x = (l, r);
+        super::series_legend(&mut chart)?;
+        plot_x = super::x_extent(&chart, span);
         root.present().map_err(e)?;
     }
     Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))

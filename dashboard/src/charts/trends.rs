@@ -99,17 +99,8 @@ pub fn trends(series: &[NodeSeries], marks: &[Anomaly], span: &Span) -> Result<S
                 .map_err(e)?;
             tips.add((px - 7, py - 7), (px + 7, py + 7), &m.text);
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(e)?;
-        let (l, _) = chart.backend_coord(&(span.left(), 0.0));
-        let (r, _) = chart.backend_coord(&(0.0, 0.0));
-        plot_x = (l, r);
+        super::series_legend(&mut chart)?;
+        plot_x = super::x_extent(&chart, span);
         root.present().map_err(e)?;
     }
     Ok(super::mark_time(tips.apply(svg), span, plot_x.0, plot_x.1))
